@@ -1,0 +1,1 @@
+//! AMI connection client (see issue "Foundation").

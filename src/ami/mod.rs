@@ -1,0 +1,8 @@
+//! Asterisk Manager Interface: wire codec, connection client, typed event views.
+
+pub mod client;
+pub mod codec;
+mod error;
+
+pub use codec::{Frame, Message, Reader, Writer};
+pub use error::Error;

@@ -1,0 +1,1 @@
+//! Bitrix24 REST: transport, typed methods, user directory.

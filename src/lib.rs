@@ -1,0 +1,12 @@
+//! callme: a bridge between an Asterisk PBX (AMI) and Bitrix24 telephony.
+//!
+//! Data flows one way: AMI socket → codec → pure call tracker → outbox → Bitrix24 REST.
+//! `main.rs` only wires these pieces together; everything testable lives here.
+#![forbid(unsafe_code)]
+
+pub mod ami;
+pub mod bitrix;
+pub mod calls;
+pub mod cli;
+pub mod config;
+pub mod phone;

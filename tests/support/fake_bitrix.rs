@@ -1,0 +1,1 @@
+//! Fake Bitrix24 REST portal.
