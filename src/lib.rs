@@ -10,3 +10,4 @@ pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod phone;
+pub mod replay;

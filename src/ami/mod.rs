@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod event;
 mod error;
 
 pub use codec::{Frame, Message, Reader, Writer};

@@ -1,0 +1,199 @@
+//! Typed views of the AMI events the call tracker consumes.
+//!
+//! The tracker never looks at raw field names: this module is the one place that knows how
+//! Asterisk spells them (and how that changed between versions), so the tracker stays a small
+//! state machine over a handful of well-typed facts.
+
+use super::Message;
+
+/// The channel block of an Asterisk 12+ event (ami.md §5.1), with an optional prefix such as
+/// `Dest` or `Transferee`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chan<'a> {
+    pub name: &'a str,
+    pub uniqueid: &'a str,
+    /// Absent before Asterisk 13.5 (ami.md §5.1); then the call is keyed by the Uniqueid.
+    pub linkedid: &'a str,
+    pub context: &'a str,
+    pub exten: &'a str,
+    pub caller_num: &'a str,
+}
+
+impl<'a> Chan<'a> {
+    /// Read the channel block whose keys start with `prefix` (`""` for the plain block).
+    pub fn read(msg: &'a Message, prefix: &str) -> Option<Chan<'a>> {
+        let get = |key: &str| -> Option<&'a str> {
+            if prefix.is_empty() {
+                msg.get(key)
+            } else {
+                msg.get(&format!("{prefix}{key}"))
+            }
+        };
+        let name = get("Channel")?;
+        let uniqueid = get("Uniqueid")?;
+        Some(Chan {
+            name,
+            uniqueid,
+            linkedid: get("Linkedid").unwrap_or(uniqueid),
+            context: get("Context").unwrap_or(""),
+            exten: get("Exten").unwrap_or(""),
+            caller_num: get("CallerIDNum").unwrap_or(""),
+        })
+    }
+}
+
+/// The events that matter for call tracking. Everything else is `Other` and ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    Newchannel(Chan<'a>),
+    /// Dialplan step; FreePBX inbound routes reveal the DID here when the trunk channel said `s`.
+    Newexten {
+        chan: Chan<'a>,
+    },
+    VarSet {
+        chan: Chan<'a>,
+        variable: &'a str,
+        value: &'a str,
+    },
+    /// The caller block is absent for Originate (ami.md §4.2), hence the `Option`.
+    DialBegin {
+        src: Option<Chan<'a>>,
+        dest: Chan<'a>,
+        dial_string: &'a str,
+    },
+    DialEnd {
+        src: Option<Chan<'a>>,
+        dest: Chan<'a>,
+        status: &'a str,
+    },
+    BridgeEnter {
+        chan: Chan<'a>,
+        bridge: &'a str,
+    },
+    BridgeLeave {
+        chan: Chan<'a>,
+        bridge: &'a str,
+    },
+    /// A hangup was asked for: the channel is on its way out.
+    HangupRequest {
+        chan: Chan<'a>,
+    },
+    Hangup {
+        chan: Chan<'a>,
+        cause: u32,
+    },
+    Other,
+}
+
+impl<'a> Event<'a> {
+    /// Classify a message. Messages that are not events, and events with missing mandatory
+    /// fields, become `Other`: a malformed event must never stop the tracker.
+    pub fn parse(msg: &'a Message) -> Event<'a> {
+        let Some(name) = msg.event() else {
+            return Event::Other;
+        };
+        let plain = || Chan::read(msg, "");
+        let parsed = match name {
+            "Newchannel" => plain().map(Event::Newchannel),
+            "Newexten" => plain().map(|chan| Event::Newexten { chan }),
+            "VarSet" => plain().map(|chan| Event::VarSet {
+                chan,
+                variable: msg.get("Variable").unwrap_or(""),
+                value: msg.get("Value").unwrap_or(""),
+            }),
+            "DialBegin" => Chan::read(msg, "Dest").map(|dest| Event::DialBegin {
+                src: plain(),
+                dest,
+                dial_string: msg.get("DialString").unwrap_or(""),
+            }),
+            "DialEnd" => Chan::read(msg, "Dest").map(|dest| Event::DialEnd {
+                src: plain(),
+                dest,
+                status: msg.get("DialStatus").unwrap_or(""),
+            }),
+            "BridgeEnter" => plain().map(|chan| Event::BridgeEnter {
+                chan,
+                bridge: msg.get("BridgeUniqueid").unwrap_or(""),
+            }),
+            "BridgeLeave" => plain().map(|chan| Event::BridgeLeave {
+                chan,
+                bridge: msg.get("BridgeUniqueid").unwrap_or(""),
+            }),
+            "HangupRequest" | "SoftHangupRequest" => {
+                plain().map(|chan| Event::HangupRequest { chan })
+            }
+            "Hangup" => plain().map(|chan| Event::Hangup {
+                chan,
+                cause: msg
+                    .get("Cause")
+                    .and_then(|c| c.trim().parse().ok())
+                    .unwrap_or(0),
+            }),
+            _ => None,
+        };
+        parsed.unwrap_or(Event::Other)
+    }
+}
+
+/// The `Timestamp:` header (manager.conf `timestampevents = yes`) in milliseconds since the epoch.
+pub fn timestamp_ms(msg: &Message) -> Option<u64> {
+    let ts: f64 = msg.get("Timestamp")?.trim().parse().ok()?;
+    if ts.is_finite() && ts > 0.0 {
+        Some((ts * 1000.0).round() as u64)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dial_begin_without_caller_block() {
+        let msg = Message::from_pairs(&[
+            ("Event", "DialBegin"),
+            ("DestChannel", "SIP/219-00000001"),
+            ("DestUniqueid", "1.1"),
+            ("DestLinkedid", "1.0"),
+            ("DialString", "219"),
+        ]);
+        match Event::parse(&msg) {
+            Event::DialBegin { src, dest, .. } => {
+                assert!(src.is_none());
+                assert_eq!(dest.name, "SIP/219-00000001");
+                assert_eq!(dest.linkedid, "1.0");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_fields_are_other_not_panic() {
+        let msg = Message::from_pairs(&[("Event", "Hangup"), ("Cause", "16")]);
+        assert_eq!(Event::parse(&msg), Event::Other);
+        let msg = Message::from_pairs(&[("Response", "Success")]);
+        assert_eq!(Event::parse(&msg), Event::Other);
+    }
+
+    #[test]
+    fn linkedid_defaults_to_uniqueid_before_13_5() {
+        let msg = Message::from_pairs(&[
+            ("Event", "Newchannel"),
+            ("Channel", "SIP/trunk-1"),
+            ("Uniqueid", "5.5"),
+        ]);
+        let Event::Newchannel(c) = Event::parse(&msg) else {
+            panic!()
+        };
+        assert_eq!(c.linkedid, "5.5");
+    }
+
+    #[test]
+    fn timestamp_header() {
+        let msg = Message::from_pairs(&[("Event", "X"), ("Timestamp", "1795668285.289052")]);
+        assert_eq!(timestamp_ms(&msg), Some(1_795_668_285_289));
+        let msg = Message::from_pairs(&[("Event", "X"), ("Timestamp", "nan")]);
+        assert_eq!(timestamp_ms(&msg), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! What the tracker asks the Bitrix24 side to do. Intents speak in internal numbers
+//! (extensions), not Bitrix24 user IDs: mapping numbers to users is I/O and happens later.
+
+use std::fmt;
+
+use super::status::Status;
+
+/// Who the call belongs to when it is finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishUser {
+    /// The employee with this internal number (the last one who talked, or who rang).
+    Employee(String),
+    /// The CRM-responsible user resolved when the call was registered.
+    Responsible,
+    /// `[calls] default_user`.
+    Default,
+}
+
+/// The direction recorded in Bitrix24 (`TYPE` on register).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    /// `telephony.externalCall.register` TYPE: 1 outgoing, 2 incoming (bitrix24-api.md §2.1).
+    pub fn bitrix_type(self) -> u8 {
+        match self {
+            Direction::Outbound => 1,
+            Direction::Inbound => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Register the call. Who is responsible is decided by the delivery side (CRM lookup,
+    /// static map, default) *before* the register request, so the card opens for the right person.
+    Register {
+        direction: Direction,
+        /// The client's number as Asterisk reported it (not yet normalised).
+        phone: String,
+        /// The DID (inbound) or the empty string when unknown.
+        line: String,
+        /// Call start, milliseconds since the Unix epoch.
+        started_ms: u64,
+    },
+    Show {
+        ext: String,
+    },
+    Hide {
+        ext: String,
+    },
+    Finish {
+        user: FinishUser,
+        /// Talk seconds, from the first employee answer to the end of the call.
+        duration: u64,
+        status: Status,
+    },
+    /// Attach a recording; always emitted after `Finish` (Bitrix24 refuses it before).
+    Attach {
+        path: String,
+    },
+}
+
+/// One step for one call. `call` is the call's `EXTERNAL_CALL_ID` (system name + Linkedid),
+/// which is also the key that keeps steps of one call in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub call: String,
+    pub action: Action,
+}
+
+impl fmt::Display for Intent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.action {
+            Action::Register {
+                direction,
+                phone,
+                line,
+                ..
+            } => write!(
+                f,
+                "{} register {} from {phone} on line {line:?}",
+                self.call,
+                direction.as_str()
+            ),
+            Action::Show { ext } => write!(f, "{} show card to {ext}", self.call),
+            Action::Hide { ext } => write!(f, "{} hide card from {ext}", self.call),
+            Action::Finish {
+                user,
+                duration,
+                status,
+            } => {
+                let who = match user {
+                    FinishUser::Employee(ext) => ext.as_str(),
+                    FinishUser::Responsible => "<responsible>",
+                    FinishUser::Default => "<default user>",
+                };
+                write!(
+                    f,
+                    "{} finish under {who}: status {status}, {duration} s",
+                    self.call
+                )
+            }
+            Action::Attach { path } => write!(f, "{} attach recording {path}", self.call),
+        }
+    }
+}

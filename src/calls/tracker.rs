@@ -1,0 +1,622 @@
+//! The pure call tracker: `(state, AMI event, now) → intents`.
+//!
+//! No sockets, files or clocks in here. The caller passes each event with the time it happened,
+//! so a real capture replayed through [`Tracker::handle`] is an ordinary unit test, and the
+//! durations it computes are exact.
+//!
+//! A call is the set of channels sharing a Linkedid (ami.md §7). The tracker follows:
+//! - the **client** channel (the trunk leg of an inbound call);
+//! - **employee** channels, recognised from the channel name (see [`super::channel`]);
+//! - bridges, to see who actually talks to the client (transfers, pickups).
+//!
+//! and turns that into Bitrix24 steps: one register, a card per ringing employee, hides when
+//! phones stop ringing or someone else answers, and one finish with "last one wins".
+
+use std::collections::{HashMap, HashSet};
+
+use crate::ami::event::{Chan, Event};
+use crate::ami::Message;
+
+use super::channel;
+use super::intent::{Action, Direction, FinishUser, Intent};
+use super::status::Status;
+
+/// Who gets a missed call when it is finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissedUser {
+    /// The CRM-responsible user found when the call was registered (then the default user).
+    #[default]
+    Responsible,
+    /// The last employee whose phone rang (then the responsible user).
+    LastRang,
+    /// `[calls] default_user`.
+    Default,
+}
+
+/// The part of the configuration the tracker needs. Built from `[calls]`.
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    /// Prefix of `EXTERNAL_CALL_ID`, so two PBXs on one portal never collide.
+    pub system_name: String,
+    /// Monitored DIDs; empty means every inbound call.
+    pub lines: Vec<String>,
+    /// Contexts where trunk calls enter the dialplan.
+    pub inbound_contexts: Vec<String>,
+    /// Internal numbers allowed to get cards; empty means every employee.
+    pub show_cards_to: Vec<String>,
+    pub missed_user: MissedUser,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            system_name: "callme".into(),
+            lines: Vec::new(),
+            inbound_contexts: vec!["from-trunk".into(), "from-pstn".into()],
+            show_cards_to: Vec::new(),
+            missed_user: MissedUser::Responsible,
+        }
+    }
+}
+
+/// A short view of a tracked call, for `/status` and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallSummary {
+    pub call: String,
+    pub direction: Direction,
+    pub phone: String,
+    pub line: String,
+    pub employee: Option<String>,
+    pub started_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Not ours: internal-only, an unmonitored line, or started before we were watching.
+    Ignored,
+    /// Inbound, but the DID is not known yet (FreePBX trunks enter with `Exten: s`).
+    PendingDid,
+    /// Registered: every change is mirrored to Bitrix24.
+    Active,
+}
+
+struct ChanState {
+    call: u64,
+    /// The internal number behind an employee channel.
+    ext: Option<String>,
+}
+
+struct Call {
+    key: String,
+    mode: Mode,
+    direction: Direction,
+    phone: String,
+    line: String,
+    started_ms: u64,
+    /// Uniqueid of the client's channel.
+    client: Option<String>,
+    live_channels: usize,
+    /// Cards currently shown, in the order they were shown.
+    shown: Vec<String>,
+    /// Ringing employee legs: dest Uniqueid → internal number.
+    ringing: HashMap<String, String>,
+    /// The employee talking to the client right now.
+    talking: Option<String>,
+    last_talker: Option<String>,
+    last_rang: Option<String>,
+    first_answer_ms: Option<u64>,
+    /// The outcome of the last unanswered dial attempt.
+    last_status: Option<Status>,
+    client_cause: Option<u32>,
+    client_gone_ms: Option<u64>,
+    recording: Option<String>,
+}
+
+impl Call {
+    fn new(key: String, started_ms: u64) -> Call {
+        Call {
+            key,
+            mode: Mode::Ignored,
+            direction: Direction::Inbound,
+            phone: String::new(),
+            line: String::new(),
+            started_ms,
+            client: None,
+            live_channels: 0,
+            shown: Vec::new(),
+            ringing: HashMap::new(),
+            talking: None,
+            last_talker: None,
+            last_rang: None,
+            first_answer_ms: None,
+            last_status: None,
+            client_cause: None,
+            client_gone_ms: None,
+            recording: None,
+        }
+    }
+}
+
+/// The call tracker. Feed it every AMI event in order with [`Tracker::handle`].
+pub struct Tracker {
+    cfg: TrackerConfig,
+    /// Internal numbers of active Bitrix24 users. `None` until the directory is loaded; until
+    /// then any 1–6 digit peer counts as internal.
+    employees: Option<HashSet<String>>,
+    calls: HashMap<u64, Call>,
+    by_linkedid: HashMap<String, u64>,
+    channels: HashMap<String, ChanState>,
+    /// Bridge Uniqueid → Uniqueids of the channels in it.
+    bridges: HashMap<String, Vec<String>>,
+    next_id: u64,
+}
+
+impl Tracker {
+    pub fn new(cfg: TrackerConfig) -> Tracker {
+        Tracker {
+            cfg,
+            employees: None,
+            calls: HashMap::new(),
+            by_linkedid: HashMap::new(),
+            channels: HashMap::new(),
+            bridges: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Replace the set of internal numbers that belong to active Bitrix24 users.
+    pub fn set_employees<I: IntoIterator<Item = String>>(&mut self, inners: I) {
+        self.employees = Some(inners.into_iter().collect());
+    }
+
+    /// Calls being tracked (monitored or not). Finished calls are purged, so this stays small.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Channels being tracked.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The monitored calls in progress.
+    pub fn active_calls(&self) -> Vec<CallSummary> {
+        let mut v: Vec<CallSummary> = self
+            .calls
+            .values()
+            .filter(|c| c.mode == Mode::Active)
+            .map(|c| CallSummary {
+                call: c.key.clone(),
+                direction: c.direction,
+                phone: c.phone.clone(),
+                line: c.line.clone(),
+                employee: c.talking.clone().or_else(|| c.last_talker.clone()),
+                started_ms: c.started_ms,
+            })
+            .collect();
+        v.sort_by_key(|c| c.started_ms);
+        v
+    }
+
+    /// Process one AMI message that happened at `now_ms` (milliseconds since the Unix epoch)
+    /// and append the resulting intents to `out`.
+    pub fn handle(&mut self, msg: &Message, now_ms: u64, out: &mut Vec<Intent>) {
+        match Event::parse(msg) {
+            Event::Newchannel(c) => self.on_newchannel(&c, now_ms, out),
+            Event::Newexten { chan } => self.on_newexten(&chan, out),
+            Event::VarSet {
+                chan,
+                variable,
+                value,
+            } => self.on_varset(&chan, variable, value, out),
+            Event::DialBegin { dest, .. } => self.on_dial_begin(&dest, now_ms, out),
+            Event::DialEnd { dest, status, .. } => self.on_dial_end(&dest, status, now_ms, out),
+            Event::BridgeEnter { chan, bridge } => self.on_bridge_enter(&chan, bridge, now_ms, out),
+            Event::BridgeLeave { chan, bridge } => self.on_bridge_leave(&chan, bridge),
+            Event::HangupRequest { .. } => {}
+            Event::Hangup { chan, cause } => self.on_hangup(&chan, cause, now_ms, out),
+            Event::Other => {}
+        }
+    }
+
+    /// Convenience wrapper around [`Tracker::handle`].
+    pub fn handle_vec(&mut self, msg: &Message, now_ms: u64) -> Vec<Intent> {
+        let mut out = Vec::new();
+        self.handle(msg, now_ms, &mut out);
+        out
+    }
+
+    fn employee_ext(&self, name: &str) -> Option<String> {
+        let peer = channel::peer(name)?;
+        let known = match &self.employees {
+            Some(set) => set.contains(peer),
+            None => channel::looks_internal(peer),
+        };
+        known.then(|| peer.to_string())
+    }
+
+    fn card_allowed(&self, ext: &str) -> bool {
+        self.cfg.show_cards_to.is_empty() || self.cfg.show_cards_to.iter().any(|e| e == ext)
+    }
+
+    fn monitored(&self, line: &str) -> bool {
+        self.cfg.lines.is_empty() || self.cfg.lines.iter().any(|l| l == line)
+    }
+
+    /// The call a channel belongs to, registering the channel if it is new but its Linkedid
+    /// is known (a channel whose Newchannel we did not see).
+    fn call_of(&mut self, chan: &Chan) -> Option<u64> {
+        if let Some(st) = self.channels.get(chan.uniqueid) {
+            return Some(st.call);
+        }
+        let id = *self.by_linkedid.get(chan.linkedid)?;
+        self.add_channel(id, chan);
+        Some(id)
+    }
+
+    fn add_channel(&mut self, id: u64, chan: &Chan) {
+        let ext = self.employee_ext(chan.name);
+        self.channels
+            .insert(chan.uniqueid.to_string(), ChanState { call: id, ext });
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.live_channels += 1;
+        }
+    }
+
+    fn on_newchannel(&mut self, c: &Chan, now_ms: u64, out: &mut Vec<Intent>) {
+        if self.channels.contains_key(c.uniqueid) {
+            return;
+        }
+        if let Some(&id) = self.by_linkedid.get(c.linkedid) {
+            self.add_channel(id, c);
+            return;
+        }
+        // The first channel of a new call. A call whose first channel we did not see started
+        // before we were watching: it stays ignored (reconciliation deals with it).
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut call = Call::new(format!("{}-{}", self.cfg.system_name, c.linkedid), now_ms);
+        let first = c.uniqueid == c.linkedid;
+        if first && self.cfg.inbound_contexts.iter().any(|x| x == c.context) {
+            call.mode = Mode::PendingDid;
+            call.direction = Direction::Inbound;
+            call.phone = c.caller_num.to_string();
+            call.client = Some(c.uniqueid.to_string());
+        }
+        self.calls.insert(id, call);
+        self.by_linkedid.insert(c.linkedid.to_string(), id);
+        self.add_channel(id, c);
+        if !c.exten.is_empty() && c.exten != "s" {
+            self.decide(id, Some(c.exten), out);
+        }
+    }
+
+    /// FreePBX routes trunk calls through `Exten: s`; the DID shows up in a dialplan step
+    /// of an inbound context.
+    fn on_newexten(&mut self, chan: &Chan, out: &mut Vec<Intent>) {
+        let Some(id) = self.call_of(chan) else { return };
+        let call = &self.calls[&id];
+        if call.mode == Mode::PendingDid
+            && call.client.as_deref() == Some(chan.uniqueid)
+            && self.cfg.inbound_contexts.iter().any(|x| x == chan.context)
+            && is_number(chan.exten)
+        {
+            let did = chan.exten.to_string();
+            self.decide(id, Some(&did), out);
+        }
+    }
+
+    fn on_varset(&mut self, chan: &Chan, variable: &str, value: &str, out: &mut Vec<Intent>) {
+        let Some(id) = self.call_of(chan) else { return };
+        // Inherited variables keep their `_`/`__` prefix in VarSet (ami.md §5.3).
+        match variable.trim_start_matches('_') {
+            "FROM_DID" if is_number(value) => {
+                if self.calls[&id].mode == Mode::PendingDid {
+                    self.decide(id, Some(value), out);
+                }
+            }
+            // Our dialplan module names the final (MP3) file; FreePBX's own recording sets
+            // MIXMONITOR_FILENAME. Ours wins when both exist.
+            "CallMeFULLFNAME" if !value.is_empty() => {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.recording = Some(value.to_string());
+                }
+            }
+            "MIXMONITOR_FILENAME" if !value.is_empty() => {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.recording.get_or_insert_with(|| value.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Settle whether a pending inbound call is monitored. `did = None` means "decide now with
+    /// what we have": only an empty `lines` list accepts a call whose DID never showed.
+    fn decide(&mut self, id: u64, did: Option<&str>, out: &mut Vec<Intent>) {
+        let line = did.unwrap_or("").to_string();
+        let monitored = self.monitored(&line) && (did.is_some() || self.cfg.lines.is_empty());
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.mode != Mode::PendingDid {
+            return;
+        }
+        if !monitored {
+            log::debug!("{}: line {line:?} is not monitored", call.key);
+            call.mode = Mode::Ignored;
+            return;
+        }
+        call.mode = Mode::Active;
+        call.line = line.clone();
+        out.push(Intent {
+            call: call.key.clone(),
+            action: Action::Register {
+                direction: call.direction,
+                phone: call.phone.clone(),
+                line,
+                started_ms: call.started_ms,
+            },
+        });
+    }
+
+    fn on_dial_begin(&mut self, dest: &Chan, _now_ms: u64, out: &mut Vec<Intent>) {
+        let Some(id) = self.call_of(dest) else { return };
+        if self.calls[&id].mode == Mode::PendingDid {
+            self.decide(id, None, out);
+        }
+        let Some(ext) = self.channels.get(dest.uniqueid).and_then(|c| c.ext.clone()) else {
+            return;
+        };
+        let allowed = self.card_allowed(&ext);
+        let call = self.calls.get_mut(&id).expect("call of a tracked channel");
+        if call.mode != Mode::Active {
+            return;
+        }
+        call.ringing.insert(dest.uniqueid.to_string(), ext.clone());
+        call.last_rang = Some(ext.clone());
+        announce(call, &ext, allowed, out);
+    }
+
+    fn on_dial_end(&mut self, dest: &Chan, status: &str, now_ms: u64, out: &mut Vec<Intent>) {
+        let Some(id) = self.call_of(dest) else { return };
+        let ext = self.channels.get(dest.uniqueid).and_then(|c| c.ext.clone());
+        let allowed = ext.as_deref().is_some_and(|e| self.card_allowed(e));
+        let call = self.calls.get_mut(&id).expect("call of a tracked channel");
+        if call.mode != Mode::Active {
+            return;
+        }
+        call.ringing.remove(dest.uniqueid);
+        let Some(ext) = ext else {
+            return;
+        };
+        if status.eq_ignore_ascii_case("ANSWER") {
+            answered(call, &ext, allowed, now_ms, out);
+            return;
+        }
+        if call.first_answer_ms.is_none() {
+            if let Some(s) = Status::from_dial_status(status) {
+                call.last_status = Some(s);
+            }
+        }
+        stopped_ringing(call, &ext, out);
+    }
+
+    fn on_bridge_enter(&mut self, chan: &Chan, bridge: &str, now_ms: u64, out: &mut Vec<Intent>) {
+        let members = self.bridges.entry(bridge.to_string()).or_default();
+        if !members.iter().any(|u| u == chan.uniqueid) {
+            members.push(chan.uniqueid.to_string());
+        }
+        let Some(id) = self.call_of(chan) else { return };
+        let call = &self.calls[&id];
+        if call.mode != Mode::Active {
+            return;
+        }
+        let Some(client) = call.client.as_deref() else {
+            return;
+        };
+        let members = &self.bridges[bridge];
+        if !members.iter().any(|u| u == client) {
+            return;
+        }
+        // The client shares a bridge with an employee: that employee talks to the client now.
+        let talkers: Vec<String> = members
+            .iter()
+            .filter_map(|u| self.channels.get(u))
+            .filter(|st| st.call == id)
+            .filter_map(|st| st.ext.clone())
+            .collect();
+        for ext in talkers {
+            let allowed = self.card_allowed(&ext);
+            let call = self.calls.get_mut(&id).expect("tracked call");
+            if call.talking.as_deref() != Some(&ext) {
+                answered(call, &ext, allowed, now_ms, out);
+            }
+        }
+    }
+
+    fn on_bridge_leave(&mut self, chan: &Chan, bridge: &str) {
+        if let Some(members) = self.bridges.get_mut(bridge) {
+            members.retain(|u| u != chan.uniqueid);
+            if members.is_empty() {
+                self.bridges.remove(bridge);
+            }
+        }
+    }
+
+    fn on_hangup(&mut self, chan: &Chan, cause: u32, now_ms: u64, out: &mut Vec<Intent>) {
+        let Some(st) = self.channels.remove(chan.uniqueid) else {
+            return;
+        };
+        self.bridges.retain(|_, members| {
+            members.retain(|u| u != chan.uniqueid);
+            !members.is_empty()
+        });
+        let id = st.call;
+        let still_there = st.ext.as_deref().is_some_and(|ext| {
+            self.channels
+                .values()
+                .any(|o| o.call == id && o.ext.as_deref() == Some(ext))
+        });
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.live_channels = call.live_channels.saturating_sub(1);
+        if call.client.as_deref() == Some(chan.uniqueid) {
+            call.client_cause = Some(cause);
+            call.client_gone_ms = Some(now_ms);
+        }
+        if call.mode == Mode::Active {
+            let was_ringing = call.ringing.remove(chan.uniqueid);
+            if let Some(ext) = st.ext.as_deref().filter(|_| !still_there) {
+                if was_ringing.is_some() {
+                    // Hung up while ringing, without a DialEnd (e.g. a Local leg torn down).
+                    stopped_ringing(call, ext, out);
+                } else if call.talking.as_deref() == Some(ext) {
+                    // The employee left. Their card stays until someone else takes over or the
+                    // call finishes: they remain the "last one" until then.
+                    call.talking = None;
+                }
+            }
+        }
+        if call.live_channels == 0 {
+            self.finish(id, now_ms, out);
+        }
+    }
+
+    fn finish(&mut self, id: u64, now_ms: u64, out: &mut Vec<Intent>) {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        self.by_linkedid.retain(|_, v| *v != id);
+        if call.mode == Mode::PendingDid {
+            // The call ended before its DID showed: decide with what we have.
+            let mut tmp = Vec::new();
+            self.calls.insert(id, call);
+            self.decide(id, None, &mut tmp);
+            call = self.calls.remove(&id).expect("just inserted");
+            out.append(&mut tmp);
+        }
+        if call.mode != Mode::Active {
+            return;
+        }
+        let end_ms = call.client_gone_ms.unwrap_or(now_ms);
+        let (user, duration, status) = match (call.first_answer_ms, call.last_talker.clone()) {
+            (Some(answered_ms), Some(ext)) => {
+                let ms = end_ms.saturating_sub(answered_ms);
+                (FinishUser::Employee(ext), (ms + 500) / 1000, Status::ANSWERED)
+            }
+            _ => {
+                let status = call
+                    .last_status
+                    .unwrap_or_else(|| Status::from_cause(call.client_cause.unwrap_or(16)));
+                let user = match (self.cfg.missed_user, call.last_rang.clone()) {
+                    (MissedUser::Responsible, _) => FinishUser::Responsible,
+                    (MissedUser::LastRang, Some(ext)) => FinishUser::Employee(ext),
+                    (MissedUser::LastRang, None) => FinishUser::Responsible,
+                    (MissedUser::Default, _) => FinishUser::Default,
+                };
+                (user, 0, status)
+            }
+        };
+        // Bitrix24 hides only the finishing user's card, and `hide` stops working after
+        // `finish` (bitrix24-api.md §4.1): hide everyone else first.
+        for ext in std::mem::take(&mut call.shown) {
+            if user != FinishUser::Employee(ext.clone()) {
+                out.push(Intent {
+                    call: call.key.clone(),
+                    action: Action::Hide { ext },
+                });
+            }
+        }
+        out.push(Intent {
+            call: call.key.clone(),
+            action: Action::Finish {
+                user,
+                duration,
+                status,
+            },
+        });
+        if let Some(path) = call.recording.take() {
+            out.push(Intent {
+                call: call.key.clone(),
+                action: Action::Attach { path },
+            });
+        }
+    }
+}
+
+/// `ext` starts ringing (or talking) in `call`: show its card, and hide the cards of employees
+/// who are no longer involved (a transferer who already hung up).
+fn announce(call: &mut Call, ext: &str, allowed: bool, out: &mut Vec<Intent>) {
+    let stale: Vec<String> = call
+        .shown
+        .iter()
+        .filter(|e| e.as_str() != ext)
+        .filter(|e| call.talking.as_deref() != Some(e.as_str()))
+        .filter(|e| !call.ringing.values().any(|r| r == *e))
+        .cloned()
+        .collect();
+    for e in stale {
+        hide(call, &e, out);
+    }
+    if allowed && !call.shown.iter().any(|e| e == ext) {
+        call.shown.push(ext.to_string());
+        out.push(Intent {
+            call: call.key.clone(),
+            action: Action::Show {
+                ext: ext.to_string(),
+            },
+        });
+    }
+}
+
+/// `ext` answered the client: it is now the one talking, and nobody else keeps a card.
+fn answered(call: &mut Call, ext: &str, allowed: bool, now_ms: u64, out: &mut Vec<Intent>) {
+    call.talking = Some(ext.to_string());
+    call.last_talker = Some(ext.to_string());
+    call.first_answer_ms.get_or_insert(now_ms);
+    let others: Vec<String> = call.shown.iter().filter(|e| *e != ext).cloned().collect();
+    for e in others {
+        hide(call, &e, out);
+    }
+    if allowed && !call.shown.iter().any(|e| e == ext) {
+        call.shown.push(ext.to_string());
+        out.push(Intent {
+            call: call.key.clone(),
+            action: Action::Show {
+                ext: ext.to_string(),
+            },
+        });
+    }
+}
+
+/// A phone of `ext` stopped ringing without answering.
+fn stopped_ringing(call: &mut Call, ext: &str, out: &mut Vec<Intent>) {
+    let rings_elsewhere = call.ringing.values().any(|r| r == ext);
+    let involved = call.talking.as_deref() == Some(ext) || call.last_talker.as_deref() == Some(ext);
+    if !rings_elsewhere && !involved {
+        hide(call, ext, out);
+    }
+}
+
+fn hide(call: &mut Call, ext: &str, out: &mut Vec<Intent>) {
+    if let Some(pos) = call.shown.iter().position(|e| e == ext) {
+        call.shown.remove(pos);
+        out.push(Intent {
+            call: call.key.clone(),
+            action: Action::Hide {
+                ext: ext.to_string(),
+            },
+        });
+    }
+}
+
+fn is_number(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
