@@ -37,8 +37,15 @@ pub struct Capture {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    Io { path: PathBuf, source: io::Error },
-    Timing { path: PathBuf, line: usize, msg: String },
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Timing {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -214,8 +221,11 @@ mod tests {
 
     #[test]
     fn timing_sidecar_errors_name_the_line() {
-        let err = parse_timing("epoch\tdir\toffset\tlength\n1\tR\tx\t5\n", Path::new("c.tsv"))
-            .unwrap_err();
+        let err = parse_timing(
+            "epoch\tdir\toffset\tlength\n1\tR\tx\t5\n",
+            Path::new("c.tsv"),
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("c.tsv:2: bad offset"), "{err}");
     }
 }

@@ -2,8 +2,8 @@
 
 pub mod client;
 pub mod codec;
-pub mod event;
 mod error;
+pub mod event;
 
 pub use codec::{Frame, Message, Reader, Writer};
 pub use error::Error;

@@ -76,9 +76,18 @@ mod tests {
         assert_eq!(Status::from_dial_status("NOANSWER"), Some(Status::MISSED));
         assert_eq!(Status::from_dial_status("CANCEL"), Some(Status::MISSED));
         assert_eq!(Status::from_dial_status("BUSY"), Some(Status::BUSY));
-        assert_eq!(Status::from_dial_status("CONGESTION"), Some(Status::CONGESTION));
-        assert_eq!(Status::from_dial_status("CHANUNAVAIL"), Some(Status::UNAVAILABLE));
-        assert_eq!(Status::from_dial_status("INVALIDNMBR"), Some(Status::INVALID_NUMBER));
+        assert_eq!(
+            Status::from_dial_status("CONGESTION"),
+            Some(Status::CONGESTION)
+        );
+        assert_eq!(
+            Status::from_dial_status("CHANUNAVAIL"),
+            Some(Status::UNAVAILABLE)
+        );
+        assert_eq!(
+            Status::from_dial_status("INVALIDNMBR"),
+            Some(Status::INVALID_NUMBER)
+        );
         assert_eq!(Status::from_dial_status("ANSWER"), None);
         assert_eq!(Status::from_cause(1), Status::INVALID_NUMBER);
         assert_eq!(Status::from_cause(28), Status::INVALID_NUMBER);

@@ -214,7 +214,9 @@ impl Tracker {
                 value,
             } => self.on_varset(&chan, variable, value, out),
             Event::DialBegin { dest, .. } => self.on_dial_begin(&dest, now_ms, out),
-            Event::DialEnd { dest, status, .. } => self.on_dial_end(&dest, status, now_ms, out),
+            Event::DialEnd { src, dest, status } => {
+                self.on_dial_end(src.as_ref(), &dest, status, now_ms, out)
+            }
             Event::BridgeEnter { chan, bridge } => self.on_bridge_enter(&chan, bridge, now_ms, out),
             Event::BridgeLeave { chan, bridge } => self.on_bridge_leave(&chan, bridge),
             Event::HangupRequest { .. } => {}
@@ -382,7 +384,14 @@ impl Tracker {
         announce(call, &ext, allowed, out);
     }
 
-    fn on_dial_end(&mut self, dest: &Chan, status: &str, now_ms: u64, out: &mut Vec<Intent>) {
+    fn on_dial_end(
+        &mut self,
+        src: Option<&Chan>,
+        dest: &Chan,
+        status: &str,
+        now_ms: u64,
+        out: &mut Vec<Intent>,
+    ) {
         let Some(id) = self.call_of(dest) else { return };
         let ext = self.channels.get(dest.uniqueid).and_then(|c| c.ext.clone());
         let allowed = ext.as_deref().is_some_and(|e| self.card_allowed(e));
@@ -395,7 +404,12 @@ impl Tracker {
             return;
         };
         if status.eq_ignore_ascii_case("ANSWER") {
-            answered(call, &ext, allowed, now_ms, out);
+            // Only the client's own dial connects the employee to the client. Any other
+            // answered leg (an attended-transfer consultation, the ;2 half of a Local channel)
+            // talks to the client only once a bridge says so.
+            if src.is_some_and(|s| call.client.as_deref() == Some(s.uniqueid)) {
+                answered(call, &ext, allowed, now_ms, out);
+            }
             return;
         }
         if call.first_answer_ms.is_none() {
@@ -508,7 +522,11 @@ impl Tracker {
         let (user, duration, status) = match (call.first_answer_ms, call.last_talker.clone()) {
             (Some(answered_ms), Some(ext)) => {
                 let ms = end_ms.saturating_sub(answered_ms);
-                (FinishUser::Employee(ext), (ms + 500) / 1000, Status::ANSWERED)
+                (
+                    FinishUser::Employee(ext),
+                    (ms + 500) / 1000,
+                    Status::ANSWERED,
+                )
             }
             _ => {
                 let status = call
