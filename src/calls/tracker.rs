@@ -316,10 +316,8 @@ impl Tracker {
         let Some(id) = self.call_of(chan) else { return };
         // Inherited variables keep their `_`/`__` prefix in VarSet (ami.md §5.3).
         match variable.trim_start_matches('_') {
-            "FROM_DID" if is_number(value) => {
-                if self.calls[&id].mode == Mode::PendingDid {
-                    self.decide(id, Some(value), out);
-                }
+            "FROM_DID" if is_number(value) && self.calls[&id].mode == Mode::PendingDid => {
+                self.decide(id, Some(value), out);
             }
             // Our dialplan module names the final (MP3) file; FreePBX's own recording sets
             // MIXMONITOR_FILENAME. Ours wins when both exist.
