@@ -9,5 +9,6 @@ pub mod bitrix;
 pub mod calls;
 pub mod cli;
 pub mod config;
+pub mod isotime;
 pub mod phone;
 pub mod replay;
