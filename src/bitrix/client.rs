@@ -260,6 +260,45 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}{authority}{path}{query}")
 }
 
+/// Check that `url` looks like an inbound webhook, `https://{portal}/rest/{user_id}/{code}/`
+/// (§1.1), so that a typo is reported at startup rather than retried forever as a transport
+/// error. `http://` is accepted: on-premise portals may allow it, and tests use it.
+/// The message never contains the code.
+pub fn validate_webhook_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("{}: not a URL", redact_url(url)));
+    };
+    if scheme != "https" && scheme != "http" {
+        return Err(format!("{}: must be https://", redact_url(url)));
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.is_empty() {
+        return Err(format!("{}: no host", redact_url(url)));
+    }
+    let layout_ok = match split_webhook_path(path) {
+        Some((prefix, code, tail)) => {
+            let uid = prefix
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("");
+            !uid.is_empty()
+                && uid.bytes().all(|b| b.is_ascii_digit())
+                && !code.is_empty()
+                && (tail.is_empty() || tail == "/")
+        }
+        None => false,
+    };
+    if !layout_ok || path.contains(['?', '#']) {
+        return Err(format!(
+            "{}: expected https://<portal>/rest/<user id>/<code>/",
+            redact_url(url)
+        ));
+    }
+    Ok(())
+}
+
 /// Split a path `…/rest/{uid}/{code}{tail}` into (`…/rest/{uid}/`, `{code}`, `{tail}`).
 fn split_webhook_path(path: &str) -> Option<(&str, &str, &str)> {
     let rest_at = path.find("/rest/")? + "/rest/".len();
@@ -333,6 +372,25 @@ mod tests {
         );
         assert_eq!(redact_url("https://p.example"), "https://p.example");
         assert_eq!(redact_url("https://p.example/"), "https://p.example/");
+    }
+
+    #[test]
+    fn validates_webhook_urls() {
+        assert!(validate_webhook_url("https://p.bitrix24.ru/rest/1/abcdef/").is_ok());
+        assert!(validate_webhook_url("https://p.bitrix24.ru/rest/12/abcdef").is_ok());
+        assert!(validate_webhook_url("http://127.0.0.1:8080/rest/1/testcode/").is_ok());
+        for bad in [
+            "p.bitrix24.ru/rest/1/abcdef/",
+            "ftp://p.bitrix24.ru/rest/1/abcdef/",
+            "https:///rest/1/abcdef/",
+            "https://p.bitrix24.ru/rest/1/",
+            "https://p.bitrix24.ru/rest/x/abcdef/",
+            "https://p.bitrix24.ru/rest/1/abcdef/user.get",
+            "https://p.bitrix24.ru/abcdef/",
+        ] {
+            let e = validate_webhook_url(bad).expect_err(bad);
+            assert!(!e.contains("abcdef"), "{e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod error;
 pub mod users;
 
 pub use api::User;
-pub use client::{redact_url, Reply, Transport, WebhookClient};
+pub use client::{redact_url, validate_webhook_url, Reply, Transport, WebhookClient};
 pub use error::Error;
 pub use users::Directory;
