@@ -1,1 +1,18 @@
 //! Bitrix24 REST: transport, typed methods, user directory.
+//!
+//! - [`client`]: the webhook transport and the result/error envelope.
+//! - [`api`]: one typed function per REST method the daemon uses.
+//! - [`users`]: the internal number ↔ employee map.
+//! - [`error`]: the one error type, with its retry classification.
+//!
+//! Reference for every quirk cited in here: `bitrix24-api.md` (shared docs).
+
+pub mod api;
+pub mod client;
+pub mod error;
+pub mod users;
+
+pub use api::User;
+pub use client::{redact_url, validate_webhook_url, Reply, Transport, WebhookClient};
+pub use error::Error;
+pub use users::Directory;

@@ -1,0 +1,510 @@
+//! Typed Bitrix24 REST methods over any [`Transport`].
+//!
+//! Each method has a `*_params` builder so that the outbox (and `--dry-run`) can record the
+//! exact JSON that will be sent, and a parser for its `result`. Parsers are lenient where
+//! Bitrix24 is inconsistent (IDs as numbers or strings) and strict where a wrong guess would
+//! do harm (a missing `CALL_ID` is an error, not an empty string).
+
+use serde_json::{json, Map, Value};
+
+use super::client::{json_u64, Transport};
+use super::error::Error;
+
+/// Call types for `TYPE` (bitrix24-api.md §2.1).
+pub const CALL_OUTGOING: u8 = 1;
+pub const CALL_INCOMING: u8 = 2;
+pub const CALL_INCOMING_REDIRECTED: u8 = 3;
+pub const CALL_CALLBACK: u8 = 4;
+
+/// Parameters of `telephony.externalcall.register` (§2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterParams {
+    pub user_id: u64,
+    pub phone_number: String,
+    /// 1 outgoing, 2 incoming, 3 incoming redirected, 4 callback (see `CALL_*`).
+    pub call_type: u8,
+    /// ISO-8601 *with* an offset, e.g. `2026-03-07T10:20:30+03:00`: without one Bitrix24 reads
+    /// it in the portal's timezone (§10.2). Empty means "now, server time".
+    pub call_start_date: String,
+    /// Our DID / trunk; Bitrix24 auto-creates the line and uses it in the duplicate key (§2.1).
+    pub line_number: Option<String>,
+    pub crm_create: bool,
+    /// Unique per physical call; without it Bitrix24 hands back an older open call's CALL_ID
+    /// for a similar call within 30 minutes (§2.1 "30-minute re-registration", §11 item 1).
+    pub external_call_id: String,
+    /// Show the card to `user_id` right away. Sent explicitly: the server default is 1 (§2.1).
+    pub show: bool,
+}
+
+impl RegisterParams {
+    pub fn to_params(&self) -> Value {
+        let mut p = Map::new();
+        p.insert("USER_ID".into(), json!(self.user_id));
+        p.insert("PHONE_NUMBER".into(), json!(self.phone_number));
+        p.insert("TYPE".into(), json!(self.call_type));
+        if !self.call_start_date.is_empty() {
+            p.insert("CALL_START_DATE".into(), json!(self.call_start_date));
+        }
+        if let Some(line) = &self.line_number {
+            p.insert("LINE_NUMBER".into(), json!(line));
+        }
+        p.insert("CRM_CREATE".into(), json!(u8::from(self.crm_create)));
+        if !self.external_call_id.is_empty() {
+            p.insert("EXTERNAL_CALL_ID".into(), json!(self.external_call_id));
+        }
+        p.insert("SHOW".into(), json!(u8::from(self.show)));
+        Value::Object(p)
+    }
+}
+
+/// What `register` tells us about the new call (§2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub call_id: String,
+    /// The primary CRM item Bitrix24 bound the call to; `None` for `""`/`null`.
+    pub crm_entity_type: Option<String>,
+    pub crm_entity_id: Option<u64>,
+}
+
+/// `telephony.externalcall.register`.
+pub fn register(t: &dyn Transport, p: &RegisterParams) -> Result<Registered, Error> {
+    let reply = t.call("telephony.externalcall.register", &p.to_params())?;
+    let r = object(&reply.result, "telephony.externalcall.register")?;
+    let call_id = match r.get("CALL_ID") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        other => return Err(Error::Decode(format!("register: no CALL_ID in {other:?}"))),
+    };
+    // Present only when CRM_CREATE=1 and creation failed, e.g. for employees' own numbers
+    // ("Lead creation is disabled for local users", §2.2, ISSUE-335). Not a call failure.
+    if let Some(Value::String(why)) = r.get("LEAD_CREATION_ERROR") {
+        log::info!("bitrix24: call {call_id} registered, but no lead was created: {why}");
+    }
+    Ok(Registered {
+        call_id,
+        crm_entity_type: r
+            .get("CRM_ENTITY_TYPE")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        crm_entity_id: r
+            .get("CRM_ENTITY_ID")
+            .and_then(json_u64)
+            .filter(|&id| id > 0),
+    })
+}
+
+/// Parameters of `telephony.externalcall.finish` (§3.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishParams {
+    pub call_id: String,
+    /// The last employee who talked to the client. Bitrix24 hides only *this* user's card and
+    /// makes them responsible for CRM items auto-created by the call (§3.1).
+    pub user_id: u64,
+    /// Talk seconds. Bitrix24 marks the call successful when > 0.
+    pub duration: u64,
+    /// `200`, `304`, `486`, `603-S`… (§3.1). Empty lets Bitrix24 derive it from `duration`.
+    pub status_code: String,
+    /// Sent explicitly because the default is disputed: docs say 1, the server treats absent
+    /// as 0 (§3.1).
+    pub add_to_chat: bool,
+    pub failed_reason: Option<String>,
+}
+
+impl FinishParams {
+    pub fn to_params(&self) -> Value {
+        let mut p = Map::new();
+        p.insert("CALL_ID".into(), json!(self.call_id));
+        p.insert("USER_ID".into(), json!(self.user_id));
+        p.insert("DURATION".into(), json!(self.duration));
+        if !self.status_code.is_empty() {
+            p.insert("STATUS_CODE".into(), json!(self.status_code));
+        }
+        p.insert("ADD_TO_CHAT".into(), json!(u8::from(self.add_to_chat)));
+        if let Some(reason) = &self.failed_reason {
+            p.insert("FAILED_REASON".into(), json!(reason));
+        }
+        Value::Object(p)
+    }
+}
+
+/// `telephony.externalcall.finish`. A second finish of the same call fails with an error
+/// for which [`Error::is_call_not_found`] is true (§3.1 behaviour step 9).
+pub fn finish(t: &dyn Transport, p: &FinishParams) -> Result<(), Error> {
+    let reply = t.call("telephony.externalcall.finish", &p.to_params())?;
+    // The statistics row. `ERRORS.ACTIVITY_CREATION` means "no CRM item to attach the call
+    // to" (§3.2), which is normal for unknown numbers without CRM_CREATE.
+    if let Some(errors) = reply.result.get("ERRORS") {
+        log::debug!("bitrix24: finish of {} reported {errors}", p.call_id);
+    }
+    Ok(())
+}
+
+/// Params of `show`/`hide`: `USER_ID` as an array works for one or many users (§4.1).
+pub fn card_params(call_id: &str, user_ids: &[u64]) -> Value {
+    json!({ "CALL_ID": call_id, "USER_ID": user_ids })
+}
+
+/// `telephony.externalcall.show`. `Ok(false)` means the call is no longer active (e.g.
+/// already finished): Bitrix24 answers `{"result": false}` rather than an error (§4.1).
+pub fn show(t: &dyn Transport, call_id: &str, user_ids: &[u64]) -> Result<bool, Error> {
+    let reply = t.call(
+        "telephony.externalcall.show",
+        &card_params(call_id, user_ids),
+    )?;
+    as_bool(&reply.result, "telephony.externalcall.show")
+}
+
+/// `telephony.externalcall.hide`. Must be sent *before* `finish` for every user other than the
+/// finishing one: after finish it returns `Ok(false)` and the card stays open (§4.1, §11 item 2).
+pub fn hide(t: &dyn Transport, call_id: &str, user_ids: &[u64]) -> Result<bool, Error> {
+    let reply = t.call(
+        "telephony.externalcall.hide",
+        &card_params(call_id, user_ids),
+    )?;
+    as_bool(&reply.result, "telephony.externalcall.hide")
+}
+
+/// One CRM item found by phone number (§4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrmMatch {
+    /// `CONTACT`, `COMPANY` or `LEAD`.
+    pub entity_type: String,
+    pub entity_id: u64,
+    pub assigned_by_id: Option<u64>,
+}
+
+/// `telephony.externalCall.searchCrmEntities`. An empty `Vec` means the number is unknown.
+pub fn search_crm_entities(t: &dyn Transport, phone: &str) -> Result<Vec<CrmMatch>, Error> {
+    const METHOD: &str = "telephony.externalCall.searchCrmEntities";
+    let reply = t.call(METHOD, &json!({ "PHONE_NUMBER": phone }))?;
+    // `[]` when nothing is found; a PHP array can also serialise as an object with index keys.
+    let rows: Vec<&Value> = match &reply.result {
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(o) => o.values().collect(),
+        Value::Null => Vec::new(),
+        other => {
+            return Err(Error::Decode(format!(
+                "{METHOD}: expected a list, got {other}"
+            )))
+        }
+    };
+    rows.into_iter()
+        .map(|row| {
+            let entity_type = row.get("CRM_ENTITY_TYPE").and_then(Value::as_str);
+            let entity_id = row.get("CRM_ENTITY_ID").and_then(json_u64);
+            match (entity_type, entity_id) {
+                (Some(ty), Some(id)) => Ok(CrmMatch {
+                    entity_type: ty.to_string(),
+                    entity_id: id,
+                    // IDs may be numeric strings even though the docs show ints (§4.3).
+                    assigned_by_id: row
+                        .get("ASSIGNED_BY_ID")
+                        .and_then(json_u64)
+                        .filter(|&id| id > 0),
+                }),
+                _ => Err(Error::Decode(format!("{METHOD}: bad entry {row}"))),
+            }
+        })
+        .collect()
+}
+
+/// The employee responsible for the client calling from `phone`.
+///
+/// Priority is contact → company → lead (the product decision in mission.md), *not* the
+/// order Bitrix24 returns, which is contacts, leads, companies (§4.3). The first item of the
+/// best type that has an `ASSIGNED_BY_ID` wins.
+pub fn responsible_for(t: &dyn Transport, phone: &str) -> Result<Option<u64>, Error> {
+    let found = search_crm_entities(t, phone)?;
+    Ok(["CONTACT", "COMPANY", "LEAD"].iter().find_map(|ty| {
+        found
+            .iter()
+            .filter(|m| m.entity_type.eq_ignore_ascii_case(ty))
+            .find_map(|m| m.assigned_by_id)
+    }))
+}
+
+/// A Bitrix24 employee as `user.get` returns them (§6.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: u64,
+    /// `UF_PHONE_INNER`, the internal number; `None` for `null` or `""`.
+    pub inner: Option<String>,
+    pub active: bool,
+    /// `NAME LAST_NAME`, for logs and status pages.
+    pub name: String,
+}
+
+/// Page size of every Bitrix24 list method (§6.2).
+const PAGE: u64 = 50;
+/// Stop paging after this many pages even if `next` keeps coming (100 000 users).
+const MAX_PAGES: u64 = 2000;
+
+/// All active employees, following `next` page by page (50 a page, §6.2).
+///
+/// `sort=ID ASC` keeps the offsets stable if someone is added while we page.
+pub fn users_all(t: &dyn Transport) -> Result<Vec<User>, Error> {
+    let mut users = Vec::new();
+    let mut start = 0u64;
+    for _ in 0..MAX_PAGES {
+        let params = json!({
+            "FILTER": { "ACTIVE": true },
+            "sort": "ID",
+            "order": "ASC",
+            "start": start,
+        });
+        let reply = t.call("user.get", &params)?;
+        let Value::Array(rows) = &reply.result else {
+            return Err(Error::Decode(format!(
+                "user.get: expected a list, got {}",
+                reply.result
+            )));
+        };
+        if start == 0 {
+            // A missing `total` means an empty list (§6.2).
+            users.reserve(reply.total.unwrap_or(0) as usize);
+        }
+        for row in rows {
+            users.push(parse_user(row)?);
+        }
+        match reply.next {
+            Some(next) if next > start => start = next,
+            Some(next) => {
+                return Err(Error::Decode(format!(
+                    "user.get: next={next} does not advance past start={start}"
+                )))
+            }
+            None => return Ok(users),
+        }
+    }
+    Err(Error::Decode(format!(
+        "user.get: more than {} users, giving up",
+        MAX_PAGES * PAGE
+    )))
+}
+
+fn parse_user(row: &Value) -> Result<User, Error> {
+    let id = row
+        .get("ID")
+        .and_then(json_u64)
+        .ok_or_else(|| Error::Decode(format!("user.get: user without ID: {row}")))?;
+    let inner = match row.get("UF_PHONE_INNER") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    // ACTIVE is a JSON bool (§6.2); tolerate the Y/N form of older APIs. Absent: we asked
+    // for active users only.
+    let active = match row.get("ACTIVE") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.as_str(), "Y" | "1" | "true"),
+        Some(Value::Number(n)) => n.as_u64() != Some(0),
+        _ => true,
+    };
+    let part = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("").trim();
+    let name = format!("{} {}", part("NAME"), part("LAST_NAME"))
+        .trim()
+        .to_string();
+    Ok(User {
+        id,
+        inner,
+        active,
+        name,
+    })
+}
+
+fn object<'a>(v: &'a Value, method: &str) -> Result<&'a Map<String, Value>, Error> {
+    v.as_object()
+        .ok_or_else(|| Error::Decode(format!("{method}: expected an object, got {v}")))
+}
+
+fn as_bool(v: &Value, method: &str) -> Result<bool, Error> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) => Ok(n.as_f64() != Some(0.0)),
+        other => Err(Error::Decode(format!(
+            "{method}: expected true/false, got {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::client::Reply;
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Answers each call with the next canned result, remembering what was sent.
+    struct Canned {
+        replies: Mutex<Vec<Result<Reply, Error>>>,
+        sent: Mutex<Vec<(String, Value)>>,
+    }
+
+    impl Canned {
+        fn new(replies: Vec<Result<Reply, Error>>) -> Self {
+            Canned {
+                replies: Mutex::new(replies.into_iter().rev().collect()),
+                sent: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Transport for Canned {
+        fn call(&self, method: &str, params: &Value) -> Result<Reply, Error> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push((method.to_string(), params.clone()));
+            self.replies.lock().unwrap().pop().expect("unexpected call")
+        }
+    }
+
+    fn ok(result: Value) -> Result<Reply, Error> {
+        Ok(Reply {
+            result,
+            next: None,
+            total: None,
+        })
+    }
+
+    #[test]
+    fn register_params_are_typed() {
+        let p = RegisterParams {
+            user_id: 19,
+            phone_number: "+79991234567".into(),
+            call_type: CALL_INCOMING,
+            call_start_date: "2026-03-07T10:20:30+03:00".into(),
+            line_number: Some("8001231231".into()),
+            crm_create: false,
+            external_call_id: "pbx1-1795668285.0".into(),
+            show: false,
+        };
+        assert_eq!(
+            p.to_params(),
+            json!({"USER_ID":19,"PHONE_NUMBER":"+79991234567","TYPE":2,
+                   "CALL_START_DATE":"2026-03-07T10:20:30+03:00","LINE_NUMBER":"8001231231",
+                   "CRM_CREATE":0,"EXTERNAL_CALL_ID":"pbx1-1795668285.0","SHOW":0})
+        );
+    }
+
+    #[test]
+    fn register_parses_the_nothing_found_response() {
+        // ISSUE-335's body: CRM_ENTITY_TYPE "" and CRM_ENTITY_ID null mean "no primary".
+        let t = Canned::new(vec![ok(json!({
+            "CALL_ID":"externalCall.0d4250bf69d2bdbec8f88755985868f2.1676461289",
+            "CRM_CREATED_LEAD":null,"CRM_CREATED_ENTITIES":[],"CRM_ENTITY_TYPE":"",
+            "CRM_ENTITY_ID":null,"LEAD_CREATION_ERROR":"Lead creation is disabled for local users"}))]);
+        let p = RegisterParams {
+            user_id: 1,
+            phone_number: "220".into(),
+            call_type: 1,
+            call_start_date: String::new(),
+            line_number: None,
+            crm_create: true,
+            external_call_id: String::new(),
+            show: true,
+        };
+        let r = register(&t, &p).unwrap();
+        assert_eq!(r.crm_entity_type, None);
+        assert_eq!(r.crm_entity_id, None);
+        let sent = &t.sent.lock().unwrap()[0].1;
+        assert!(sent.get("CALL_START_DATE").is_none());
+        assert!(sent.get("EXTERNAL_CALL_ID").is_none());
+        assert_eq!(sent["SHOW"], json!(1));
+        assert_eq!(sent["CRM_CREATE"], json!(1));
+    }
+
+    #[test]
+    fn register_without_call_id_is_a_decode_error() {
+        let t = Canned::new(vec![ok(json!({"CRM_ENTITY_TYPE":""}))]);
+        let p = RegisterParams {
+            user_id: 1,
+            phone_number: "1".into(),
+            call_type: 2,
+            call_start_date: String::new(),
+            line_number: None,
+            crm_create: false,
+            external_call_id: "x".into(),
+            show: true,
+        };
+        assert!(matches!(register(&t, &p), Err(Error::Decode(_))));
+    }
+
+    #[test]
+    fn finish_sends_add_to_chat_explicitly() {
+        let p = FinishParams {
+            call_id: "externalCall.x.1".into(),
+            user_id: 20,
+            duration: 0,
+            status_code: "304".into(),
+            add_to_chat: false,
+            failed_reason: None,
+        };
+        assert_eq!(
+            p.to_params(),
+            json!({"CALL_ID":"externalCall.x.1","USER_ID":20,"DURATION":0,
+                   "STATUS_CODE":"304","ADD_TO_CHAT":0})
+        );
+    }
+
+    #[test]
+    fn responsible_prefers_contact_then_company_then_lead() {
+        // Bitrix order is contacts, leads, companies; the lead must not win over the company.
+        let rows = json!([
+            {"CRM_ENTITY_TYPE":"CONTACT","CRM_ENTITY_ID":"5","ASSIGNED_BY_ID":null},
+            {"CRM_ENTITY_TYPE":"LEAD","CRM_ENTITY_ID":7,"ASSIGNED_BY_ID":"3"},
+            {"CRM_ENTITY_TYPE":"COMPANY","CRM_ENTITY_ID":9,"ASSIGNED_BY_ID":"4"}
+        ]);
+        let t = Canned::new(vec![ok(rows)]);
+        assert_eq!(responsible_for(&t, "79991234567").unwrap(), Some(4));
+        let t = Canned::new(vec![ok(json!([]))]);
+        assert_eq!(responsible_for(&t, "79991234567").unwrap(), None);
+    }
+
+    #[test]
+    fn users_follow_next_and_parse_quirks() {
+        let page1 = Ok(Reply {
+            result: json!([
+                {"ID":"1","ACTIVE":true,"NAME":"Ann","LAST_NAME":"Lee","UF_PHONE_INNER":"219"},
+                {"ID":"2","ACTIVE":true,"NAME":"Bob","UF_PHONE_INNER":null},
+            ]),
+            next: Some(50),
+            total: Some(3),
+        });
+        let page2 = Ok(Reply {
+            result: json!([{"ID":"51","ACTIVE":"Y","NAME":"","UF_PHONE_INNER":""}]),
+            next: None,
+            total: Some(3),
+        });
+        let t = Canned::new(vec![page1, page2]);
+        let users = users_all(&t).unwrap();
+        assert_eq!(users.len(), 3);
+        assert_eq!(
+            users[0],
+            User {
+                id: 1,
+                inner: Some("219".into()),
+                active: true,
+                name: "Ann Lee".into()
+            }
+        );
+        assert_eq!(users[1].inner, None);
+        assert_eq!(users[2].inner, None);
+        let sent = t.sent.lock().unwrap();
+        assert_eq!(sent[0].1["FILTER"], json!({"ACTIVE": true}));
+        assert_eq!(sent[0].1["start"], json!(0));
+        assert_eq!(sent[1].1["start"], json!(50));
+    }
+
+    #[test]
+    fn users_stop_on_a_next_that_does_not_advance() {
+        let page = || {
+            Ok(Reply {
+                result: json!([]),
+                next: Some(0),
+                total: None,
+            })
+        };
+        let t = Canned::new(vec![page()]);
+        assert!(matches!(users_all(&t), Err(Error::Decode(_))));
+    }
+}
