@@ -9,12 +9,15 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ami::codec::{Frame, Message, Reader};
-use crate::ami::event::timestamp_ms;
+use crate::ami::event::{timestamp_ms, Event};
+use crate::bitrix::deliver::Deliverer;
+use crate::bitrix::{api, Directory};
+use crate::calls::{Action, Tracker};
 
 /// A message and when it happened (milliseconds since the Unix epoch).
 #[derive(Clone, Debug)]
@@ -185,6 +188,103 @@ fn from_bytes(bytes: &[u8], timing: Option<&[Read]>) -> Capture {
 /// Parse a capture from bytes with no sidecar (times: `Timestamp:` headers, else read time).
 pub fn parse_bytes(bytes: &[u8]) -> Capture {
     from_bytes(bytes, None)
+}
+
+/// Parse a capture and the text of its timing sidecar (used for the capture bundled in the
+/// binary for `callme demo`).
+pub fn parse_with_timing(bytes: &[u8], timing_tsv: &str, name: &str) -> Result<Capture, Error> {
+    let reads = parse_timing(timing_tsv, Path::new(name))?;
+    Ok(from_bytes(bytes, Some(&reads)))
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub messages: usize,
+    pub intents: usize,
+    pub calls: usize,
+    /// Steps still undelivered when the replay gave up waiting for retries.
+    pub pending: usize,
+    pub permanent_failures: u64,
+}
+
+/// How long a replay against a real portal waits for retries before giving up.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Feed a capture through the tracker and deliver the intents. Never sleeps between events:
+/// time comes from the capture. Only retries against a real portal wait (up to `drain_limit`).
+///
+/// With `timeline`, a readable line is written for each key AMI event and each intent.
+pub fn run(
+    cap: &Capture,
+    tracker: &mut Tracker,
+    deliverer: &mut Deliverer,
+    mut timeline: Option<&mut dyn Write>,
+    drain_limit: Duration,
+) -> Summary {
+    let mut summary = Summary {
+        messages: cap.messages.len(),
+        ..Summary::default()
+    };
+    match api::users_all(deliverer.transport()) {
+        Ok(users) => {
+            let dir = Directory::from_users(users, Instant::now());
+            tracker.set_employees(dir.inners().map(String::from));
+            deliverer.set_directory(dir);
+        }
+        Err(e) => log::warn!("could not load Bitrix24 users, cards will be skipped: {e}"),
+    }
+    let t0 = cap.messages.first().map_or(0, |m| m.at_ms);
+    let mut out = Vec::new();
+    for timed in &cap.messages {
+        let rel = timed.at_ms.saturating_sub(t0) as f64 / 1000.0;
+        if let Some(w) = timeline.as_deref_mut() {
+            if let Some(line) = describe(&timed.msg) {
+                let _ = writeln!(w, "  +{rel:6.2}s  AMI   {line}");
+            }
+        }
+        tracker.handle(&timed.msg, timed.at_ms, &mut out);
+        for intent in out.drain(..) {
+            summary.intents += 1;
+            if matches!(intent.action, Action::Register { .. }) {
+                summary.calls += 1;
+            }
+            if let Some(w) = timeline.as_deref_mut() {
+                let _ = writeln!(w, "  +{rel:6.2}s  CALL  {intent}");
+                let _ = w.flush();
+            }
+            deliverer.push(intent);
+            deliverer.run_due(Instant::now());
+        }
+    }
+    let deadline = Instant::now() + drain_limit;
+    while deliverer.pending() > 0 {
+        let Some(next) = deliverer.run_due(Instant::now()) else {
+            break;
+        };
+        if next > deadline {
+            break;
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    summary.pending = deliverer.pending();
+    summary.permanent_failures = deliverer.stats().permanent_failures;
+    summary
+}
+
+/// One readable line for the AMI events that move a call along; `None` for the rest.
+fn describe(msg: &Message) -> Option<String> {
+    Some(match Event::parse(msg) {
+        Event::Newchannel(c) => format!(
+            "new channel {} from {} to {}@{}",
+            c.name, c.caller_num, c.exten, c.context
+        ),
+        Event::DialBegin { dest, .. } => format!("dial {}", dest.name),
+        Event::DialEnd { dest, status, .. } => format!("dial {} ended: {status}", dest.name),
+        Event::BridgeEnter { chan, .. } => format!("{} joined a bridge", chan.name),
+        Event::Hangup { chan, cause } => format!("hangup {} (cause {cause})", chan.name),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

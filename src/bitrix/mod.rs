@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod client;
+pub mod deliver;
 pub mod error;
 pub mod users;
 

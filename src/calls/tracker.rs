@@ -16,22 +16,11 @@ use std::collections::{HashMap, HashSet};
 
 use crate::ami::event::{Chan, Event};
 use crate::ami::Message;
+pub use crate::config::MissedUser;
 
 use super::channel;
 use super::intent::{Action, Direction, FinishUser, Intent};
 use super::status::Status;
-
-/// Who gets a missed call when it is finished.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum MissedUser {
-    /// The CRM-responsible user found when the call was registered (then the default user).
-    #[default]
-    Responsible,
-    /// The last employee whose phone rang (then the responsible user).
-    LastRang,
-    /// `[calls] default_user`.
-    Default,
-}
 
 /// The part of the configuration the tracker needs. Built from `[calls]`.
 #[derive(Clone, Debug)]
@@ -45,6 +34,18 @@ pub struct TrackerConfig {
     /// Internal numbers allowed to get cards; empty means every employee.
     pub show_cards_to: Vec<String>,
     pub missed_user: MissedUser,
+}
+
+impl TrackerConfig {
+    pub fn from_config(calls: &crate::config::CallsConfig) -> TrackerConfig {
+        TrackerConfig {
+            system_name: calls.system_name.clone(),
+            lines: calls.lines.clone(),
+            inbound_contexts: calls.inbound_contexts.clone(),
+            show_cards_to: calls.show_cards_to.clone(),
+            missed_user: calls.missed_user,
+        }
+    }
 }
 
 impl Default for TrackerConfig {
