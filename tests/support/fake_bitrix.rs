@@ -279,7 +279,7 @@ impl FakeBitrix {
     pub fn fail_next(&self, n: usize, status: u16, body: &str) {
         let mut st = self.shared.lock();
         st.failures
-            .extend(std::iter::repeat((status, body.to_string())).take(n));
+            .extend(std::iter::repeat_n((status, body.to_string()), n));
     }
 
     /// While down, answer every request with HTTP 503 and an HTML page (see module docs).
@@ -837,8 +837,7 @@ fn find_by_comm(st: &mut State, p: &Map<String, Value>) -> Outcome {
     let mut found: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     if kind == "PHONE" {
         for item in &st.crm {
-            if codes.contains(&item.phone)
-                && only.as_deref().map_or(true, |t| t == item.entity_type)
+            if codes.contains(&item.phone) && only.as_deref().is_none_or(|t| t == item.entity_type)
             {
                 found
                     .entry(item.entity_type.clone())
