@@ -4,5 +4,6 @@ pub mod client;
 pub mod codec;
 mod error;
 
+pub use client::{ClientConfig, Handle, Incoming, Stats};
 pub use codec::{Frame, Message, Reader, Writer};
 pub use error::Error;
