@@ -13,7 +13,7 @@ use std::fmt;
 use std::io::{self, BufReader, ErrorKind, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -197,14 +197,37 @@ impl Shared {
     fn write(&self, action: &Message, need_login: bool) -> Result<(), Error> {
         // Encode before touching the socket: an action with CR/LF in it writes nothing at all.
         let bytes = encode_action(action)?;
-        let mut guard = lock(&self.writer);
+        self.write_locked(lock(&self.writer), action, &bytes, need_login)
+    }
+
+    /// The reader thread's keepalive Ping. If a caller holds the writer (perhaps stuck in a slow
+    /// write), skip this round instead of waiting: the reader must keep draining the socket,
+    /// Asterisk drops sessions that fall 100 ms behind (ami.md §2.6). `Ok(false)`: not sent.
+    fn try_write(&self, action: &Message) -> Result<bool, Error> {
+        let bytes = encode_action(action)?;
+        let guard = match self.writer.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(false),
+        };
+        self.write_locked(guard, action, &bytes, true)
+            .map(|()| true)
+    }
+
+    fn write_locked(
+        &self,
+        mut guard: MutexGuard<'_, Option<TcpStream>>,
+        action: &Message,
+        bytes: &[u8],
+        need_login: bool,
+    ) -> Result<(), Error> {
         if need_login && !self.logged_in.load(Ordering::SeqCst) {
             return Err(Error::NotConnected);
         }
         let Some(stream) = guard.as_mut() else {
             return Err(Error::NotConnected);
         };
-        if let Err(e) = stream.write_all(&bytes).and_then(|()| stream.flush()) {
+        if let Err(e) = stream.write_all(bytes).and_then(|()| stream.flush()) {
             // Part of the action may be on the wire: Asterisk would glue the next action to it.
             // Kill the link; the reader sees it and reconnects.
             let _ = stream.shutdown(Shutdown::Both);
@@ -548,6 +571,7 @@ impl Worker {
 
     /// One connection, from TCP connect to the error that ends it.
     fn session(&mut self) -> Result<Infallible, Error> {
+        log::debug!("AMI: connecting to {}:{}", self.cfg.host, self.cfg.port);
         let stream = self.connect()?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(self.tick))?;
@@ -697,8 +721,9 @@ impl Worker {
                     ("Action", "Ping"),
                     ("ActionID", &self.shared.new_action_id()),
                 ]);
-                self.shared.write(&ping, true)?;
-                keepalive.pinged(now);
+                if self.shared.try_write(&ping)? {
+                    keepalive.pinged(now);
+                }
             }
             if boot_deadline.is_some_and(|d| now >= d) {
                 boot_deadline = None;
