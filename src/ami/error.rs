@@ -18,6 +18,17 @@ pub enum Error {
     Timeout(&'static str),
     /// The connection is down; the action was not sent.
     NotConnected,
+    /// The TCP connection to Asterisk could not be opened (name lookup, refusal, timeout).
+    /// Kept apart from `Io` so the log says *where* we tried to connect.
+    Connect { addr: String, source: io::Error },
+    /// Asterisk answered `Response: Error` to an action that was supposed to start an event list
+    /// (so no list will follow). Carries Asterisk's `Message:` text.
+    Rejected(String),
+    /// A caller supplied an ActionID that another request is still waiting on; the answer could
+    /// not be told apart, so the action was not sent.
+    ActionIdInUse(String),
+    /// Asterisk announced `Event: Shutdown` (restart or stop); it closes the session right after.
+    AsteriskShutdown(String),
 }
 
 impl fmt::Display for Error {
@@ -35,6 +46,15 @@ impl fmt::Display for Error {
             Error::Protocol(msg) => write!(f, "AMI protocol error: {msg}"),
             Error::Timeout(what) => write!(f, "AMI timeout: {what}"),
             Error::NotConnected => write!(f, "AMI is not connected"),
+            Error::Connect { addr, source } => {
+                write!(f, "cannot connect to AMI at {addr}: {source}")
+            }
+            Error::Rejected(msg) => write!(f, "Asterisk rejected the action: {msg}"),
+            Error::ActionIdInUse(id) => write!(
+                f,
+                "ActionID {id:?} is already used by a request that is still waiting"
+            ),
+            Error::AsteriskShutdown(what) => write!(f, "Asterisk is shutting down ({what})"),
         }
     }
 }
@@ -43,6 +63,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(e),
+            Error::Connect { source, .. } => Some(source),
             _ => None,
         }
     }

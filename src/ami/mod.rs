@@ -5,5 +5,6 @@ pub mod codec;
 mod error;
 pub mod event;
 
+pub use client::{ClientConfig, Handle, Incoming, Stats};
 pub use codec::{Frame, Message, Reader, Writer};
 pub use error::Error;

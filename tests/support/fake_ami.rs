@@ -1,1 +1,477 @@
-//! Fake AMI server.
+//! Fake AMI server: a real TCP listener on 127.0.0.1:0 that speaks enough of Asterisk's manager
+//! protocol (ami.md §2, §4) to drive the client through login, keepalive, event lists,
+//! originate, dead links and reconnects. Every test binary shares it; it stops when dropped.
+//!
+//! What it mimics, and why it matters:
+//! - the banner is written alone on accept, without a blank line (ami.md §2.1);
+//! - anything but Login/Logoff/Challenge before a successful Login gets `Permission denied`
+//!   (ami.md §2.1), so a client that pings too early shows up in [`FakeAmi::denied`];
+//! - a wrong secret gets `Response: Error` / `Authentication failed` and the socket is closed
+//!   (ami.md §2.3; the real server waits 1 s first, the fake answers at once to keep tests fast);
+//! - list answers are written in one go, items carrying the ActionID (ami.md §2.6, §2.8).
+
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use callme::ami::{Frame, Message, Reader};
+
+pub const BANNER: &str = "Asterisk Call Manager/9.0.0";
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes. Tests wait on
+/// conditions with a deadline; they never sleep "long enough".
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub struct FakeAmi {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    accept: Option<JoinHandle<()>>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    stopping: AtomicBool,
+}
+
+struct State {
+    username: String,
+    secret: String,
+    stream: Vec<u8>,
+    actions: Vec<(Instant, Message)>,
+    logins: usize,
+    accepted: usize,
+    connections: usize,
+    denied: usize,
+    current: Option<Conn>,
+    open: Vec<Arc<Mutex<TcpStream>>>,
+    handlers: Vec<JoinHandle<()>>,
+    channels: Vec<Vec<(String, String)>>,
+    originate_ok: bool,
+    silent: bool,
+    fully_booted: bool,
+}
+
+/// The write side of one accepted connection; the mutex keeps a reply and a `push` from
+/// interleaving.
+#[derive(Clone)]
+struct Conn {
+    id: usize,
+    out: Arc<Mutex<TcpStream>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Conn {
+    fn write(&self, bytes: &[u8]) -> bool {
+        lock(&self.out).write_all(bytes).is_ok()
+    }
+
+    fn close(&self) {
+        let _ = lock(&self.out).shutdown(Shutdown::Both);
+    }
+}
+
+impl FakeAmi {
+    /// Listens on 127.0.0.1:0 and accepts `username`/`secret` as the only valid login.
+    pub fn start(username: &str, secret: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake AMI");
+        let addr = listener.local_addr().expect("fake AMI address");
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                username: username.to_string(),
+                secret: secret.to_string(),
+                stream: Vec::new(),
+                actions: Vec::new(),
+                logins: 0,
+                accepted: 0,
+                connections: 0,
+                denied: 0,
+                current: None,
+                open: Vec::new(),
+                handlers: Vec::new(),
+                channels: Vec::new(),
+                originate_ok: true,
+                silent: false,
+                fully_booted: true,
+            }),
+            stopping: AtomicBool::new(false),
+        });
+        let acceptor = Arc::clone(&inner);
+        let accept = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if acceptor.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let id = {
+                    let mut st = acceptor.lock();
+                    st.connections += 1;
+                    st.connections
+                };
+                let served = Arc::clone(&acceptor);
+                let handler = thread::spawn(move || served.serve(id, stream));
+                acceptor.lock().handlers.push(handler);
+            }
+        });
+        FakeAmi {
+            addr,
+            inner,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Bytes written to every new logged-in connection right after the Login response (and the
+    /// FullyBooted event), in the same write: e.g. the events of a capture.
+    pub fn set_stream(&self, bytes: Vec<u8>) {
+        self.inner.lock().stream = bytes;
+    }
+
+    /// Writes raw bytes to the current logged-in connection now. False if there is none.
+    pub fn push(&self, bytes: &[u8]) -> bool {
+        let current = self.inner.lock().current.clone();
+        current.is_some_and(|c| c.write(bytes))
+    }
+
+    /// Closes the current logged-in connection, as a network failure or an Asterisk crash would.
+    pub fn drop_connection(&self) {
+        if let Some(c) = self.inner.lock().current.take() {
+            c.close();
+        }
+    }
+
+    /// Every action received, all connections, in order (Login included).
+    pub fn actions(&self) -> Vec<Message> {
+        self.inner
+            .lock()
+            .actions
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// The actions whose `Action:` is `name` (case-insensitive), in order.
+    pub fn actions_named(&self, name: &str) -> Vec<Message> {
+        self.actions()
+            .into_iter()
+            .filter(|m| is_action(m, name))
+            .collect()
+    }
+
+    /// When each action named `name` arrived: lets a test check the spacing of retries.
+    pub fn action_times(&self, name: &str) -> Vec<Instant> {
+        self.inner
+            .lock()
+            .actions
+            .iter()
+            .filter(|(_, m)| is_action(m, name))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Login actions received, accepted or not.
+    pub fn logins(&self) -> usize {
+        self.inner.lock().logins
+    }
+
+    /// Logins answered with `Authentication accepted`.
+    pub fn accepted_logins(&self) -> usize {
+        self.inner.lock().accepted
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> usize {
+        self.inner.lock().connections
+    }
+
+    /// Actions answered `Permission denied` because they came before a successful Login.
+    pub fn denied(&self) -> usize {
+        self.inner.lock().denied
+    }
+
+    /// Waits until at least `n` Login actions were received.
+    pub fn wait_logins(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.logins() >= n)
+    }
+
+    /// Waits until at least `n` Logins were accepted.
+    pub fn wait_accepted(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.accepted_logins() >= n)
+    }
+
+    /// Waits for an action named `name` and returns the latest one received.
+    pub fn wait_action(&self, name: &str, timeout: Duration) -> Option<Message> {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = self.actions_named(name).pop();
+            found.is_some()
+        });
+        found
+    }
+
+    /// The channels answered to `CoreShowChannels`: one `CoreShowChannel` event per item
+    /// (fields in the given order, after `Event` and `ActionID`), then the Complete event.
+    pub fn set_core_show_channels(&self, items: Vec<Vec<(String, String)>>) {
+        self.inner.lock().channels = items;
+    }
+
+    /// true: `Originate successfully queued` (plus an `OriginateResponse` event if `Async`
+    /// is true); false: `Response: Error` / `Originate failed`.
+    pub fn set_originate_response(&self, ok: bool) {
+        self.inner.lock().originate_ok = ok;
+    }
+
+    /// Stops answering anything, including the banner of new connections, without closing:
+    /// a dead link as seen by a client (half-open TCP). Actions are still recorded.
+    pub fn set_silent(&self, silent: bool) {
+        self.inner.lock().silent = silent;
+    }
+
+    /// false: no `FullyBooted` after Login, like a user without the `system` read class.
+    pub fn set_fully_booted(&self, on: bool) {
+        self.inner.lock().fully_booted = on;
+    }
+
+    /// Changes the accepted secret, as an operator fixing manager.conf would.
+    pub fn set_secret(&self, secret: &str) {
+        self.inner.lock().secret = secret.to_string();
+    }
+}
+
+impl Drop for FakeAmi {
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() so the thread sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        // A handler registers its socket in `open` and then checks `stopping`, so every handler
+        // either gets its socket closed here or exits on its own.
+        let (open, handlers) = {
+            let mut st = self.inner.lock();
+            st.current = None;
+            (
+                std::mem::take(&mut st.open),
+                std::mem::take(&mut st.handlers),
+            )
+        };
+        for out in open {
+            let _ = lock(&out).shutdown(Shutdown::Both);
+        }
+        for h in handlers {
+            let _ = h.join();
+        }
+    }
+}
+
+fn is_action(m: &Message, name: &str) -> bool {
+    m.get("Action")
+        .is_some_and(|a| a.eq_ignore_ascii_case(name))
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn serve(self: Arc<Self>, id: usize, stream: TcpStream) {
+        let Ok(out) = stream.try_clone() else { return };
+        let conn = Conn {
+            id,
+            out: Arc::new(Mutex::new(out)),
+        };
+        let silent = {
+            let mut st = self.lock();
+            st.open.push(Arc::clone(&conn.out));
+            st.silent
+        };
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if !silent {
+            conn.write(format!("{BANNER}\r\n").as_bytes());
+        }
+        let mut reader = Reader::new(BufReader::new(stream));
+        let mut logged_in = false;
+        while let Ok(Some(frame)) = reader.read_frame() {
+            let Frame::Message(action) = frame else {
+                continue;
+            };
+            if !self.answer(&conn, &mut logged_in, action) {
+                break;
+            }
+        }
+        conn.close();
+        let mut st = self.lock();
+        if st.current.as_ref().is_some_and(|c| c.id == id) {
+            st.current = None;
+        }
+    }
+
+    /// Records and answers one action. Returns false when the connection must close.
+    fn answer(&self, conn: &Conn, logged_in: &mut bool, action: Message) -> bool {
+        let name = action
+            .get("Action")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let head = |status: &str| match action.action_id() {
+            Some(id) => format!("Response: {status}\r\nActionID: {id}\r\n"),
+            None => format!("Response: {status}\r\n"),
+        };
+        let id_line = action
+            .action_id()
+            .map(|id| format!("ActionID: {id}\r\n"))
+            .unwrap_or_default();
+
+        let mut st = self.lock();
+        st.actions.push((Instant::now(), action.clone()));
+        if name == "login" {
+            st.logins += 1;
+        }
+        if st.silent {
+            return true;
+        }
+        if !*logged_in && !matches!(name.as_str(), "login" | "logoff" | "challenge") {
+            st.denied += 1;
+            drop(st);
+            return conn
+                .write(format!("{}Message: Permission denied\r\n\r\n", head("Error")).as_bytes());
+        }
+        match name.as_str() {
+            "login" => {
+                let good = action.get("Username") == Some(st.username.as_str())
+                    && action.get("Secret") == Some(st.secret.as_str());
+                if !good {
+                    drop(st);
+                    conn.write(
+                        format!("{}Message: Authentication failed\r\n\r\n", head("Error"))
+                            .as_bytes(),
+                    );
+                    return false;
+                }
+                st.accepted += 1;
+                *logged_in = true;
+                let mut bytes = format!(
+                    "{}Message: Authentication accepted\r\n\r\n",
+                    head("Success")
+                );
+                if st.fully_booted {
+                    bytes.push_str(
+                        "Event: FullyBooted\r\nPrivilege: system,all\r\nUptime: 1\r\n\
+                         LastReload: 1\r\nStatus: Fully Booted\r\n\r\n",
+                    );
+                }
+                let mut bytes = bytes.into_bytes();
+                bytes.extend_from_slice(&st.stream);
+                // Take the write lock before publishing the connection, so a `push` cannot get
+                // in between the Login response and the stream.
+                let mut out = lock(&conn.out);
+                st.current = Some(conn.clone());
+                drop(st);
+                out.write_all(&bytes).is_ok()
+            }
+            "ping" => {
+                drop(st);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                let reply = format!(
+                    "{}Ping: Pong\r\nTimestamp: {}.{:06}\r\n\r\n",
+                    head("Success"),
+                    now.as_secs(),
+                    now.subsec_micros()
+                );
+                conn.write(reply.as_bytes())
+            }
+            "logoff" => {
+                drop(st);
+                conn.write(
+                    format!(
+                        "{}Message: Thanks for all the fish.\r\n\r\n",
+                        head("Goodbye")
+                    )
+                    .as_bytes(),
+                );
+                false
+            }
+            "coreshowchannels" => {
+                let mut reply = format!(
+                    "{}EventList: start\r\nMessage: Channels will follow\r\n\r\n",
+                    head("Success")
+                );
+                for item in &st.channels {
+                    reply.push_str("Event: CoreShowChannel\r\n");
+                    reply.push_str(&id_line);
+                    for (k, v) in item {
+                        reply.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    reply.push_str("\r\n");
+                }
+                reply.push_str(&format!(
+                    "Event: CoreShowChannelsComplete\r\n{id_line}EventList: Complete\r\n\
+                     ListItems: {}\r\n\r\n",
+                    st.channels.len()
+                ));
+                drop(st);
+                conn.write(reply.as_bytes())
+            }
+            "originate" => {
+                let ok = st.originate_ok;
+                drop(st);
+                if !ok {
+                    return conn.write(
+                        format!("{}Message: Originate failed\r\n\r\n", head("Error")).as_bytes(),
+                    );
+                }
+                let mut reply = format!(
+                    "{}Message: Originate successfully queued\r\n\r\n",
+                    head("Success")
+                );
+                if action
+                    .get("Async")
+                    .is_some_and(|a| a.eq_ignore_ascii_case("true"))
+                {
+                    // ami.md §4.2: an event, ActionID third, with its own `Response:` field.
+                    reply.push_str(&format!(
+                        "Event: OriginateResponse\r\nPrivilege: call,all\r\n{id_line}\
+                         Response: Success\r\nChannel: {}\r\nContext: {}\r\nExten: {}\r\n\
+                         Reason: 4\r\nUniqueid: 1795668285.99\r\nCallerIDNum: <unknown>\r\n\
+                         CallerIDName: <unknown>\r\n\r\n",
+                        action.get("Channel").unwrap_or_default(),
+                        action.get("Context").unwrap_or_default(),
+                        action.get("Exten").unwrap_or_default(),
+                    ));
+                }
+                conn.write(reply.as_bytes())
+            }
+            _ => {
+                drop(st);
+                conn.write(format!("{}Message: OK\r\n\r\n", head("Success")).as_bytes())
+            }
+        }
+    }
+}
