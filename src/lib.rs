@@ -9,6 +9,7 @@ pub mod bitrix;
 pub mod calls;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dryrun;
 pub mod isotime;
 pub mod phone;

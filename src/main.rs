@@ -4,7 +4,6 @@
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use callme::bitrix::deliver::{DeliverConfig, Deliverer};
 use callme::bitrix::{Directory, Transport, WebhookClient};
@@ -215,18 +214,50 @@ fn load_or_report(path: &Path) -> Option<Config> {
 }
 
 fn run_daemon(path: &Path) -> ExitCode {
-    let Some(_cfg) = load_or_report(path) else {
+    let Some(cfg) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
-    eprintln!("error: not wired yet");
-    ExitCode::FAILURE
+    log::info!(
+        "callme {} starting: AMI {}:{}, Bitrix24 {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.asterisk.host,
+        cfg.asterisk.port,
+        cfg.bitrix24.webhook_url
+    );
+    let daemon = callme::daemon::Daemon::start(&cfg);
+    // Runs until the process is stopped. (Clean SIGTERM handling: see README, Status.)
+    daemon.wait();
+    ExitCode::SUCCESS
 }
 
+/// `callme ami-events`: log in with the config's credentials and print every event as it
+/// arrives, in AMI's own `Key: value` form. For checking what a live PBX sends.
 fn ami_events(path: &Path) -> ExitCode {
-    let Some(_cfg) = load_or_report(path) else {
+    let Some(cfg) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
-    let _ = Duration::ZERO;
-    eprintln!("error: not wired yet");
-    ExitCode::FAILURE
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (_handle, _thread) = callme::ami::client::start(callme::daemon::ami_config(&cfg), tx);
+    let mut out = io::stdout().lock();
+    for incoming in rx {
+        match incoming {
+            callme::ami::Incoming::Connected { banner } => {
+                log::info!("connected to {}:{} ({banner})", cfg.asterisk.host, cfg.asterisk.port)
+            }
+            callme::ami::Incoming::Disconnected { reason } => log::warn!("disconnected: {reason}"),
+            callme::ami::Incoming::Event { msg, .. } => {
+                let mut text = String::new();
+                for (k, v) in msg.iter() {
+                    text.push_str(k);
+                    text.push_str(": ");
+                    text.push_str(v);
+                    text.push('\n');
+                }
+                if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+                    break; // stdout closed (piped into `head`)
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
