@@ -24,6 +24,10 @@ use super::Error;
 /// a cap a broken peer could make us buffer without bound. The largest message in the captures is
 /// a few KiB. Counted: the message's bytes on the wire, line ends included, the blank line that
 /// ends it excluded.
+///
+/// Memory: a line is never buffered past the cap, so for ordinary traffic the reader holds about
+/// one cap. Per-field bookkeeping comes on top: a pathological `Response: Follows` body made of
+/// 65 000 empty lines (each one an `Output` field) takes it to about 16 times the cap (1 MiB).
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// The banner's fixed prefix; the version after the slash varies (ami.md §2.1).
@@ -35,6 +39,12 @@ const END_COMMAND: &[u8] = b"--END COMMAND--";
 /// Bytes of a line kept while skipping an oversized message: enough to recognise a blank line
 /// and a line ending in `--END COMMAND--`, nothing more.
 const SKIP_TAIL: usize = 32;
+
+/// How far an oversized `Response: Follows` is skipped while looking for `--END COMMAND--`
+/// before falling back to blank-line framing. Without a limit, a peer that never sends the marker
+/// would make the reader swallow the rest of the stream and the daemon go deaf. Past the limit a
+/// genuine, huge CLI output may then come out as a few junk messages, which is the lesser harm.
+const FOLLOWS_SKIP_LIMIT: usize = 16 * MAX_MESSAGE;
 
 /// One AMI message: ordered fields, keys may repeat, keys compare case-insensitively.
 ///
@@ -183,12 +193,15 @@ struct Decoder {
     /// the message is complete, so a multibyte character split across reads survives (ami.md §2.4,
     /// python-ami #3).
     raw: Vec<u8>,
-    /// Per field: (key end, value end) in `raw`.
-    ends: Vec<(usize, usize)>,
+    /// Per field: (key end, value end) in `raw`. `u32` halves the bookkeeping of a message made of
+    /// tiny lines; `raw` stays far below 4 GiB (at most about six times [`MAX_MESSAGE`]).
+    ends: Vec<(u32, u32)>,
     /// A line that started in an earlier read. While skipping: only the last [`SKIP_TAIL`] bytes.
     line: Vec<u8>,
     /// Bytes of the current message counted against [`MAX_MESSAGE`].
     size: usize,
+    /// Bytes skipped so far in [`State::Skip`].
+    skipped: usize,
     dropped: u64,
 }
 
@@ -201,6 +214,7 @@ impl Decoder {
             ends: Vec::with_capacity(64),
             line: Vec::new(),
             size: 0,
+            skipped: 0,
             dropped: 0,
         }
     }
@@ -235,10 +249,12 @@ impl Decoder {
                 State::Skip { .. } => match find_newline(rest) {
                     None => {
                         self.keep_tail(rest);
+                        self.skipped += rest.len();
                         i = chunk.len();
                     }
                     Some(p) => {
                         self.keep_tail(&rest[..p]);
+                        self.skipped += p + 1;
                         i += p + 1;
                         self.skipped_line_end();
                     }
@@ -329,6 +345,7 @@ impl Decoder {
         let excess = self.line.len().saturating_sub(SKIP_TAIL);
         self.line.drain(..excess);
         self.size = 0;
+        self.skipped = 0;
         self.dropped += 1;
         // An oversized first line is not a banner, and is no longer "the first line" afterwards.
         self.started = true;
@@ -369,7 +386,7 @@ impl Decoder {
             return;
         };
         let tail = strip_cr(&self.line);
-        if follows {
+        if follows && self.skipped <= FOLLOWS_SKIP_LIMIT {
             if tail.ends_with(END_COMMAND) {
                 self.state = State::AfterEnd {
                     cr: false,
@@ -378,6 +395,8 @@ impl Decoder {
             }
         } else if tail.is_empty() {
             self.state = State::Headers;
+        } else {
+            self.state = State::Skip { follows: false };
         }
         self.line.clear();
     }
@@ -461,9 +480,9 @@ impl Decoder {
 
     fn push_raw(&mut self, key: &[u8], value: &[u8]) {
         append_capped(&mut self.raw, key);
-        let key_end = self.raw.len();
+        let key_end = self.raw.len() as u32;
         append_capped(&mut self.raw, value);
-        self.ends.push((key_end, self.raw.len()));
+        self.ends.push((key_end, self.raw.len() as u32));
     }
 
     /// The `--END COMMAND--` message is over (its trailing blank line consumed or absent).
@@ -495,17 +514,20 @@ impl Decoder {
 ///
 /// Decoding per field gives the same text as decoding the message as a whole: fields were
 /// separated by ASCII bytes (`:`, space, CR, LF), which always end an invalid sequence.
-fn decode_message(raw: &[u8], ends: &[(usize, usize)]) -> Message {
+fn decode_message(raw: &[u8], ends: &[(u32, u32)]) -> Message {
     if let Ok(text) = std::str::from_utf8(raw) {
         // Valid as a whole is not enough: `\xd0:\x90` becomes `\xd0\x90` once the colon is gone,
         // a valid character straddling the key/value boundary. Then fall through to per-field.
         if ends
             .iter()
-            .all(|&(k, v)| text.is_char_boundary(k) && text.is_char_boundary(v))
+            .all(|&(k, v)| text.is_char_boundary(k as usize) && text.is_char_boundary(v as usize))
         {
             return Message {
                 text: text.to_owned(),
-                ends: ends.to_vec(),
+                ends: ends
+                    .iter()
+                    .map(|&(k, v)| (k as usize, v as usize))
+                    .collect(),
             };
         }
     }
@@ -515,6 +537,7 @@ fn decode_message(raw: &[u8], ends: &[(usize, usize)]) -> Message {
     };
     let mut start = 0;
     for &(key_end, value_end) in ends {
+        let (key_end, value_end) = (key_end as usize, value_end as usize);
         let key: Cow<str> = String::from_utf8_lossy(&raw[start..key_end]);
         let value: Cow<str> = String::from_utf8_lossy(&raw[key_end..value_end]);
         msg.push(&key, &value);
@@ -537,12 +560,18 @@ fn split_field(content: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// `extend_from_slice`, but growth by doubling stops at [`MAX_MESSAGE`]: a buffer that holds at
-/// most about the cap must not end up with twice the cap of capacity.
+/// `extend_from_slice`, but doubling does not overshoot [`MAX_MESSAGE`]: a buffer that holds at
+/// most the cap (a partial line) must not end up with twice the cap of capacity. Past the cap
+/// (`raw` can be, with the `Output` keys it adds) growth doubles again, never byte by byte.
 fn append_capped(buf: &mut Vec<u8>, bytes: &[u8]) {
     let needed = buf.len() + bytes.len();
     if needed > buf.capacity() {
-        let target = (buf.capacity() * 2).min(MAX_MESSAGE).max(needed);
+        let doubled = buf.capacity() * 2;
+        let target = if needed <= MAX_MESSAGE {
+            doubled.min(MAX_MESSAGE).max(needed)
+        } else {
+            doubled.max(needed)
+        };
         buf.reserve_exact(target - buf.len());
     }
     buf.extend_from_slice(bytes);
@@ -973,7 +1002,7 @@ mod tests {
         let d = &reader.decoder;
         let bytes = d.raw.capacity()
             + d.line.capacity()
-            + d.ends.capacity() * std::mem::size_of::<(usize, usize)>();
+            + d.ends.capacity() * std::mem::size_of::<(u32, u32)>();
         assert!(
             bytes <= MAX_MESSAGE + 8192,
             "decoder holds {bytes} bytes: raw {} line {} ends {}",
@@ -1018,32 +1047,66 @@ mod tests {
     #[test]
     fn cap_is_exact_and_split_invariant() {
         // A message of exactly MAX_MESSAGE bytes (blank line excluded) passes; one more is dropped.
-        let message = |size: usize| {
+        // `big(size, last)`: `Event: Big`, a padded `Data:` line, then `last`, `size` bytes in all.
+        let big = |size: usize, last: &[u8]| {
             let head = b"Event: Big\r\nData: ";
             let mut m = head.to_vec();
-            m.extend(std::iter::repeat_n(b'z', size - head.len() - 2));
+            m.extend(std::iter::repeat_n(
+                b'z',
+                size - head.len() - 2 - last.len(),
+            ));
             m.extend_from_slice(b"\r\n");
+            m.extend_from_slice(last);
             assert_eq!(m.len(), size);
             m.extend_from_slice(b"\r\n");
             m
         };
-        let mut data = message(MAX_MESSAGE);
-        data.extend(message(MAX_MESSAGE + 1));
-        data.extend_from_slice(b"Event: Next\r\n\r\n");
+        let data = [
+            big(MAX_MESSAGE, b"Tail: t\r\n"),
+            big(MAX_MESSAGE + 1, b"Tail: t\r\n"),
+            // The Data line itself crosses the cap, and more lines follow it.
+            big(MAX_MESSAGE + 10, b"Tail: t\r\n"),
+            // One-byte bare-LF last line: exactly at the cap, then one past it.
+            big(MAX_MESSAGE, b"x\n"),
+            big(MAX_MESSAGE + 1, b"x\n"),
+            b"Event: Next\r\n\r\n".to_vec(),
+        ]
+        .concat();
         let reference = collect(&mut Reader::new(Cursor::new(&data[..])));
-        assert_eq!(reference.1, 1);
+        assert_eq!(reference.1, 3);
         let names: Vec<_> = reference.0.iter().map(|(f, _)| msg(f).event()).collect();
-        assert_eq!(names, [Some("Big"), Some("Next")]);
+        assert_eq!(names, [Some("Big"), Some("Big"), Some("Next")]);
+        assert_eq!(msg(&reference.0[0].0).get("Tail"), Some("t"));
+        assert_eq!(msg(&reference.0[1].0).get("Output"), Some("x"));
         assert_eq!(reference.0[0].1, (MAX_MESSAGE + 2) as u64);
 
-        let ends = [MAX_MESSAGE, 2 * MAX_MESSAGE + 3, data.len() - 15];
+        // Every split near a line end (where the cap is decided), and a sample of the rest.
+        let line_ends: Vec<usize> = (0..data.len()).filter(|&i| data[i] == b'\n').collect();
         for k in (0..data.len())
             .step_by(997)
-            .chain(ends.iter().flat_map(|&e| e - 4..e + 4))
+            .chain(line_ends.iter().flat_map(|&e| e.saturating_sub(3)..e + 3))
         {
             let got = collect(&mut Reader::new(Chunked::two_chunks(&data, k)));
             assert_eq!(got, reference, "split at byte {k}");
         }
+    }
+
+    #[test]
+    fn many_tiny_lines_stay_bounded() {
+        // Worst case for bookkeeping: in a `Follows` body each bare `\n` is an `Output` field,
+        // so the stored text and the spans outgrow the wire size (and the cap).
+        let mut data = b"Response: Follows\r\nPrivilege: Command\r\n".to_vec();
+        data.resize(MAX_MESSAGE - 64, b'\n');
+        data.extend_from_slice(b"--END COMMAND--\r\n\r\n");
+        let mut reader = Reader::new(Chunked::sized(&data, 4096));
+        let (frames, dropped) = collect(&mut reader);
+        assert_eq!(dropped, 0);
+        assert!(msg(&frames[0].0).len() > 65_000);
+        let d = &reader.decoder;
+        let held = d.raw.capacity()
+            + d.line.capacity()
+            + d.ends.capacity() * std::mem::size_of::<(u32, u32)>();
+        assert!(held <= 16 * MAX_MESSAGE, "decoder holds {held} bytes");
     }
 
     #[test]
@@ -1061,6 +1124,29 @@ mod tests {
         assert_eq!(msg(&reference.0[0].0).event(), Some("After"));
         let got = collect(&mut Reader::new(Chunked::bytewise(&data, false)));
         assert_eq!(got, reference);
+    }
+
+    #[test]
+    fn follows_without_end_command_does_not_swallow_the_stream() {
+        let mut data = b"Response: Follows\r\nPrivilege: Command\r\n".to_vec();
+        let mut n = 0;
+        while data.len() < MAX_MESSAGE + FOLLOWS_SKIP_LIMIT + 4096 {
+            data.extend_from_slice(format!("Event: Lost\r\nN: {n}\r\n\r\n").as_bytes());
+            n += 1;
+        }
+        data.extend_from_slice(b"Event: Found\r\n\r\n");
+        let (frames, dropped) = collect(&mut Reader::new(Cursor::new(&data[..])));
+        assert_eq!(dropped, 1);
+        let last = frames.last().map(|(f, _)| msg(f).event());
+        assert_eq!(last, Some(Some("Found")));
+        assert!(frames.len() < n / 2, "most of the junk is skipped");
+        let junk = &frames[..frames.len() - 1];
+        assert!(!junk.is_empty());
+        assert!(
+            junk.iter()
+                .all(|(f, _)| msg(f).event() == Some("Lost") && msg(f).get("N").is_some()),
+            "resync on a message boundary"
+        );
     }
 
     #[test]
