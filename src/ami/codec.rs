@@ -22,7 +22,7 @@ use super::Error;
 ///
 /// Asterisk has no line or message limit in the server → client direction (ami.md §2.5), so without
 /// a cap a broken peer could make us buffer without bound. The largest message in the captures is
-/// a few KiB. Counted: the message's bytes on the wire, line ends included, the blank line that
+/// 2.6 KB. Counted: the message's bytes on the wire, line ends included, the blank line that
 /// ends it excluded.
 ///
 /// Memory: a line is never buffered past the cap, so for ordinary traffic the reader holds about
