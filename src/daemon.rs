@@ -100,7 +100,15 @@ impl Daemon {
         let state = thread::Builder::new()
             .name("state".into())
             .spawn(move || {
-                state_loop(tracker, ami_rx, ctl_rx, intent_tx, stop_state, h, ami_for_state)
+                state_loop(
+                    tracker,
+                    ami_rx,
+                    ctl_rx,
+                    intent_tx,
+                    stop_state,
+                    h,
+                    ami_for_state,
+                )
             })
             .expect("spawn state thread");
 
@@ -192,7 +200,9 @@ fn state_loop(
             recv(stop) -> _ => break,
             default(Duration::from_secs(1)) => {}
         }
-        health.ami_logged_in.store(ami.is_logged_in(), Ordering::Relaxed);
+        health
+            .ami_logged_in
+            .store(ami.is_logged_in(), Ordering::Relaxed);
         health.state_alive_ms.store(now_ms(), Ordering::Relaxed);
         if let Ok(mut calls) = health.active_calls.lock() {
             *calls = tracker.active_calls();
@@ -219,7 +229,10 @@ fn delivery_loop(
             match api::users_all(d.transport()) {
                 Ok(users) => {
                     let dir = Directory::from_users(users, now);
-                    log::info!("loaded {} Bitrix24 employees with internal numbers", dir.len());
+                    log::info!(
+                        "loaded {} Bitrix24 employees with internal numbers",
+                        dir.len()
+                    );
                     let _ = ctl.send(Control::Employees(dir.inners().map(String::from).collect()));
                     d.set_directory(dir);
                     next_load = now + refresh;

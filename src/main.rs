@@ -242,7 +242,11 @@ fn ami_events(path: &Path) -> ExitCode {
     for incoming in rx {
         match incoming {
             callme::ami::Incoming::Connected { banner } => {
-                log::info!("connected to {}:{} ({banner})", cfg.asterisk.host, cfg.asterisk.port)
+                log::info!(
+                    "connected to {}:{} ({banner})",
+                    cfg.asterisk.host,
+                    cfg.asterisk.port
+                )
             }
             callme::ami::Incoming::Disconnected { reason } => log::warn!("disconnected: {reason}"),
             callme::ami::Incoming::Event { msg, .. } => {

@@ -37,7 +37,7 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "AMI i/o error: {e}"),
             Error::Injection { key } => write!(
                 f,
-                "refusing to send AMI action: value of {key:?} contains CR or LF"
+                "refusing to send AMI action: field {key:?} contains CR or LF (or its key a colon)"
             ),
             Error::AuthFailed(msg) => write!(
                 f,
