@@ -71,7 +71,7 @@ pub const USAGE: &str = concat!(
 
 Usage:
   callme run          [-c FILE] [--debug]
-  callme check-config [-c FILE]
+  callme check-config [-c FILE | FILE]
   callme replay       [-c FILE] [--dry-run] [--debug] CAPTURE
   callme demo         [--debug]
   callme ami-events   [-c FILE] [--debug]
@@ -265,8 +265,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageEr
     let config = || PathBuf::from(get(Flag::Config).unwrap_or_else(|| DEFAULT_PATH.to_string()));
     let debug = has(Flag::Debug);
 
-    // Every subcommand but replay takes no positional arguments.
-    let expected_positionals = usize::from(sub == "replay");
+    // replay takes its CAPTURE; check-config also takes the file as `check-config FILE`
+    // (the way people try it first); nothing else takes positional arguments.
+    let expected_positionals = usize::from(sub == "replay" || sub == "check-config");
     if rest.len() > expected_positionals {
         return Err(UsageError(format!(
             "unexpected argument `{}` for `{sub}`",
@@ -279,7 +280,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageEr
             config: config(),
             debug,
         },
-        "check-config" => Command::CheckConfig { config: config() },
+        "check-config" => match rest.into_iter().next() {
+            Some(_) if has(Flag::Config) => {
+                return Err(UsageError(
+                    "give the config file either as FILE or with -c FILE, not both".to_string(),
+                ))
+            }
+            Some(file) => Command::CheckConfig {
+                config: PathBuf::from(file),
+            },
+            None => Command::CheckConfig { config: config() },
+        },
         "replay" => {
             let Some(capture) = rest.into_iter().next() else {
                 return Err(UsageError(
@@ -406,11 +417,19 @@ mod tests {
         assert_eq!(
             p(&["check-config", "-c", "x.conf"]).unwrap(),
             Command::CheckConfig {
+                config: PathBuf::from("x.conf")
+            }
+        );
+        assert_eq!(
+            p(&["check-config", "x.conf"]).unwrap(),
+            Command::CheckConfig {
                 config: "x.conf".into()
             }
         );
         assert!(err(&["check-config", "--debug"])
             .starts_with("--debug is not valid for `check-config`"));
+        assert!(err(&["check-config", "-c", "a.conf", "b.conf"]).starts_with("give the config"));
+        assert!(err(&["check-config", "a.conf", "b.conf"]).starts_with("unexpected argument"));
     }
 
     #[test]

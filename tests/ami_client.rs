@@ -15,7 +15,6 @@ use support::fake_ami::{wait_until, FakeAmi, BANNER};
 const USER: &str = "callme";
 /// Upper bound for anything that should happen "soon"; tests normally finish far below it.
 const WAIT: Duration = Duration::from_secs(3);
-const CAPTURE: &[u8] = include_bytes!("fixtures/a_inbound_answered.ami");
 
 // ---- log capture: the client's log lines are part of its contract (no secrets, no flooding).
 
@@ -137,18 +136,6 @@ impl Drop for Client {
     }
 }
 
-/// The capture after its first `FullyBooted`: what Asterisk sent once the session was up. It
-/// still ends with the `Response: Goodbye` of the capture's Logoff, a response nobody waits for.
-fn capture_tail() -> Vec<u8> {
-    let start = find(CAPTURE, b"Event: FullyBooted").expect("capture has FullyBooted");
-    let end = start + find(&CAPTURE[start..], b"\r\n\r\n").expect("end of FullyBooted") + 4;
-    CAPTURE[end..].to_vec()
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Event names in `bytes`, parsed with the crate's own codec.
 fn event_names(bytes: &[u8]) -> Vec<String> {
     let mut reader = Reader::new(bytes);
@@ -180,7 +167,7 @@ fn assert_sentinel_next(fake: &FakeAmi, client: &Client) {
 #[test]
 fn streams_capture_events_after_connected() {
     let fake = FakeAmi::start(USER, "s3cret-stream");
-    let tail = capture_tail();
+    let tail = support::capture_tail("a_inbound_answered.ami");
     let raw_count = tail
         .split(|&b| b == b'\n')
         .filter(|line| line.starts_with(b"Event:"))
@@ -232,7 +219,7 @@ fn streams_capture_events_after_connected() {
 #[test]
 fn reconnects_after_connection_drop() {
     let fake = FakeAmi::start(USER, "s3cret-drop");
-    fake.set_stream(capture_tail());
+    fake.set_stream(support::capture_tail("a_inbound_answered.ami"));
     let client = Client::start(config(fake.port(), "s3cret-drop"));
     client.wait_connected();
     for _ in 0..10 {

@@ -118,6 +118,8 @@ struct State {
     cards: BTreeSet<(String, u64)>,
     requests: Vec<Recorded>,
     failures: VecDeque<(u16, String)>,
+    /// Methods whose next response is lost after the request was applied.
+    lost: Vec<String>,
     down: bool,
     seq: u64,
     next_crm_id: u64,
@@ -282,6 +284,13 @@ impl FakeBitrix {
             .extend(std::iter::repeat_n((status, body.to_string()), n));
     }
 
+    /// Apply the next request for `method` (e.g. `telephony.externalcall.finish`) normally but
+    /// answer it with a 504 page, like a proxy that timed out while the portal did the work.
+    /// A client that retries then meets the portal's answer to a repeated request.
+    pub fn lose_next_response(&self, method: &str) {
+        self.shared.lock().lost.push(method.to_ascii_lowercase());
+    }
+
     /// While down, answer every request with HTTP 503 and an HTML page (see module docs).
     pub fn set_down(&self, down: bool) {
         self.shared.lock().down = down;
@@ -409,7 +418,13 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
                 json!({"error": f.code, "error_description": f.description}),
             ),
         };
-        (status, envelope.to_string(), "application/json")
+        let method = route.method().to_string();
+        if let Some(i) = st.lost.iter().position(|m| *m == method) {
+            st.lost.remove(i);
+            (504, LOST_PAGE.to_string(), "text/html")
+        } else {
+            (status, envelope.to_string(), "application/json")
+        }
     };
     st.requests.push(Recorded {
         method: route.method().to_string(),
@@ -428,6 +443,9 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
         );
     let _ = request.respond(response);
 }
+
+const LOST_PAGE: &str =
+    "<html><head><title>504 Gateway Time-out</title></head><body>504 Gateway Time-out</body></html>";
 
 const DOWN_PAGE: &str = "<html><head><title>503 Service Temporarily Unavailable</title></head>\
 <body><center><h1>503 Service Temporarily Unavailable</h1></center></body></html>";
