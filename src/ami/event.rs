@@ -82,6 +82,15 @@ pub enum Event<'a> {
         chan: Chan<'a>,
         cause: u32,
     },
+    /// The outcome of an `Async` Originate (ami.md §4.2). An event, although it carries a
+    /// `Response:` field. Matched to our Originate by its ActionID.
+    OriginateResponse {
+        action_id: &'a str,
+        success: bool,
+        /// `pbx_dial_reason`: 4 answered, 5 busy, 3 no answer, 8 congestion, 1 hung up, 0 other.
+        reason: u32,
+        uniqueid: &'a str,
+    },
     Other,
 }
 
@@ -128,6 +137,17 @@ impl<'a> Event<'a> {
                     .get("Cause")
                     .and_then(|c| c.trim().parse().ok())
                     .unwrap_or(0),
+            }),
+            "OriginateResponse" => Some(Event::OriginateResponse {
+                action_id: msg.get("ActionID").unwrap_or(""),
+                success: msg
+                    .get("Response")
+                    .is_some_and(|r| r.eq_ignore_ascii_case("Success")),
+                reason: msg
+                    .get("Reason")
+                    .and_then(|r| r.trim().parse().ok())
+                    .unwrap_or(0),
+                uniqueid: msg.get("Uniqueid").unwrap_or(""),
             }),
             _ => None,
         };

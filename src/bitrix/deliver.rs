@@ -279,6 +279,14 @@ impl Deliverer {
                 state.responsible = Some(user_id);
                 Ok(Done::Ok)
             }
+            Action::Adopt { call_id, ext } => {
+                let user = self.directory.user_for(ext);
+                let state = self.calls.get_mut(key).expect("call state");
+                state.call_id = Some(call_id.clone());
+                state.responsible = user;
+                log::info!("{key}: click-to-call {call_id} by {ext}");
+                Ok(Done::Ok)
+            }
             Action::Show { ext } | Action::Hide { ext } => {
                 let Some(call_id) = self.call_id(key) else {
                     return Ok(Done::Skipped("call is not registered".into()));
@@ -390,6 +398,7 @@ impl Deliverer {
 fn step_name(a: &Action) -> &'static str {
     match a {
         Action::Register { .. } => "register",
+        Action::Adopt { .. } => "adopt",
         Action::Show { .. } => "show",
         Action::Hide { .. } => "hide",
         Action::Finish { .. } => "finish",

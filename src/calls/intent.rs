@@ -53,6 +53,12 @@ pub enum Action {
         /// Call start, milliseconds since the Unix epoch.
         started_ms: u64,
     },
+    /// Bitrix24 already registered this call (click-to-call: ONEXTERNALCALLSTART carried its
+    /// CALL_ID). Nothing is sent; later steps use this CALL_ID, and `ext` is the employee.
+    Adopt {
+        call_id: String,
+        ext: String,
+    },
     Show {
         ext: String,
     },
@@ -93,6 +99,9 @@ impl fmt::Display for Intent {
                 self.call,
                 direction.as_str()
             ),
+            Action::Adopt { call_id, ext } => {
+                write!(f, "{} click-to-call {call_id} by {ext}", self.call)
+            }
             Action::Show { ext } => write!(f, "{} show card to {ext}", self.call),
             Action::Hide { ext } => write!(f, "{} hide card from {ext}", self.call),
             Action::Finish {

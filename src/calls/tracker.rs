@@ -87,15 +87,50 @@ struct ChanState {
     ext: Option<String>,
 }
 
+/// How a call began; decides which channel is the client's and who the employee is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// From a trunk into an inbound context.
+    Inbound,
+    /// Dialled out from a desk phone through a trunk.
+    Outbound,
+    /// Our own Originate for a Bitrix24 click-to-call: Bitrix24 registered it already.
+    ClickToCall,
+}
+
+/// A click-to-call Originate the daemon sent, waiting for its channels to show up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Originate {
+    /// The Bitrix24 CALL_ID from ONEXTERNALCALLSTART.
+    pub call_id: String,
+    /// The `ChannelId` we gave the Originate: the Uniqueid (and Linkedid) of its first channel.
+    pub channel_id: String,
+    /// The Originate's ActionID; `OriginateResponse` carries it.
+    pub action_id: String,
+    /// The clicking employee's internal number.
+    pub ext: String,
+    /// The client's number as dialled.
+    pub phone: String,
+}
+
 struct Call {
     key: String,
     mode: Mode,
-    direction: Direction,
+    origin: Origin,
     phone: String,
     line: String,
     started_ms: u64,
     /// Uniqueid of the client's channel.
     client: Option<String>,
+    /// Outbound and click-to-call: the employee placing the call (Uniqueid, internal number).
+    caller: Option<(String, String)>,
+    /// Click-to-call: the Bitrix24 CALL_ID and our Originate's ActionID.
+    originate: Option<(String, String)>,
+    /// `OriginateResponse` `Reason` of a failed Originate.
+    originate_reason: Option<u32>,
+    /// Marked by our dialplan variables (IS_CALLME_ORIGINATE) but not matched to a request of
+    /// ours: someone else's click-to-call. Excluded from desk-phone outbound detection.
+    foreign_originate: bool,
     live_channels: usize,
     /// Cards currently shown, in the order they were shown.
     shown: Vec<String>,
@@ -109,6 +144,8 @@ struct Call {
     /// The outcome of the last unanswered dial attempt.
     last_status: Option<Status>,
     client_cause: Option<u32>,
+    /// Hangup cause of the most recent channel to go.
+    last_cause: Option<u32>,
     client_gone_ms: Option<u64>,
     recording: Option<String>,
 }
@@ -118,11 +155,15 @@ impl Call {
         Call {
             key,
             mode: Mode::Ignored,
-            direction: Direction::Inbound,
+            origin: Origin::Inbound,
             phone: String::new(),
             line: String::new(),
             started_ms,
             client: None,
+            caller: None,
+            originate: None,
+            originate_reason: None,
+            foreign_originate: false,
             live_channels: 0,
             shown: Vec::new(),
             ringing: HashMap::new(),
@@ -132,9 +173,28 @@ impl Call {
             first_answer_ms: None,
             last_status: None,
             client_cause: None,
+            last_cause: None,
             client_gone_ms: None,
             recording: None,
         }
+    }
+
+    fn direction(&self) -> Direction {
+        match self.origin {
+            Origin::Inbound => Direction::Inbound,
+            Origin::Outbound | Origin::ClickToCall => Direction::Outbound,
+        }
+    }
+
+    fn caller_ext(&self) -> Option<&str> {
+        self.caller.as_ref().map(|(_, ext)| ext.as_str())
+    }
+
+    fn push(&self, action: Action, out: &mut Vec<Intent>) {
+        out.push(Intent {
+            call: self.key.clone(),
+            action,
+        });
     }
 }
 
@@ -149,6 +209,8 @@ pub struct Tracker {
     channels: HashMap<String, ChanState>,
     /// Bridge Uniqueid → Uniqueids of the channels in it.
     bridges: HashMap<String, Vec<String>>,
+    /// Click-to-call Originates not yet seen on AMI, with the time they expire.
+    pending: Vec<(Originate, u64)>,
     next_id: u64,
 }
 
@@ -161,6 +223,7 @@ impl Tracker {
             by_linkedid: HashMap::new(),
             channels: HashMap::new(),
             bridges: HashMap::new(),
+            pending: Vec::new(),
             next_id: 1,
         }
     }
@@ -192,7 +255,7 @@ impl Tracker {
             .filter(|c| c.mode == Mode::Active)
             .map(|c| CallSummary {
                 call: c.key.clone(),
-                direction: c.direction,
+                direction: c.direction(),
                 phone: c.phone.clone(),
                 line: c.line.clone(),
                 employee: c.talking.clone().or_else(|| c.last_talker.clone()),
@@ -214,7 +277,11 @@ impl Tracker {
                 variable,
                 value,
             } => self.on_varset(&chan, variable, value, out),
-            Event::DialBegin { dest, .. } => self.on_dial_begin(&dest, now_ms, out),
+            Event::DialBegin {
+                src,
+                dest,
+                dial_string,
+            } => self.on_dial_begin(src.as_ref(), &dest, dial_string, out),
             Event::DialEnd { src, dest, status } => {
                 self.on_dial_end(src.as_ref(), &dest, status, now_ms, out)
             }
@@ -222,7 +289,129 @@ impl Tracker {
             Event::BridgeLeave { chan, bridge } => self.on_bridge_leave(&chan, bridge),
             Event::HangupRequest { .. } => {}
             Event::Hangup { chan, cause } => self.on_hangup(&chan, cause, now_ms, out),
+            Event::OriginateResponse {
+                action_id,
+                success,
+                reason,
+                ..
+            } => self.on_originate_response(action_id, success, reason, now_ms, out),
             Event::Other => {}
+        }
+    }
+
+    /// The daemon sent a click-to-call Originate. Its channels will be recognised by `ChannelId`
+    /// (their Uniqueid/Linkedid), or by the `CallMeCALL_ID` variable, or its `OriginateResponse`
+    /// by ActionID. If none of that shows up by `expires_ms`, the call is finished anyway: the
+    /// call exists in Bitrix24 and must not stay open.
+    pub fn expect_originate(&mut self, o: Originate, expires_ms: u64) {
+        self.pending.push((o, expires_ms));
+    }
+
+    /// The Originate was refused outright (`Response: Error`): finish the Bitrix24 call.
+    pub fn originate_failed(&mut self, call_id: &str, now_ms: u64, out: &mut Vec<Intent>) {
+        if let Some(i) = self.pending.iter().position(|(o, _)| o.call_id == call_id) {
+            let (o, _) = self.pending.remove(i);
+            self.finish_unstarted(&o, Status::OTHER, now_ms, out);
+        }
+    }
+
+    /// Let time pass without an event: expires click-to-call requests that never showed up.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Intent>) {
+        while let Some(i) = self.pending.iter().position(|(_, exp)| *exp <= now_ms) {
+            let (o, _) = self.pending.remove(i);
+            log::warn!(
+                "click-to-call {} by {}: no channel appeared on AMI, finishing it",
+                o.call_id,
+                o.ext
+            );
+            self.finish_unstarted(&o, Status::OTHER, now_ms, out);
+        }
+    }
+
+    /// A click-to-call that never got a channel: adopt and finish it under the employee.
+    fn finish_unstarted(
+        &mut self,
+        o: &Originate,
+        status: Status,
+        _now_ms: u64,
+        out: &mut Vec<Intent>,
+    ) {
+        let key = format!("{}-{}", self.cfg.system_name, o.channel_id);
+        for action in [
+            Action::Adopt {
+                call_id: o.call_id.clone(),
+                ext: o.ext.clone(),
+            },
+            Action::Finish {
+                user: FinishUser::Employee(o.ext.clone()),
+                duration: 0,
+                status,
+            },
+        ] {
+            out.push(Intent {
+                call: key.clone(),
+                action,
+            });
+        }
+    }
+
+    fn take_pending(&mut self, pred: impl Fn(&Originate) -> bool) -> Option<Originate> {
+        let i = self.pending.iter().position(|(o, _)| pred(o))?;
+        Some(self.pending.remove(i).0)
+    }
+
+    /// Turn `id` into the click-to-call `o`, placed by the channel `uniqueid`.
+    fn adopt(&mut self, id: u64, o: Originate, uniqueid: &str, out: &mut Vec<Intent>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.mode = Mode::Active;
+        call.origin = Origin::ClickToCall;
+        call.phone = o.phone.clone();
+        call.caller = Some((uniqueid.to_string(), o.ext.clone()));
+        call.originate = Some((o.call_id.clone(), o.action_id.clone()));
+        call.push(
+            Action::Adopt {
+                call_id: o.call_id,
+                ext: o.ext,
+            },
+            out,
+        );
+    }
+
+    fn on_originate_response(
+        &mut self,
+        action_id: &str,
+        success: bool,
+        reason: u32,
+        now_ms: u64,
+        out: &mut Vec<Intent>,
+    ) {
+        if action_id.is_empty() {
+            return;
+        }
+        let found = self.calls.iter().find_map(|(id, c)| {
+            c.originate
+                .as_ref()
+                .is_some_and(|(_, a)| a == action_id)
+                .then_some(*id)
+        });
+        if let Some(id) = found {
+            if !success {
+                let call = self.calls.get_mut(&id).expect("found");
+                call.originate_reason = Some(reason);
+                if call.live_channels == 0 {
+                    self.finish(id, now_ms, out);
+                }
+            }
+            return;
+        }
+        if success {
+            return;
+        }
+        // Failed before any channel of it was seen (or seen by us): finish it now.
+        if let Some(o) = self.take_pending(|o| o.action_id == action_id) {
+            self.finish_unstarted(&o, Status::from_originate_reason(reason), now_ms, out);
         }
     }
 
@@ -284,16 +473,18 @@ impl Tracker {
         self.next_id += 1;
         let mut call = Call::new(format!("{}-{}", self.cfg.system_name, c.linkedid), now_ms);
         let first = c.uniqueid == c.linkedid;
-        if first && self.cfg.inbound_contexts.iter().any(|x| x == c.context) {
+        let ours = self.take_pending(|o| o.channel_id == c.uniqueid || o.channel_id == c.linkedid);
+        if ours.is_none() && first && self.cfg.inbound_contexts.iter().any(|x| x == c.context) {
             call.mode = Mode::PendingDid;
-            call.direction = Direction::Inbound;
             call.phone = c.caller_num.to_string();
             call.client = Some(c.uniqueid.to_string());
         }
         self.calls.insert(id, call);
         self.by_linkedid.insert(c.linkedid.to_string(), id);
         self.add_channel(id, c);
-        if !c.exten.is_empty() && c.exten != "s" {
+        if let Some(o) = ours {
+            self.adopt(id, o, c.uniqueid, out);
+        } else if !c.exten.is_empty() && c.exten != "s" {
             self.decide(id, Some(c.exten), out);
         }
     }
@@ -319,6 +510,20 @@ impl Tracker {
         match variable.trim_start_matches('_') {
             "FROM_DID" if is_number(value) && self.calls[&id].mode == Mode::PendingDid => {
                 self.decide(id, Some(value), out);
+            }
+            // The Originate variables: a backup for matching our click-to-call when the
+            // ChannelId did not come through (ami.md §4.2: ChannelId needs Asterisk 12.2+).
+            "CallMeCALL_ID" if self.calls[&id].origin != Origin::ClickToCall => {
+                if let Some(o) = self.take_pending(|o| o.call_id == value) {
+                    self.adopt(id, o, chan.uniqueid, out);
+                } else if let Some(call) = self.calls.get_mut(&id) {
+                    call.foreign_originate = true;
+                }
+            }
+            "IS_CALLME_ORIGINATE" if self.calls[&id].origin != Origin::ClickToCall => {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.foreign_originate = true;
+                }
             }
             // Our dialplan module names the final (MP3) file; FreePBX's own recording sets
             // MIXMONITOR_FILENAME. Ours wins when both exist.
@@ -357,7 +562,7 @@ impl Tracker {
         out.push(Intent {
             call: call.key.clone(),
             action: Action::Register {
-                direction: call.direction,
+                direction: call.direction(),
                 phone: call.phone.clone(),
                 line,
                 started_ms: call.started_ms,
@@ -365,22 +570,98 @@ impl Tracker {
         });
     }
 
-    fn on_dial_begin(&mut self, dest: &Chan, _now_ms: u64, out: &mut Vec<Intent>) {
+    fn on_dial_begin(
+        &mut self,
+        src: Option<&Chan>,
+        dest: &Chan,
+        dial_string: &str,
+        out: &mut Vec<Intent>,
+    ) {
         let Some(id) = self.call_of(dest) else { return };
         if self.calls[&id].mode == Mode::PendingDid {
             self.decide(id, None, out);
         }
-        let Some(ext) = self.channels.get(dest.uniqueid).and_then(|c| c.ext.clone()) else {
-            return;
-        };
-        let allowed = self.card_allowed(&ext);
+        let dest_ext = self.channels.get(dest.uniqueid).and_then(|c| c.ext.clone());
+        let src_ext = src
+            .and_then(|s| self.channels.get(s.uniqueid))
+            .and_then(|c| c.ext.clone());
+        let call = &self.calls[&id];
+        if call.mode == Mode::Ignored && !call.foreign_originate {
+            if let (Some(src), Some(ext), None) = (src, src_ext.as_deref(), dest_ext.as_deref()) {
+                self.maybe_outbound(id, src, ext, dest, dial_string, out);
+            }
+        }
         let call = self.calls.get_mut(&id).expect("call of a tracked channel");
         if call.mode != Mode::Active {
             return;
         }
+        if call.origin != Origin::Inbound && call.client.is_none() && dest_ext.is_none() {
+            // The employee's leg dialling out: that is the client.
+            let from_caller = src.is_some_and(|s| {
+                call.caller
+                    .as_ref()
+                    .is_some_and(|(uid, _)| uid == s.uniqueid)
+            }) || (src_ext.is_some() && src_ext.as_deref() == call.caller_ext());
+            if from_caller {
+                call.client = Some(dest.uniqueid.to_string());
+            }
+            return;
+        }
+        let Some(ext) = dest_ext else {
+            return;
+        };
+        if call.origin == Origin::ClickToCall && call.caller_ext() == Some(ext.as_str()) {
+            // Our Originate ringing the clicking employee: the card opens when they answer.
+            return;
+        }
+        let allowed = self.card_allowed(&ext);
+        let call = self.calls.get_mut(&id).expect("call of a tracked channel");
         call.ringing.insert(dest.uniqueid.to_string(), ext.clone());
         call.last_rang = Some(ext.clone());
         announce(call, &ext, allowed, out);
+    }
+
+    /// An employee's channel dials something that is not an employee: a desk-phone outbound
+    /// call when the target looks like a trunk and the number like a phone number.
+    fn maybe_outbound(
+        &mut self,
+        id: u64,
+        src: &Chan,
+        ext: &str,
+        dest: &Chan,
+        dial_string: &str,
+        out: &mut Vec<Intent>,
+    ) {
+        let trunk_like = channel::peer(dest.name).is_some_and(|p| !channel::looks_internal(p));
+        // What the employee dialled is the caller's extension; FreePBX may rewrite it on the
+        // way to the trunk, so the dial string is the fallback.
+        let number = if is_number(src.exten) && src.exten.len() >= 3 {
+            src.exten.to_string()
+        } else {
+            dial_string.rsplit('/').next().unwrap_or("").to_string()
+        };
+        if !trunk_like || !is_number(&number) || number.trim_start_matches('+').len() < 3 {
+            return;
+        }
+        let allowed = self.card_allowed(ext);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.mode = Mode::Active;
+        call.origin = Origin::Outbound;
+        call.phone = number.clone();
+        call.caller = Some((src.uniqueid.to_string(), ext.to_string()));
+        call.client = Some(dest.uniqueid.to_string());
+        call.push(
+            Action::Register {
+                direction: Direction::Outbound,
+                phone: number,
+                line: String::new(),
+                started_ms: call.started_ms,
+            },
+            out,
+        );
+        announce(call, ext, allowed, out);
     }
 
     fn on_dial_end(
@@ -394,15 +675,41 @@ impl Tracker {
         let Some(id) = self.call_of(dest) else { return };
         let ext = self.channels.get(dest.uniqueid).and_then(|c| c.ext.clone());
         let allowed = ext.as_deref().is_some_and(|e| self.card_allowed(e));
+        let caller_allowed = self.calls[&id]
+            .caller_ext()
+            .is_some_and(|e| self.card_allowed(e));
         let call = self.calls.get_mut(&id).expect("call of a tracked channel");
         if call.mode != Mode::Active {
             return;
         }
         call.ringing.remove(dest.uniqueid);
+        let to_client = call.client.as_deref() == Some(dest.uniqueid);
+        if call.origin != Origin::Inbound && to_client {
+            // The client picked up (or did not) the employee's outbound leg.
+            if status.eq_ignore_ascii_case("ANSWER") {
+                if let Some(ext) = call.caller_ext().map(str::to_string) {
+                    answered(call, &ext, caller_allowed, now_ms, out);
+                }
+            } else if let Some(s) = Status::from_dial_status(status) {
+                call.last_status = Some(s);
+            }
+            return;
+        }
         let Some(ext) = ext else {
             return;
         };
         if status.eq_ignore_ascii_case("ANSWER") {
+            if call.origin == Origin::ClickToCall
+                && src.is_none()
+                && call.caller_ext() == Some(ext.as_str())
+            {
+                // The clicking employee answered our Originate: open their card.
+                if allowed && !call.shown.contains(&ext) {
+                    call.shown.push(ext.clone());
+                    call.push(Action::Show { ext }, out);
+                }
+                return;
+            }
             // Only the client's own dial connects the employee to the client. Any other
             // answered leg (an attended-transfer consultation, the ;2 half of a Local channel)
             // talks to the client only once a bridge says so.
@@ -479,6 +786,7 @@ impl Tracker {
             return;
         };
         call.live_channels = call.live_channels.saturating_sub(1);
+        call.last_cause = Some(cause);
         if call.client.as_deref() == Some(chan.uniqueid) {
             call.client_cause = Some(cause);
             call.client_gone_ms = Some(now_ms);
@@ -528,14 +836,22 @@ impl Tracker {
                 )
             }
             _ => {
+                let cause = call.client_cause.or(call.last_cause).unwrap_or(16);
                 let status = call
                     .last_status
-                    .unwrap_or_else(|| Status::from_cause(call.client_cause.unwrap_or(16)));
-                let user = match (self.cfg.missed_user, call.last_rang.clone()) {
-                    (MissedUser::Responsible, _) => FinishUser::Responsible,
-                    (MissedUser::LastRang, Some(ext)) => FinishUser::Employee(ext),
-                    (MissedUser::LastRang, None) => FinishUser::Responsible,
-                    (MissedUser::Default, _) => FinishUser::Default,
+                    .or_else(|| call.originate_reason.map(Status::from_originate_reason))
+                    .unwrap_or_else(|| Status::from_cause(cause));
+                let user = match (call.origin, call.caller_ext()) {
+                    // Outbound calls belong to whoever placed them.
+                    (Origin::Outbound | Origin::ClickToCall, Some(ext)) => {
+                        FinishUser::Employee(ext.to_string())
+                    }
+                    _ => match (self.cfg.missed_user, call.last_rang.clone()) {
+                        (MissedUser::Responsible, _) => FinishUser::Responsible,
+                        (MissedUser::LastRang, Some(ext)) => FinishUser::Employee(ext),
+                        (MissedUser::LastRang, None) => FinishUser::Responsible,
+                        (MissedUser::Default, _) => FinishUser::Default,
+                    },
                 };
                 (user, 0, status)
             }

@@ -1,0 +1,350 @@
+//! Outbound calls in the tracker: click-to-call (our Originate) and calls dialled from a desk
+//! phone, plus the ways a click-to-call can fail.
+
+use std::path::Path;
+
+use callme::ami::Message;
+use callme::calls::tracker::Originate;
+use callme::calls::{Action, Direction, FinishUser, Intent, Status, Tracker, TrackerConfig};
+
+fn capture(name: &str) -> Vec<(Message, u64)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}"));
+    callme::replay::load(&path)
+        .expect("capture")
+        .messages
+        .into_iter()
+        .map(|t| (t.msg, t.at_ms))
+        .collect()
+}
+
+fn tracker() -> Tracker {
+    let mut t = Tracker::new(TrackerConfig::default());
+    t.set_employees(["219", "220", "221"].map(String::from));
+    t
+}
+
+fn run(t: &mut Tracker, msgs: &[(Message, u64)]) -> Vec<(u64, Intent)> {
+    let mut out = Vec::new();
+    for (m, at) in msgs {
+        for i in t.handle_vec(m, *at) {
+            out.push((*at, i));
+        }
+    }
+    out
+}
+
+fn actions(v: &[(u64, Intent)]) -> Vec<Action> {
+    v.iter().map(|(_, i)| i.action.clone()).collect()
+}
+
+fn c2c(call_id: &str, channel_id: &str, action_id: &str) -> Originate {
+    Originate {
+        call_id: call_id.into(),
+        channel_id: channel_id.into(),
+        action_id: action_id.into(),
+        ext: "219".into(),
+        phone: "79991234567".into(),
+    }
+}
+
+/// The f capture's PHP-style Originate carried no ChannelId, so the call is matched by its
+/// `CallMeCALL_ID` variable (the documented backup).
+#[test]
+fn f_click_to_call_answered() {
+    let msgs = capture("f_click2call_answered.ami");
+    let mut t = tracker();
+    t.expect_originate(
+        c2c("externalCall.test123", "not-in-this-capture", "x"),
+        u64::MAX,
+    );
+    let v = run(&mut t, &msgs);
+    let a = actions(&v);
+    assert_eq!(
+        a[0],
+        Action::Adopt {
+            call_id: "externalCall.test123".into(),
+            ext: "219".into()
+        }
+    );
+    assert_eq!(a[1], Action::Show { ext: "219".into() });
+    // 219 answered the Originate at +2.51 s: that is when the card opens.
+    let t0 = msgs[0].1;
+    assert!(
+        (2_400..2_700).contains(&(v[1].0 - t0)),
+        "show at {}",
+        v[1].0 - t0
+    );
+    // The client answered at +5.51 s, 219 hung up at +10.51 s.
+    assert_eq!(
+        a[2],
+        Action::Finish {
+            user: FinishUser::Employee("219".into()),
+            duration: 5,
+            status: Status::ANSWERED
+        }
+    );
+    assert_eq!(a.len(), 3, "no register: Bitrix24 registered it: {a:?}");
+    assert!(t.is_empty());
+}
+
+#[test]
+fn someone_elses_click_to_call_is_left_alone() {
+    // Same capture, but no Originate of ours is pending: the CallMe variables mark it as an
+    // originate (from another tool), so it is not mistaken for a desk-phone outbound call.
+    let msgs = capture("f_click2call_answered.ami");
+    assert!(run(&mut tracker(), &msgs).is_empty());
+}
+
+/// A desk-phone outbound call, built from the f capture (Asterisk 20, chan_sip): once the
+/// Originate-only parts are removed (the caller-less DialBegin/DialEnd of the originated leg,
+/// the CallMe variables and OriginateResponse), what is left is exactly SIP/219 in
+/// from-internal dialling 79991234567 through SIP/trunk: the event shapes of a call dialled
+/// on the phone itself.
+fn desk_phone_call() -> Vec<(Message, u64)> {
+    capture("f_click2call_answered.ami")
+        .into_iter()
+        .filter(|(m, _)| {
+            let originate_leg =
+                matches!(m.event(), Some("DialBegin" | "DialEnd")) && m.get("Channel").is_none();
+            let callme_var = m.event() == Some("VarSet")
+                && matches!(
+                    m.get("Variable"),
+                    Some("CallMeCALL_ID" | "IS_CALLME_ORIGINATE")
+                );
+            !originate_leg && !callme_var && m.event() != Some("OriginateResponse")
+        })
+        .collect()
+}
+
+#[test]
+fn desk_phone_outbound_registers_type_1_under_the_caller() {
+    let v = run(&mut tracker(), &desk_phone_call());
+    let a = actions(&v);
+    match &a[0] {
+        Action::Register {
+            direction,
+            phone,
+            line,
+            ..
+        } => {
+            assert_eq!(*direction, Direction::Outbound);
+            assert_eq!(direction.bitrix_type(), 1);
+            assert_eq!(phone, "79991234567");
+            assert_eq!(line, "");
+        }
+        other => panic!("expected register, got {other:?}"),
+    }
+    assert_eq!(a[1], Action::Show { ext: "219".into() });
+    assert_eq!(
+        a[2],
+        Action::Finish {
+            user: FinishUser::Employee("219".into()),
+            duration: 5,
+            status: Status::ANSWERED
+        }
+    );
+    assert_eq!(a.len(), 3, "{a:?}");
+}
+
+fn ev(fields: &[(&str, &str)]) -> Message {
+    Message::from_pairs(fields)
+}
+
+/// A busy carrier: every event within milliseconds, no ringing, no bridge, cause 17 on both
+/// channels (the shape described in the captures' README, "Desk-phone outbound").
+#[test]
+fn desk_phone_outbound_busy() {
+    let caller = [
+        ("Channel", "SIP/219-00000100"),
+        ("Uniqueid", "1800000000.100"),
+        ("Linkedid", "1800000000.100"),
+        ("Context", "from-internal"),
+        ("Exten", "89991234567"),
+        ("CallerIDNum", "219"),
+    ];
+    let trunk = [
+        ("Channel", "SIP/trunk-00000101"),
+        ("Uniqueid", "1800000000.101"),
+        ("Linkedid", "1800000000.100"),
+        ("Context", "from-trunk"),
+        ("Exten", "s"),
+        ("CallerIDNum", "<unknown>"),
+    ];
+    let with = |name: &str, base: &[(&str, &str)], extra: &[(&str, &str)]| {
+        let mut f = vec![("Event", name)];
+        f.extend_from_slice(base);
+        f.extend_from_slice(extra);
+        ev(&f)
+    };
+    let dest: Vec<(&str, &str)> = trunk
+        .iter()
+        .map(|(k, v)| {
+            let k: &str = match *k {
+                "Channel" => "DestChannel",
+                "Uniqueid" => "DestUniqueid",
+                "Linkedid" => "DestLinkedid",
+                "Context" => "DestContext",
+                "Exten" => "DestExten",
+                _ => "DestCallerIDNum",
+            };
+            (k, *v)
+        })
+        .collect();
+    let mut begin = dest.clone();
+    begin.push(("DialString", "trunk/89991234567"));
+    let mut end = dest.clone();
+    end.push(("DialStatus", "BUSY"));
+    let msgs = vec![
+        (with("Newchannel", &caller, &[]), 1_000),
+        (with("Newchannel", &trunk, &[]), 1_001),
+        (with("DialBegin", &caller, &begin), 1_001),
+        (with("DialEnd", &caller, &end), 1_002),
+        (with("Hangup", &trunk, &[("Cause", "17")]), 1_002),
+        (with("Hangup", &caller, &[("Cause", "17")]), 1_003),
+    ];
+    let a = actions(&run(&mut tracker(), &msgs));
+    assert!(matches!(
+        &a[0],
+        Action::Register { direction: Direction::Outbound, phone, .. } if phone == "89991234567"
+    ));
+    assert_eq!(a[1], Action::Show { ext: "219".into() });
+    assert_eq!(
+        a[2],
+        Action::Finish {
+            user: FinishUser::Employee("219".into()),
+            duration: 0,
+            status: Status::BUSY
+        }
+    );
+}
+
+#[test]
+fn refused_originate_is_finished() {
+    let mut t = tracker();
+    t.expect_originate(c2c("externalCall.r1", "c2c-1", "a-1"), u64::MAX);
+    let mut out = Vec::new();
+    t.originate_failed("externalCall.r1", 5_000, &mut out);
+    let a: Vec<Action> = out.into_iter().map(|i| i.action).collect();
+    assert_eq!(
+        a,
+        vec![
+            Action::Adopt {
+                call_id: "externalCall.r1".into(),
+                ext: "219".into()
+            },
+            Action::Finish {
+                user: FinishUser::Employee("219".into()),
+                duration: 0,
+                status: Status::OTHER
+            }
+        ]
+    );
+    // Once only.
+    let mut out = Vec::new();
+    t.originate_failed("externalCall.r1", 5_000, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn failing_originate_response_without_channels_maps_the_reason() {
+    let mut t = tracker();
+    t.expect_originate(c2c("externalCall.r2", "c2c-2", "a-2"), u64::MAX);
+    let resp = ev(&[
+        ("Event", "OriginateResponse"),
+        ("ActionID", "a-2"),
+        ("Response", "Failure"),
+        ("Channel", "SIP/219"),
+        ("Reason", "5"),
+        ("Uniqueid", "<unknown>"),
+    ]);
+    let a: Vec<Action> = t
+        .handle_vec(&resp, 9_000)
+        .into_iter()
+        .map(|i| i.action)
+        .collect();
+    assert_eq!(
+        a[1],
+        Action::Finish {
+            user: FinishUser::Employee("219".into()),
+            duration: 0,
+            status: Status::BUSY
+        }
+    );
+}
+
+/// The employee never answers: the originated channel (Uniqueid = our ChannelId) rings and
+/// hangs up with cause 19, and OriginateResponse fails with Reason 3 (captures' README).
+#[test]
+fn employee_never_answers_click_to_call() {
+    let mut t = tracker();
+    t.expect_originate(c2c("externalCall.r3", "c2c-3", "a-3"), u64::MAX);
+    let chan = [
+        ("Channel", "SIP/219-00000200"),
+        ("Uniqueid", "c2c-3"),
+        ("Linkedid", "c2c-3"),
+        ("Context", "from-internal"),
+        ("Exten", "s"),
+    ];
+    let mk = |name: &str, extra: &[(&str, &str)]| {
+        let mut f = vec![("Event", name)];
+        f.extend_from_slice(&chan);
+        f.extend_from_slice(extra);
+        ev(&f)
+    };
+    let dial = ev(&[
+        ("Event", "DialBegin"),
+        ("DestChannel", "SIP/219-00000200"),
+        ("DestUniqueid", "c2c-3"),
+        ("DestLinkedid", "c2c-3"),
+    ]);
+    let resp = ev(&[
+        ("Event", "OriginateResponse"),
+        ("ActionID", "a-3"),
+        ("Response", "Failure"),
+        ("Reason", "3"),
+        ("Uniqueid", "<unknown>"),
+    ]);
+    let msgs = vec![
+        (mk("Newchannel", &[]), 1_000),
+        (dial, 1_001),
+        (mk("Hangup", &[("Cause", "19")]), 31_000),
+        (resp, 31_001),
+    ];
+    let v = run(&mut t, &msgs);
+    let a = actions(&v);
+    assert_eq!(
+        a,
+        vec![
+            Action::Adopt {
+                call_id: "externalCall.r3".into(),
+                ext: "219".into()
+            },
+            Action::Finish {
+                user: FinishUser::Employee("219".into()),
+                duration: 0,
+                status: Status::MISSED
+            }
+        ],
+        "no card: the employee never answered"
+    );
+    assert!(v.iter().all(|(_, i)| i.call == "callme-c2c-3"));
+    assert!(t.is_empty());
+}
+
+#[test]
+fn click_to_call_that_never_shows_up_expires() {
+    let mut t = tracker();
+    t.expect_originate(c2c("externalCall.r4", "c2c-4", "a-4"), 60_000);
+    let mut out = Vec::new();
+    t.tick(59_999, &mut out);
+    assert!(out.is_empty());
+    t.tick(60_000, &mut out);
+    assert_eq!(out.len(), 2);
+    assert!(matches!(
+        out[1].action,
+        Action::Finish {
+            status: Status::OTHER,
+            ..
+        }
+    ));
+}
