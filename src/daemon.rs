@@ -10,7 +10,7 @@
 //! (ami.md §2.6). All Bitrix24 traffic happens on the delivery thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,7 @@ use crate::ami::client::{self, ClientConfig, Incoming};
 use crate::ami::event::timestamp_ms;
 use crate::bitrix::deliver::{DeliverConfig, Deliverer, Stats};
 use crate::bitrix::{api, Directory, Transport, WebhookClient};
+use crate::calls::tracker::Originate;
 use crate::calls::{CallSummary, Intent, Tracker, TrackerConfig};
 use crate::config::Config;
 
@@ -40,9 +41,35 @@ pub struct DeliveryView {
     pub users_loaded: Option<Instant>,
 }
 
-/// Messages to the state thread besides AMI traffic.
-enum Control {
+/// Messages to the state thread besides AMI traffic. The state thread owns the tracker, so
+/// anything that changes call state (the HTTP webhook included) goes through here.
+#[derive(Debug)]
+pub enum Control {
+    /// The internal numbers of active Bitrix24 users (after each directory load).
     Employees(Vec<String>),
+    /// A click-to-call Originate was sent; expect its channels until `expires_ms`.
+    Originate {
+        originate: Originate,
+        expires_ms: u64,
+    },
+    /// The Originate for this CALL_ID was refused (`Response: Error`) or could not be sent.
+    OriginateFailed { call_id: String },
+}
+
+/// What other parts of the daemon (the HTTP server) share with it.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub health: Arc<Health>,
+    /// The mutex-guarded AMI writer (Originate, requests).
+    pub ami: client::Handle,
+    /// Into the state thread.
+    pub control: Sender<Control>,
+    /// The latest Bitrix24 user directory, published by the delivery thread.
+    pub directory: Arc<RwLock<Arc<Directory>>>,
+    /// The Bitrix24 transport, for the rare request outside the delivery queue (a user
+    /// directory refresh when a click-to-call names an unknown user).
+    pub transport: Arc<dyn Transport>,
 }
 
 pub fn ami_config(cfg: &Config) -> ClientConfig {
@@ -72,6 +99,7 @@ fn now_ms() -> u64 {
 pub struct Daemon {
     pub health: Arc<Health>,
     pub ami: client::Handle,
+    pub shared: Shared,
     stop: Sender<()>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -81,10 +109,10 @@ impl Daemon {
     /// in the background (and are retried), so a PBX or portal that is down does not stop us.
     pub fn start(cfg: &Config) -> Daemon {
         let transport = WebhookClient::new(cfg.bitrix24.webhook_url.expose(), cfg.bitrix24.timeout);
-        Self::start_with(cfg, Box::new(transport))
+        Self::start_with(cfg, Arc::new(transport))
     }
 
-    pub fn start_with(cfg: &Config, transport: Box<dyn Transport>) -> Daemon {
+    pub fn start_with(cfg: &Config, transport: Arc<dyn Transport>) -> Daemon {
         let health = Arc::new(Health::default());
         let (ami_tx, ami_rx) = unbounded();
         let (intent_tx, intent_rx) = unbounded::<Intent>();
@@ -92,6 +120,19 @@ impl Daemon {
         let (stop_tx, stop_rx) = bounded::<()>(0);
 
         let (ami, ami_thread) = client::start(ami_config(cfg), ami_tx);
+
+        let directory = Arc::new(RwLock::new(Arc::new(Directory::from_users(
+            Vec::new(),
+            Instant::now(),
+        ))));
+        let shared = Shared {
+            config: Arc::new(cfg.clone()),
+            health: health.clone(),
+            ami: ami.clone(),
+            control: ctl_tx.clone(),
+            directory: directory.clone(),
+            transport: transport.clone(),
+        };
 
         let tracker = Tracker::new(TrackerConfig::from_config(&cfg.calls));
         let h = health.clone();
@@ -114,19 +155,22 @@ impl Daemon {
 
         let deliverer = Deliverer::new(
             DeliverConfig::from_config(cfg),
-            transport,
+            Box::new(transport),
             Directory::from_users(Vec::new(), Instant::now()),
         );
         let refresh = cfg.bitrix24.users_refresh;
         let h = health.clone();
         let delivery = thread::Builder::new()
             .name("delivery".into())
-            .spawn(move || delivery_loop(deliverer, intent_rx, ctl_tx, stop_rx, refresh, h))
+            .spawn(move || {
+                delivery_loop(deliverer, intent_rx, ctl_tx, stop_rx, refresh, h, directory)
+            })
             .expect("spawn delivery thread");
 
         Daemon {
             health,
             ami,
+            shared,
             stop: stop_tx,
             threads: vec![ami_thread, state, delivery],
         }
@@ -194,11 +238,29 @@ fn state_loop(
                         log::debug!("tracker: {} employee numbers", list.len());
                         tracker.set_employees(list);
                     }
+                    Ok(Control::Originate { originate, expires_ms }) => {
+                        log::debug!(
+                            "expecting click-to-call {} ({})",
+                            originate.call_id,
+                            originate.channel_id
+                        );
+                        tracker.expect_originate(originate, expires_ms);
+                    }
+                    Ok(Control::OriginateFailed { call_id }) => {
+                        tracker.originate_failed(&call_id, now_ms(), &mut out);
+                    }
                     Err(_) => {}
                 }
             }
             recv(stop) -> _ => break,
             default(Duration::from_secs(1)) => {}
+        }
+        tracker.tick(now_ms(), &mut out);
+        for intent in out.drain(..) {
+            log::debug!("intent: {intent}");
+            if intents.send(intent).is_err() {
+                return;
+            }
         }
         health
             .ami_logged_in
@@ -218,6 +280,7 @@ fn delivery_loop(
     stop: Receiver<()>,
     refresh: Duration,
     health: Arc<Health>,
+    published: Arc<RwLock<Arc<Directory>>>,
 ) {
     // Until the first successful load, retry every 30 s (or sooner if refresh is shorter).
     let retry_load = refresh.min(Duration::from_secs(30));
@@ -234,6 +297,9 @@ fn delivery_loop(
                         dir.len()
                     );
                     let _ = ctl.send(Control::Employees(dir.inners().map(String::from).collect()));
+                    if let Ok(mut p) = published.write() {
+                        *p = Arc::new(dir.clone());
+                    }
                     d.set_directory(dir);
                     next_load = now + refresh;
                 }
