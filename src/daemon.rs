@@ -36,6 +36,8 @@ pub struct Health {
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryView {
     pub pending: usize,
+    /// How long the oldest undelivered Bitrix24 step has been waiting.
+    pub oldest_pending_age: Option<Duration>,
     pub stats: Stats,
     pub users: usize,
     pub users_loaded: Option<Instant>,
@@ -205,6 +207,10 @@ fn state_loop(
 ) {
     let mut out = Vec::new();
     loop {
+        // Controls first: a click-to-call must be known before its own AMI events are seen.
+        while let Ok(ctl) = ctl_rx.try_recv() {
+            apply_control(&mut tracker, ctl, &mut out);
+        }
         select! {
             recv(ami_rx) -> msg => {
                 let Ok(msg) = msg else { break };
@@ -233,23 +239,8 @@ fn state_loop(
                 }
             }
             recv(ctl_rx) -> ctl => {
-                match ctl {
-                    Ok(Control::Employees(list)) => {
-                        log::debug!("tracker: {} employee numbers", list.len());
-                        tracker.set_employees(list);
-                    }
-                    Ok(Control::Originate { originate, expires_ms }) => {
-                        log::debug!(
-                            "expecting click-to-call {} ({})",
-                            originate.call_id,
-                            originate.channel_id
-                        );
-                        tracker.expect_originate(originate, expires_ms);
-                    }
-                    Ok(Control::OriginateFailed { call_id }) => {
-                        tracker.originate_failed(&call_id, now_ms(), &mut out);
-                    }
-                    Err(_) => {}
+                if let Ok(ctl) = ctl {
+                    apply_control(&mut tracker, ctl, &mut out);
                 }
             }
             recv(stop) -> _ => break,
@@ -271,6 +262,29 @@ fn state_loop(
         }
     }
     log::debug!("state thread stopped");
+}
+
+fn apply_control(tracker: &mut Tracker, ctl: Control, out: &mut Vec<Intent>) {
+    match ctl {
+        Control::Employees(list) => {
+            log::debug!("tracker: {} employee numbers", list.len());
+            tracker.set_employees(list);
+        }
+        Control::Originate {
+            originate,
+            expires_ms,
+        } => {
+            log::debug!(
+                "expecting click-to-call {} ({})",
+                originate.call_id,
+                originate.channel_id
+            );
+            tracker.expect_originate(originate, expires_ms);
+        }
+        Control::OriginateFailed { call_id } => {
+            tracker.originate_failed(&call_id, now_ms(), out);
+        }
+    }
 }
 
 fn delivery_loop(
@@ -328,6 +342,7 @@ fn delivery_loop(
         if let Ok(mut v) = health.delivery.lock() {
             *v = DeliveryView {
                 pending: d.pending(),
+                oldest_pending_age: d.oldest_pending_age(Instant::now()),
                 stats: d.stats().clone(),
                 users: d.directory().len(),
                 users_loaded: Some(d.directory().loaded_at()),

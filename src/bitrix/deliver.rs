@@ -12,14 +12,14 @@
 //!
 //! This queue lives in memory: a daemon restart loses steps not yet sent.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::api::{self, FinishParams, RegisterParams};
 use super::client::Transport;
 use super::users::Directory;
 use super::Error;
-use crate::calls::{Action, FinishUser, Intent};
+use crate::calls::{Action, Direction, FinishUser, Intent};
 use crate::config::{Config, PhoneConfig, Responsible};
 use crate::{isotime, phone};
 
@@ -61,10 +61,28 @@ pub struct Stats {
     pub permanent_failures: u64,
     pub skipped: u64,
     pub last_error: Option<String>,
+    /// Steps by (step name: register/show/hide/finish/attachRecord/adopt, outcome:
+    /// ok/retry/failed/skipped).
+    pub steps: BTreeMap<(String, String), u64>,
+    /// Finished calls by (direction: inbound/outbound, STATUS_CODE).
+    pub finished: BTreeMap<(String, String), u64>,
+}
+
+impl Stats {
+    fn count(&mut self, step: &str, outcome: &str) {
+        *self
+            .steps
+            .entry((step.to_string(), outcome.to_string()))
+            .or_insert(0) += 1;
+    }
 }
 
 #[derive(Default)]
 struct CallState {
+    /// Inbound unless registered outbound or adopted (click-to-call).
+    direction: Direction,
+    /// When the oldest step still queued for this call was queued.
+    oldest: Option<Instant>,
     call_id: Option<String>,
     responsible: Option<u64>,
     steps: VecDeque<Action>,
@@ -125,16 +143,26 @@ impl Deliverer {
         self.calls.values().map(|c| c.steps.len()).sum()
     }
 
+    /// How long the oldest undelivered step has been waiting.
+    pub fn oldest_pending_age(&self, now: Instant) -> Option<Duration> {
+        self.calls
+            .values()
+            .filter(|c| !c.steps.is_empty())
+            .filter_map(|c| c.oldest)
+            .min()
+            .map(|t| now.saturating_duration_since(t))
+    }
+
     /// Queue an intent behind the earlier steps of the same call.
     pub fn push(&mut self, intent: Intent) {
         if !self.calls.contains_key(&intent.call) {
             self.order.push_back(intent.call.clone());
         }
-        self.calls
-            .entry(intent.call)
-            .or_default()
-            .steps
-            .push_back(intent.action);
+        let state = self.calls.entry(intent.call).or_default();
+        if state.steps.is_empty() {
+            state.oldest = Some(Instant::now());
+        }
+        state.steps.push_back(intent.action);
     }
 
     /// Send every step that is due at `now`. Returns when the next retry is due, if any step
@@ -179,18 +207,22 @@ impl Deliverer {
             match result {
                 Ok(Done::Ok) => {
                     self.stats.sent += 1;
+                    self.stats.count(step_name(&action), "ok");
                     state.steps.pop_front();
+                    state.oldest = Some(now);
                     state.attempts = 0;
                     state.not_before = None;
                 }
                 Ok(Done::Skipped(why)) => {
                     log::debug!("{key}: skipped {}: {why}", step_name(&action));
                     self.stats.skipped += 1;
+                    self.stats.count(step_name(&action), "skipped");
                     state.steps.pop_front();
                 }
                 Err(e) if e.is_retryable() => {
                     state.attempts += 1;
                     self.stats.retries += 1;
+                    self.stats.count(step_name(&action), "retry");
                     let delay =
                         backoff(self.cfg.retry_min, self.cfg.retry_max, state.attempts, key);
                     // The first failure is worth a warning; the rest would flood the log
@@ -214,6 +246,7 @@ impl Deliverer {
                         step_name(&action)
                     );
                     self.stats.permanent_failures += 1;
+                    self.stats.count(step_name(&action), "failed");
                     self.stats.last_error = Some(e.to_string());
                     state.steps.pop_front();
                     state.attempts = 0;
@@ -275,6 +308,7 @@ impl Deliverer {
                 )?;
                 log::info!("{key}: registered as {} under user {user_id}", reg.call_id);
                 let state = self.calls.get_mut(key).expect("call state");
+                state.direction = *direction;
                 state.call_id = Some(reg.call_id);
                 state.responsible = Some(user_id);
                 Ok(Done::Ok)
@@ -284,6 +318,7 @@ impl Deliverer {
                 let state = self.calls.get_mut(key).expect("call state");
                 state.call_id = Some(call_id.clone());
                 state.responsible = user;
+                state.direction = Direction::Outbound;
                 log::info!("{key}: click-to-call {call_id} by {ext}");
                 Ok(Done::Ok)
             }
@@ -341,6 +376,15 @@ impl Deliverer {
                 if let Some(state) = self.calls.get_mut(key) {
                     state.finished = true;
                 }
+                let direction = self
+                    .calls
+                    .get(key)
+                    .map_or("inbound", |c| c.direction.as_str());
+                *self
+                    .stats
+                    .finished
+                    .entry((direction.to_string(), status.code().to_string()))
+                    .or_insert(0) += 1;
                 Ok(Done::Ok)
             }
             Action::Attach { path } => Ok(Done::Skipped(format!(

@@ -17,8 +17,9 @@ pub enum FinishUser {
 }
 
 /// The direction recorded in Bitrix24 (`TYPE` on register).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Direction {
+    #[default]
     Inbound,
     Outbound,
 }

@@ -34,6 +34,14 @@ pub struct TrackerConfig {
     /// Internal numbers allowed to get cards; empty means every employee.
     pub show_cards_to: Vec<String>,
     pub missed_user: MissedUser,
+    /// Channel variables that name the call's recording, best first. Our dialplan module sets
+    /// `CallMeFULLFNAME`; FreePBX's own recording sets `MIXMONITOR_FILENAME`.
+    pub recording_vars: Vec<String>,
+}
+
+/// The default [`TrackerConfig::recording_vars`].
+pub fn default_recording_vars() -> Vec<String> {
+    vec!["CallMeFULLFNAME".into(), "MIXMONITOR_FILENAME".into()]
 }
 
 impl TrackerConfig {
@@ -44,6 +52,7 @@ impl TrackerConfig {
             inbound_contexts: calls.inbound_contexts.clone(),
             show_cards_to: calls.show_cards_to.clone(),
             missed_user: calls.missed_user,
+            recording_vars: default_recording_vars(),
         }
     }
 }
@@ -56,6 +65,7 @@ impl Default for TrackerConfig {
             inbound_contexts: vec!["from-trunk".into(), "from-pstn".into()],
             show_cards_to: Vec::new(),
             missed_user: MissedUser::Responsible,
+            recording_vars: default_recording_vars(),
         }
     }
 }
@@ -147,7 +157,8 @@ struct Call {
     /// Hangup cause of the most recent channel to go.
     last_cause: Option<u32>,
     client_gone_ms: Option<u64>,
-    recording: Option<String>,
+    /// The recording's file name and the rank of the variable that named it.
+    recording: Option<(usize, String)>,
 }
 
 impl Call {
@@ -245,6 +256,14 @@ impl Tracker {
     /// Channels being tracked.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// Uniqueids of every channel being tracked, for reconciliation against
+    /// `CoreShowChannels` after a reconnect or restart.
+    pub fn channel_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.channels.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// The monitored calls in progress.
@@ -525,16 +544,16 @@ impl Tracker {
                     call.foreign_originate = true;
                 }
             }
-            // Our dialplan module names the final (MP3) file; FreePBX's own recording sets
-            // MIXMONITOR_FILENAME. Ours wins when both exist.
-            "CallMeFULLFNAME" if !value.is_empty() => {
+            // A recording's file name: the earlier a variable is in `recording_vars`, the
+            // better; a later-listed one never replaces an earlier-listed one.
+            name if !value.is_empty() => {
+                let Some(rank) = self.cfg.recording_vars.iter().position(|v| v == name) else {
+                    return;
+                };
                 if let Some(call) = self.calls.get_mut(&id) {
-                    call.recording = Some(value.to_string());
-                }
-            }
-            "MIXMONITOR_FILENAME" if !value.is_empty() => {
-                if let Some(call) = self.calls.get_mut(&id) {
-                    call.recording.get_or_insert_with(|| value.to_string());
+                    if call.recording.as_ref().is_none_or(|(r, _)| rank <= *r) {
+                        call.recording = Some((rank, value.to_string()));
+                    }
                 }
             }
             _ => {}
@@ -874,7 +893,7 @@ impl Tracker {
                 status,
             },
         });
-        if let Some(path) = call.recording.take() {
+        if let Some((_, path)) = call.recording.take() {
             out.push(Intent {
                 call: call.key.clone(),
                 action: Action::Attach { path },
