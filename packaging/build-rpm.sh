@@ -4,7 +4,7 @@
 #   packaging/build-rpm.sh            # cargo build --release, then rpmbuild
 #
 # Result: target/rpm/RPMS/x86_64/callme-<version>-1.el9.x86_64.rpm and the matching
-# target/rpm/SRPMS/callme-<version>-1.el9.src.rpm (for `mock --rebuild` on EL9). <version> is
+# target/rpm/SRPMS/callme-<version>-1.el9.src.rpm (under $CARGO_TARGET_DIR if that is set) (for `mock --rebuild` on EL9). <version> is
 # the one in Cargo.toml. The spec packages the prebuilt binary, so rpmbuild needs no cargo.
 #
 # Debian's rpm has no systemd-rpm-macros, so the systemd directories are defined here with
@@ -15,7 +15,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-root=$(pwd)
+# Where cargo puts its output: target/ unless CARGO_TARGET_DIR says otherwise.
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 
 need() { # need TOOL DEBIAN-PACKAGE
     command -v "$1" >/dev/null 2>&1 && return 0
@@ -47,13 +48,13 @@ fi
 echo "== cargo build --release"
 cargo build --release
 
-topdir="$root/target/rpm"
+topdir="$target_dir/rpm"
 stage="$topdir/stage/callme-$version"
 rm -rf "$topdir"
 mkdir -p "$topdir"/{BUILD,BUILDROOT,RPMS,SOURCES,SPECS,SRPMS} "$stage"
 
 echo "== source tree $stage"
-install -m 0755 target/release/callme "$stage/callme"
+install -m 0755 "$target_dir/release/callme" "$stage/callme"
 strip "$stage/callme" # symbols are for a debug build; rpmlint flags unstripped binaries
 install -m 0644 callme.conf.example packaging/callme.service packaging/callme.sysusers "$stage/"
 # Written in parallel by others: take whatever exists.

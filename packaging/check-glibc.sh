@@ -4,7 +4,7 @@
 # newer glibc (Debian 12 has 2.36) links against the newest version of a symbol it finds, so
 # this is checked on the binary itself, with `objdump -T` (dynamic symbol table).
 #
-#   packaging/check-glibc.sh [BINARY]      # default target/release/callme
+#   packaging/check-glibc.sh [BINARY]      # default target/release/callme ($CARGO_TARGET_DIR)
 #
 # Exit 0 if every GLIBC_2.x version is <= 2.34 (or the binary is static), 1 with the list of
 # offending symbols otherwise, 2 if it cannot check. If it fails, the fix the mission allows
@@ -14,7 +14,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-bin=${1:-target/release/callme}
+bin=${1:-${CARGO_TARGET_DIR:-target}/release/callme}
 max_minor=34 # GLIBC_2.34
 
 if ! command -v objdump >/dev/null 2>&1; then

@@ -12,8 +12,8 @@
 # the rest of CI uses (target/release), so after `cargo build --release` this adds seconds.
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
-root=$(pwd)
+cd "$(dirname "$0")/.." || exit 2
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 
 passed=0
 failed=0
@@ -48,7 +48,7 @@ have() {
 
 version=$(cargo pkgid)
 version=${version##*[#@]}
-rpm_file="target/rpm/RPMS/x86_64/callme-$version-1.el9.x86_64.rpm"
+rpm_file="$target_dir/rpm/RPMS/x86_64/callme-$version-1.el9.x86_64.rpm"
 
 echo "== 1. build the RPM"
 built=
@@ -93,7 +93,7 @@ LIST
     rpm -qcp "$rpm_file" | grep -qx /etc/callme/callme.conf || { echo "callme.conf is not %config"; ok=; }
     rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm_file" | grep -q '^cn /etc/callme/callme.conf$' \
         || { echo "callme.conf is not %config(noreplace)"; ok=; }
-    [ -n "$ok" ] && pass "rpm -qlp: files, modes and owners" || fail "rpm -qlp: files, modes and owners"
+    if [ -n "$ok" ]; then pass "rpm -qlp: files, modes and owners"; else fail "rpm -qlp: files, modes and owners"; fi
 
     scripts=$(rpm -qp --scripts "$rpm_file")
     echo "$scripts"
@@ -103,7 +103,7 @@ LIST
         'disable --now callme.service' 'postuninstall scriptlet' 'try-restart callme.service'; do
         echo "$scripts" | grep -qF -- "$want" || { echo "scriptlets lack: $want"; ok=; }
     done
-    [ -n "$ok" ] && pass "rpm -qp --scripts" || fail "rpm -qp --scripts"
+    if [ -n "$ok" ]; then pass "rpm -qp --scripts"; else fail "rpm -qp --scripts"; fi
 else
     skip "rpm -qlp/--scripts: no RPM was built"
 fi
@@ -113,7 +113,7 @@ if [ -z "$built" ]; then
     skip "rpmlint: no RPM was built"
 elif have rpmlint rpmlint; then
     # Exit status: 0 clean or warnings only, 64 errors, 66 badness; anything else = could not run.
-    rpmlint -c packaging/rpmlint.toml "$rpm_file" target/rpm/SRPMS/callme-"$version"-1.el9.src.rpm \
+    rpmlint -c packaging/rpmlint.toml "$rpm_file" "$target_dir/rpm/SRPMS/callme-$version-1.el9.src.rpm" \
         packaging/callme.spec >/tmp/callme-rpmlint.log 2>&1
     rc=$?
     cat /tmp/callme-rpmlint.log
@@ -130,14 +130,14 @@ echo "== 4. systemd-analyze verify"
 if grep -q '^ExecReload=' packaging/callme.service; then
     fail "callme.service has ExecReload=, but reload is not supported"
 fi
-if [ ! -x target/release/callme ]; then
-    skip "systemd-analyze verify: target/release/callme missing (the RPM build makes it)"
+if [ ! -x "$target_dir/release/callme" ]; then
+    skip "systemd-analyze verify: $target_dir/release/callme missing (the RPM build makes it)"
 elif have systemd-analyze systemd; then
     # verify checks that ExecStart= binaries exist and are executable, so it runs on a copy
     # of the unit whose /usr/bin/callme points at the freshly built target/release/callme.
     # Everything else is the unit as shipped.
     tmp=$(mktemp -d)
-    sed "s#/usr/bin/callme#$root/target/release/callme#g" packaging/callme.service >"$tmp/callme.service"
+    sed "s#/usr/bin/callme#$target_dir/release/callme#g" packaging/callme.service >"$tmp/callme.service"
     if out=$(systemd-analyze verify "$tmp/callme.service" 2>&1) && [ -z "$out" ]; then
         pass "systemd-analyze verify callme.service: clean"
     elif [ -z "$out" ]; then
@@ -152,7 +152,7 @@ else
 fi
 
 echo "== 5. glibc symbol versions"
-if [ ! -x target/release/callme ]; then
+if [ ! -x "$target_dir/release/callme" ]; then
     cargo build --release || fail "cargo build --release"
 fi
 if have objdump binutils; then
