@@ -8,7 +8,8 @@
 # the one in Cargo.toml. The spec packages the prebuilt binary, so rpmbuild needs no cargo.
 #
 # Debian's rpm has no systemd-rpm-macros, so the systemd directories are defined here with
-# their EL9 values; `--define "dist .el9"` gives the EL9 release tag.
+# their EL9 values; `--define "dist .el9"` gives the EL9 release tag, and _docdir_fmt is
+# EL9's (redhat-rpm-config), so a licence file lands in /usr/share/licenses/callme.
 #
 # Needs: cargo, rpmbuild (Debian package `rpm`), strip (`binutils`). Missing packages are
 # installed with apt-get when running as root; otherwise the script says what to install.
@@ -78,6 +79,7 @@ rpmbuild -ba \
     --define "_sysusersdir /usr/lib/sysusers.d" \
     --define "_tmpfilesdir /usr/lib/tmpfiles.d" \
     --define "_docdir /usr/share/doc" \
+    --define "_docdir_fmt %%{NAME}" \
     --target x86_64 \
     "$topdir/SPECS/callme.spec"
 
