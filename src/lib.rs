@@ -12,5 +12,6 @@ pub mod config;
 pub mod daemon;
 pub mod dryrun;
 pub mod isotime;
+pub mod notify;
 pub mod phone;
 pub mod replay;

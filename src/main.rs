@@ -1,16 +1,24 @@
 //! The `callme` binary: parse the command line, load the config, start the right thing.
 //! Everything else lives in the library.
 
+mod signals;
+
+use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callme::bitrix::deliver::{DeliverConfig, Deliverer};
 use callme::bitrix::{Directory, Transport, WebhookClient};
 use callme::calls::Tracker;
 use callme::cli::{self, Command};
 use callme::config::{self, Config};
+use callme::daemon::Health;
 use callme::dryrun::{self, DryRun};
+use callme::notify;
 use callme::replay;
 
 /// The capture bundled for `callme demo`: a real Asterisk 20 call through a ring-all queue
@@ -213,7 +221,18 @@ fn load_or_report(path: &Path) -> Option<Config> {
     }
 }
 
+/// How often `run_daemon` looks at signals and health: SIGTERM is acted on within this, and it
+/// is well under half of any sane `WatchdogSec=` (the test uses 400 ms).
+const TICK: Duration = Duration::from_millis(200);
+
+/// The unit's `TimeoutStopSec=20` is when systemd sends SIGKILL. A thread stuck in a Bitrix24
+/// request (timeout up to `[bitrix24] timeout` per page) must not make us miss it, so after
+/// this long we exit without waiting for it.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(15);
+
 fn run_daemon(path: &Path) -> ExitCode {
+    // First thing, so a SIGTERM or SIGHUP during startup is not fatal and silent.
+    signals::install();
     let Some(cfg) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
@@ -225,9 +244,161 @@ fn run_daemon(path: &Path) -> ExitCode {
         cfg.bitrix24.webhook_url
     );
     let daemon = callme::daemon::Daemon::start(&cfg);
-    // Runs until the process is stopped. (Clean SIGTERM handling: see README, Status.)
-    daemon.wait();
+    let mut sup = Supervisor::new(
+        std::env::var_os("NOTIFY_SOCKET"),
+        notify::watchdog_interval(),
+        format!("{}:{}", cfg.asterisk.host, cfg.asterisk.port),
+    );
+    if let Some(iv) = sup.watchdog {
+        log::debug!("systemd watchdog: {iv:?}, keepalive every {:?}", iv / 2);
+    }
+    loop {
+        if signals::terminate_requested() {
+            break;
+        }
+        if signals::take_hangup() {
+            log::warn!(
+                "SIGHUP received: reloading the configuration is not supported; \
+                 use `systemctl restart callme` to apply changes"
+            );
+        }
+        sup.tick(&daemon.health, Instant::now(), now_ms());
+        thread::sleep(TICK);
+    }
+    log::info!("stop requested (SIGTERM/SIGINT), shutting down");
+    sup.send("STOPPING=1\nSTATUS=Stopping");
+    shutdown_within(daemon, SHUTDOWN_BUDGET);
     ExitCode::SUCCESS
+}
+
+/// Tells systemd how the daemon is doing (sd_notify): READY once AMI is logged in, WATCHDOG
+/// while the state thread is alive, STATUS when the summary line changes.
+struct Supervisor {
+    /// `$NOTIFY_SOCKET`, read once; `None` when not started by systemd.
+    socket: Option<OsString>,
+    watchdog: Option<Duration>,
+    ami: String,
+    started_ms: u64,
+    ready: bool,
+    last_status: String,
+    last_watchdog: Option<Instant>,
+    /// The state thread missed its deadline; logged once per episode.
+    stalled: bool,
+    /// A notify error was logged; not repeated every tick.
+    notify_failed: bool,
+}
+
+impl Supervisor {
+    fn new(socket: Option<OsString>, watchdog: Option<Duration>, ami: String) -> Supervisor {
+        Supervisor {
+            socket,
+            watchdog,
+            ami,
+            started_ms: now_ms(),
+            ready: false,
+            last_status: String::new(),
+            last_watchdog: None,
+            stalled: false,
+            notify_failed: false,
+        }
+    }
+
+    fn tick(&mut self, health: &Health, now: Instant, now_ms: u64) {
+        let logged_in = health.ami_logged_in.load(Ordering::Relaxed);
+        let status = self.status_line(health, logged_in);
+        if !self.ready && logged_in {
+            // READY waits for AMI: before that we see no calls, so "started" would be a lie
+            // and `systemctl start` would return on a daemon that cannot work yet.
+            self.ready = true;
+            log::info!("ready: {status}");
+            self.send(&format!("READY=1\nSTATUS={status}"));
+            self.last_status = status;
+        } else if status != self.last_status {
+            self.send(&format!("STATUS={status}"));
+            self.last_status = status;
+        }
+
+        let Some(interval) = self.watchdog else {
+            return;
+        };
+        if self.last_watchdog.is_some_and(|t| now - t < interval / 2) {
+            return;
+        }
+        // The state thread stamps `state_alive_ms` at least every second. If it stops (a
+        // panic, a deadlock), we stop the keepalive so systemd kills and restarts us; a
+        // watchdog fed by this loop alone would only prove that this loop runs.
+        let limit = interval.max(Duration::from_secs(5)).as_millis() as u64;
+        let last = health
+            .state_alive_ms
+            .load(Ordering::Relaxed)
+            .max(self.started_ms);
+        let silent_ms = now_ms.saturating_sub(last);
+        if silent_ms <= limit {
+            if self.stalled {
+                log::warn!("state thread is responsive again; watchdog keepalive resumed");
+                self.stalled = false;
+            }
+            self.send("WATCHDOG=1");
+            self.last_watchdog = Some(now);
+        } else if !self.stalled {
+            log::error!(
+                "state thread silent for {silent_ms} ms; withholding the watchdog keepalive \
+                 so systemd restarts callme"
+            );
+            self.stalled = true;
+        }
+    }
+
+    fn status_line(&self, health: &Health, logged_in: bool) -> String {
+        let calls = health.active_calls.lock().map_or(0, |c| c.len());
+        let pending = health.delivery.lock().map_or(0, |d| d.pending);
+        let link = match (logged_in, self.ready) {
+            (true, _) => "AMI connected".to_string(),
+            (false, false) => format!("connecting to AMI at {}", self.ami),
+            (false, true) => format!("AMI link to {} lost, reconnecting", self.ami),
+        };
+        format!("{link}; {calls} active call(s); {pending} Bitrix24 step(s) pending")
+    }
+
+    fn send(&mut self, state: &str) {
+        match notify::notify_socket(self.socket.as_deref(), state) {
+            Ok(_) => self.notify_failed = false,
+            Err(e) if !self.notify_failed => {
+                log::warn!("sd_notify failed: {e}");
+                self.notify_failed = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// [`Daemon::shutdown`](callme::daemon::Daemon::shutdown), but give up waiting after
+/// `budget`: exiting with a request in flight beats being SIGKILLed by systemd.
+fn shutdown_within(daemon: callme::daemon::Daemon, budget: Duration) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let spawned = thread::Builder::new()
+        .name("shutdown".into())
+        .spawn(move || {
+            daemon.shutdown();
+            let _ = tx.send(());
+        });
+    if let Err(e) = spawned {
+        log::warn!("could not start the shutdown thread ({e}); exiting without it");
+        return;
+    }
+    match rx.recv_timeout(budget) {
+        Ok(()) => log::info!("stopped"),
+        Err(_) => log::warn!(
+            "threads did not stop within {budget:?} (a Bitrix24 request in flight?); exiting anyway"
+        ),
+    }
 }
 
 /// `callme ami-events`: log in with the config's credentials and print every event as it
@@ -264,4 +435,101 @@ fn ami_events(path: &Path) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    /// A supervisor whose notifications land in a socket the test reads. The socket's
+    /// directory is removed when the returned guard drops.
+    fn supervised(tag: &str, watchdog: Option<Duration>) -> (Supervisor, UnixDatagram, Cleanup) {
+        let dir = std::env::temp_dir().join(format!("callme-sup-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let sup = Supervisor::new(
+            Some(path.into_os_string()),
+            watchdog,
+            "192.0.2.1:5038".into(),
+        );
+        (sup, sock, Cleanup(dir))
+    }
+
+    struct Cleanup(std::path::PathBuf);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn received(sock: &UnixDatagram) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = sock.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn ready_waits_for_the_ami_login_and_comes_once() {
+        let (mut sup, sock, _dir) = supervised("ready", None);
+        let health = Health::default();
+        let (t0, ms0) = (Instant::now(), now_ms());
+        sup.tick(&health, t0, ms0);
+        assert_eq!(
+            received(&sock),
+            ["STATUS=connecting to AMI at 192.0.2.1:5038; 0 active call(s); 0 Bitrix24 step(s) pending"]
+        );
+        health.ami_logged_in.store(true, Ordering::Relaxed);
+        sup.tick(&health, t0, ms0);
+        assert_eq!(
+            received(&sock),
+            ["READY=1\nSTATUS=AMI connected; 0 active call(s); 0 Bitrix24 step(s) pending"]
+        );
+        sup.tick(&health, t0, ms0);
+        assert!(received(&sock).is_empty(), "nothing changed, nothing sent");
+        health.ami_logged_in.store(false, Ordering::Relaxed);
+        health.delivery.lock().unwrap().pending = 3;
+        sup.tick(&health, t0, ms0);
+        assert_eq!(
+            received(&sock),
+            ["STATUS=AMI link to 192.0.2.1:5038 lost, reconnecting; 0 active call(s); 3 Bitrix24 step(s) pending"]
+        );
+    }
+
+    #[test]
+    fn watchdog_stops_while_the_state_thread_is_silent() {
+        let interval = Duration::from_secs(2);
+        let (mut sup, sock, _dir) = supervised("watchdog", Some(interval));
+        let health = Health::default();
+        let t0 = Instant::now();
+        let ms0 = sup.started_ms;
+        health.state_alive_ms.store(ms0, Ordering::Relaxed);
+        let watchdogs = |v: Vec<String>| v.iter().filter(|m| *m == "WATCHDOG=1").count();
+
+        sup.tick(&health, t0, ms0);
+        assert_eq!(watchdogs(received(&sock)), 1, "first tick");
+        sup.tick(&health, t0 + Duration::from_millis(500), ms0 + 500);
+        assert_eq!(watchdogs(received(&sock)), 0, "before half the interval");
+        sup.tick(&health, t0 + Duration::from_secs(1), ms0 + 1000);
+        assert_eq!(watchdogs(received(&sock)), 1, "at half the interval");
+
+        // The state thread last stamped at ms0; 5 s (the floor) later it counts as dead.
+        sup.tick(&health, t0 + Duration::from_secs(6), ms0 + 6000);
+        assert_eq!(watchdogs(received(&sock)), 0, "withheld");
+        assert!(sup.stalled);
+        sup.tick(&health, t0 + Duration::from_secs(7), ms0 + 7000);
+        assert_eq!(watchdogs(received(&sock)), 0, "still withheld");
+
+        health.state_alive_ms.store(ms0 + 7500, Ordering::Relaxed);
+        sup.tick(&health, t0 + Duration::from_secs(8), ms0 + 8000);
+        assert_eq!(watchdogs(received(&sock)), 1, "resumed");
+        assert!(!sup.stalled);
+    }
 }

@@ -3,8 +3,9 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -42,6 +43,13 @@ impl Running {
     /// Write `config` (use `{state}` for the state directory) and start the daemon with `args`
     /// after `run -c FILE`.
     pub fn start(config: &str, args: &[&str]) -> Running {
+        Self::start_with_env(config, args, &[])
+    }
+
+    /// [`Running::start`] with extra environment variables (e.g. `NOTIFY_SOCKET`). The
+    /// systemd variables of the test's own environment are never passed on, so a test run
+    /// under a systemd service does not notify that service.
+    pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
         let dir = TempDir::new("callme-e2e");
         let state = dir.path().join("state");
         fs::create_dir_all(&state).expect("state dir");
@@ -58,6 +66,10 @@ impl Running {
             .arg(&conf)
             .args(args)
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("stderr file"))
@@ -80,6 +92,44 @@ impl Running {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The process id, while the handle owns the process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Send a signal by name (`TERM`, `HUP`, ...) with `kill(1)`: std can only SIGKILL.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("daemon not running");
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} {pid} failed");
+    }
+
+    /// SIGTERM, as `systemctl stop` sends.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Wait up to `timeout` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.child.as_mut()?.try_wait().expect("try_wait");
+            if let Some(status) = status {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill(&mut self) {
