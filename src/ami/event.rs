@@ -82,6 +82,19 @@ pub enum Event<'a> {
         chan: Chan<'a>,
         cause: u32,
     },
+    /// Asterisk 1.8/11 `Dial` with `SubEvent: End`: it does not say which destination ended
+    /// (ami.md §6), only the dialling channel.
+    LegacyDialEnd {
+        src: Chan<'a>,
+        status: &'a str,
+    },
+    /// Asterisk 1.8/11 `Bridge` (`Bridgestate: Link|Unlink`) and 1.4 `Link`/`Unlink`: two
+    /// channels joined or parted.
+    LegacyBridge {
+        one: Chan<'a>,
+        two: Chan<'a>,
+        link: bool,
+    },
     /// The outcome of an `Async` Originate (ami.md §4.2). An event, although it carries a
     /// `Response:` field. Matched to our Originate by its ActionID.
     OriginateResponse {
@@ -138,6 +151,14 @@ impl<'a> Event<'a> {
                     .and_then(|c| c.trim().parse().ok())
                     .unwrap_or(0),
             }),
+            "Dial" => legacy_dial(msg),
+            "Bridge" => legacy_bridge(
+                msg,
+                msg.get("Bridgestate")
+                    .is_some_and(|s| s.eq_ignore_ascii_case("Link")),
+            ),
+            "Link" => legacy_bridge(msg, true),
+            "Unlink" => legacy_bridge(msg, false),
             "OriginateResponse" => Some(Event::OriginateResponse {
                 action_id: msg.get("ActionID").unwrap_or(""),
                 success: msg
@@ -153,6 +174,46 @@ impl<'a> Event<'a> {
         };
         parsed.unwrap_or(Event::Other)
     }
+}
+
+/// A channel named by legacy fields, which carry no Linkedid (ami.md §6): the Uniqueid stands
+/// in for it until a dial or bridge ties the channels together.
+fn legacy_chan<'a>(msg: &'a Message, name: &[&str], uid: &[&str]) -> Option<Chan<'a>> {
+    let name = name.iter().find_map(|k| msg.get(k))?;
+    let uniqueid = uid.iter().find_map(|k| msg.get(k))?;
+    Some(Chan {
+        name,
+        uniqueid,
+        linkedid: uniqueid,
+        context: "",
+        exten: "",
+        caller_num: msg.get("CallerIDNum").unwrap_or(""),
+    })
+}
+
+/// 1.8/11 `Dial` (`SubEvent: Begin|End`; 1.4 has no SubEvent and means Begin).
+fn legacy_dial(msg: &Message) -> Option<Event<'_>> {
+    // 1.4 names the caller `Source` / `SrcUniqueID`.
+    let src = legacy_chan(msg, &["Channel", "Source"], &["UniqueID", "SrcUniqueID"])?;
+    match msg.get("SubEvent").unwrap_or("Begin") {
+        s if s.eq_ignore_ascii_case("End") => Some(Event::LegacyDialEnd {
+            src,
+            status: msg.get("DialStatus").unwrap_or(""),
+        }),
+        _ => Some(Event::DialBegin {
+            dest: legacy_chan(msg, &["Destination"], &["DestUniqueID"])?,
+            src: Some(src),
+            dial_string: msg.get("Dialstring").unwrap_or(""),
+        }),
+    }
+}
+
+fn legacy_bridge(msg: &Message, link: bool) -> Option<Event<'_>> {
+    Some(Event::LegacyBridge {
+        one: legacy_chan(msg, &["Channel1"], &["Uniqueid1"])?,
+        two: legacy_chan(msg, &["Channel2"], &["Uniqueid2"])?,
+        link,
+    })
 }
 
 /// The `Timestamp:` header (manager.conf `timestampevents = yes`) in milliseconds since the epoch.
@@ -207,6 +268,50 @@ mod tests {
             panic!()
         };
         assert_eq!(c.linkedid, "5.5");
+    }
+
+    #[test]
+    fn legacy_dial_and_bridge() {
+        let begin = Message::from_pairs(&[
+            ("Event", "Dial"),
+            ("SubEvent", "Begin"),
+            ("Channel", "SIP/trunk-00000001"),
+            ("Destination", "SIP/219-00000002"),
+            ("UniqueID", "1.1"),
+            ("DestUniqueID", "1.2"),
+            ("Dialstring", "219"),
+        ]);
+        let Event::DialBegin { src, dest, .. } = Event::parse(&begin) else {
+            panic!()
+        };
+        assert_eq!(src.unwrap().uniqueid, "1.1");
+        assert_eq!((dest.name, dest.linkedid), ("SIP/219-00000002", "1.2"));
+        let end = Message::from_pairs(&[
+            ("Event", "Dial"),
+            ("SubEvent", "End"),
+            ("Channel", "SIP/trunk-00000001"),
+            ("UniqueID", "1.1"),
+            ("DialStatus", "ANSWER"),
+        ]);
+        assert!(matches!(
+            Event::parse(&end),
+            Event::LegacyDialEnd {
+                status: "ANSWER",
+                ..
+            }
+        ));
+        let link = Message::from_pairs(&[
+            ("Event", "Bridge"),
+            ("Bridgestate", "Unlink"),
+            ("Channel1", "SIP/trunk-00000001"),
+            ("Channel2", "SIP/219-00000002"),
+            ("Uniqueid1", "1.1"),
+            ("Uniqueid2", "1.2"),
+        ]);
+        assert!(matches!(
+            Event::parse(&link),
+            Event::LegacyBridge { link: false, .. }
+        ));
     }
 
     #[test]

@@ -93,6 +93,8 @@ enum Mode {
 
 struct ChanState {
     call: u64,
+    /// The channel's name (legacy events name channels, not Uniqueids, in BRIDGEPEER).
+    name: String,
     /// The internal number behind an employee channel.
     ext: Option<String>,
 }
@@ -159,6 +161,11 @@ struct Call {
     client_gone_ms: Option<u64>,
     /// The recording's file name and the rank of the variable that named it.
     recording: Option<(usize, String)>,
+    /// Dials in progress: (caller Uniqueid, destination Uniqueid). Asterisk 1.8/11's
+    /// `Dial End` names only the caller, so this says which destinations it ended.
+    dials: Vec<(String, String)>,
+    /// Seen Asterisk 1.8/11 events: `BRIDGEPEER` then stands in for bridge events.
+    legacy: bool,
 }
 
 impl Call {
@@ -187,6 +194,8 @@ impl Call {
             last_cause: None,
             client_gone_ms: None,
             recording: None,
+            dials: Vec::new(),
+            legacy: false,
         }
     }
 
@@ -293,6 +302,11 @@ impl Tracker {
             Event::Newexten { chan } => self.on_newexten(&chan, out),
             Event::VarSet {
                 chan,
+                variable: "BRIDGEPEER",
+                value,
+            } => self.on_bridgepeer(&chan, value, now_ms, out),
+            Event::VarSet {
+                chan,
                 variable,
                 value,
             } => self.on_varset(&chan, variable, value, out),
@@ -308,6 +322,26 @@ impl Tracker {
             Event::BridgeLeave { chan, bridge } => self.on_bridge_leave(&chan, bridge),
             Event::HangupRequest { .. } => {}
             Event::Hangup { chan, cause } => self.on_hangup(&chan, cause, now_ms, out),
+            Event::LegacyDialEnd { src, status } => {
+                self.on_legacy_dial_end(&src, status, now_ms, out)
+            }
+            Event::LegacyBridge { one, two, link } => {
+                let bridge = format!("legacy:{}:{}", one.uniqueid, two.uniqueid);
+                for chan in [&one, &two] {
+                    if let Some(id) = self.call_of(chan) {
+                        if let Some(call) = self.calls.get_mut(&id) {
+                            call.legacy = true;
+                        }
+                    }
+                }
+                if link {
+                    self.on_bridge_enter(&one, &bridge, now_ms, out);
+                    self.on_bridge_enter(&two, &bridge, now_ms, out);
+                } else {
+                    self.on_bridge_leave(&one, &bridge);
+                    self.on_bridge_leave(&two, &bridge);
+                }
+            }
             Event::OriginateResponse {
                 action_id,
                 success,
@@ -316,6 +350,70 @@ impl Tracker {
             } => self.on_originate_response(action_id, success, reason, now_ms, out),
             Event::Other => {}
         }
+    }
+
+    /// Asterisk 1.8/11 `Dial End` names only the caller: end every destination it was dialling.
+    /// With one destination an ANSWER is that destination's; with several (a ring group) the
+    /// bridge that follows says who answered.
+    fn on_legacy_dial_end(&mut self, src: &Chan, status: &str, now_ms: u64, out: &mut Vec<Intent>) {
+        let Some(id) = self.call_of(src) else { return };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.legacy = true;
+        let dests: Vec<String> = call
+            .dials
+            .iter()
+            .filter(|(s, _)| s == src.uniqueid)
+            .map(|(_, d)| d.clone())
+            .collect();
+        if status.eq_ignore_ascii_case("ANSWER") && dests.len() != 1 {
+            return;
+        }
+        for d in dests {
+            let Some(st) = self.channels.get(&d) else {
+                continue;
+            };
+            let name = st.name.clone();
+            let dest = Chan {
+                name: &name,
+                uniqueid: &d,
+                linkedid: &d,
+                context: "",
+                exten: "",
+                caller_num: "",
+            };
+            self.on_dial_end(Some(src), &dest, status, now_ms, out);
+        }
+    }
+
+    /// Asterisk 1.8/11 also says who a channel is bridged to with the `BRIDGEPEER` variable;
+    /// used only for calls that speak the legacy event set, as a stand-in for bridge events.
+    fn on_bridgepeer(&mut self, chan: &Chan, peer: &str, now_ms: u64, out: &mut Vec<Intent>) {
+        let Some(id) = self.call_of(chan) else { return };
+        if peer.is_empty() || !self.calls[&id].legacy {
+            return;
+        }
+        let Some(peer_uid) = self
+            .channels
+            .iter()
+            .find(|(_, st)| st.name == peer)
+            .map(|(u, _)| u.clone())
+        else {
+            return;
+        };
+        let bridge = format!("bridgepeer:{}", chan.uniqueid.min(peer_uid.as_str()));
+        let peer_name = peer.to_string();
+        let peer_chan = Chan {
+            name: &peer_name,
+            uniqueid: &peer_uid,
+            linkedid: &peer_uid,
+            context: "",
+            exten: "",
+            caller_num: "",
+        };
+        self.on_bridge_enter(chan, &bridge, now_ms, out);
+        self.on_bridge_enter(&peer_chan, &bridge, now_ms, out);
     }
 
     /// The daemon sent a click-to-call Originate. Its channels will be recognised by `ChannelId`
@@ -462,17 +560,82 @@ impl Tracker {
     /// is known (a channel whose Newchannel we did not see).
     fn call_of(&mut self, chan: &Chan) -> Option<u64> {
         if let Some(st) = self.channels.get(chan.uniqueid) {
-            return Some(st.call);
+            let id = st.call;
+            return Some(self.follow_linkedid(id, chan.linkedid));
         }
         let id = *self.by_linkedid.get(chan.linkedid)?;
         self.add_channel(id, chan);
         Some(id)
     }
 
+    /// Asterisk 12+ gives every channel in a bridge the oldest Linkedid (ami.md §7), so a
+    /// channel can show up with a Linkedid its call did not have. A new one becomes an alias;
+    /// one that belongs to another tracked call means the two calls are now one.
+    fn follow_linkedid(&mut self, id: u64, linkedid: &str) -> u64 {
+        match self.by_linkedid.get(linkedid) {
+            Some(&other) if other == id => id,
+            Some(&other) => self.merge(id, other),
+            None => {
+                self.by_linkedid.insert(linkedid.to_string(), id);
+                id
+            }
+        }
+    }
+
+    /// Merge calls `a` and `b`; returns the survivor. The call that is mirrored to Bitrix24
+    /// survives (an internal consultation call folds into the client's call), so there is never
+    /// a second register and no call is orphaned. Two registered calls are not merged: each
+    /// already has its Bitrix24 call, and each finishes when its own channels are gone.
+    fn merge(&mut self, a: u64, b: u64) -> u64 {
+        let rank = |m: Mode| match m {
+            Mode::Active => 2,
+            Mode::PendingDid => 1,
+            Mode::Ignored => 0,
+        };
+        let (ra, rb) = match (self.calls.get(&a), self.calls.get(&b)) {
+            (Some(x), Some(y)) => ((rank(x.mode), x.started_ms), (rank(y.mode), y.started_ms)),
+            _ => return a,
+        };
+        if ra.0 == 2 && rb.0 == 2 {
+            log::debug!("two registered calls share a bridge; keeping them apart");
+            return a;
+        }
+        // Higher mode wins; on a tie the older call (the one whose Linkedid Asterisk keeps).
+        let (keep, gone) = if ra.0 > rb.0 || (ra.0 == rb.0 && ra.1 <= rb.1) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let Some(g) = self.calls.remove(&gone) else {
+            return keep;
+        };
+        for st in self.channels.values_mut().filter(|st| st.call == gone) {
+            st.call = keep;
+        }
+        for v in self.by_linkedid.values_mut().filter(|v| **v == gone) {
+            *v = keep;
+        }
+        let call = self.calls.get_mut(&keep).expect("survivor");
+        log::debug!("{}: merged {} into it", call.key, g.key);
+        call.live_channels += g.live_channels;
+        call.dials.extend(g.dials);
+        call.legacy |= g.legacy;
+        if call.recording.is_none() {
+            call.recording = g.recording;
+        }
+        keep
+    }
+
     fn add_channel(&mut self, id: u64, chan: &Chan) {
         let ext = self.employee_ext(chan.name);
-        self.channels
-            .insert(chan.uniqueid.to_string(), ChanState { call: id, ext });
+        self.channels.insert(
+            chan.uniqueid.to_string(),
+            ChanState {
+                call: id,
+                name: chan.name.to_string(),
+                ext,
+            },
+        );
         if let Some(call) = self.calls.get_mut(&id) {
             call.live_channels += 1;
         }
@@ -596,7 +759,22 @@ impl Tracker {
         dial_string: &str,
         out: &mut Vec<Intent>,
     ) {
-        let Some(id) = self.call_of(dest) else { return };
+        let Some(mut id) = self.call_of(dest) else {
+            return;
+        };
+        // Before 13.5 channel events carry no Linkedid: the dial is what ties the callee's
+        // channel to the caller's call.
+        if let Some(s) = src {
+            if let Some(sid) = self.call_of(s) {
+                if sid != id {
+                    id = self.merge(sid, id);
+                }
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.dials
+                        .push((s.uniqueid.to_string(), dest.uniqueid.to_string()));
+                }
+            }
+        }
         if self.calls[&id].mode == Mode::PendingDid {
             self.decide(id, None, out);
         }
@@ -698,6 +876,7 @@ impl Tracker {
             .caller_ext()
             .is_some_and(|e| self.card_allowed(e));
         let call = self.calls.get_mut(&id).expect("call of a tracked channel");
+        call.dials.retain(|(_, d)| d != dest.uniqueid);
         if call.mode != Mode::Active {
             return;
         }
