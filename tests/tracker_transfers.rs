@@ -233,7 +233,21 @@ fn consultation_call_merges_into_the_client_call() {
         ),
     ];
     let mut t = tracker();
-    let v = run(&mut t, &msgs);
+    // Up to just after the transfer: the history is visible on the live call.
+    let cut = msgs.len() - 4;
+    let mut v = run(&mut t, &msgs[..cut]);
+    let calls = t.active_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].employee.as_deref(), Some("220"));
+    assert_eq!(
+        calls[0].transfers,
+        vec![callme::calls::Transfer {
+            from: "219".into(),
+            to: "220".into(),
+            at_ms: s + 15_003
+        }]
+    );
+    v.extend(run(&mut t, &msgs[cut..]));
     let a = actions(&v);
     assert!(matches!(a[0], Action::Register { .. }));
     assert_eq!(a[1], Action::Show { ext: "219".into() });

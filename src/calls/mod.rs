@@ -7,4 +7,4 @@ pub mod tracker;
 
 pub use intent::{Action, Direction, FinishUser, Intent};
 pub use status::Status;
-pub use tracker::{CallSummary, MissedUser, Tracker, TrackerConfig};
+pub use tracker::{CallSummary, MissedUser, Tracker, TrackerConfig, Transfer};

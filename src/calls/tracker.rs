@@ -79,6 +79,17 @@ pub struct CallSummary {
     pub line: String,
     pub employee: Option<String>,
     pub started_ms: u64,
+    /// Who handed the client to whom, and when.
+    pub transfers: Vec<Transfer>,
+}
+
+/// One hand-over of the client from an employee to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub from: String,
+    pub to: String,
+    /// When the new employee started talking to the client (ms since the epoch).
+    pub at_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +177,7 @@ struct Call {
     dials: Vec<(String, String)>,
     /// Seen Asterisk 1.8/11 events: `BRIDGEPEER` then stands in for bridge events.
     legacy: bool,
+    transfers: Vec<Transfer>,
 }
 
 impl Call {
@@ -196,6 +208,7 @@ impl Call {
             recording: None,
             dials: Vec::new(),
             legacy: false,
+            transfers: Vec::new(),
         }
     }
 
@@ -288,6 +301,7 @@ impl Tracker {
                 line: c.line.clone(),
                 employee: c.talking.clone().or_else(|| c.last_talker.clone()),
                 started_ms: c.started_ms,
+                transfers: c.transfers.clone(),
             })
             .collect();
         v.sort_by_key(|c| c.started_ms);
@@ -1054,6 +1068,14 @@ impl Tracker {
                 (user, 0, status)
             }
         };
+        if !call.transfers.is_empty() {
+            let hist: Vec<String> = call
+                .transfers
+                .iter()
+                .map(|t| format!("{}→{}", t.from, t.to))
+                .collect();
+            log::debug!("{}: transfer history {}", call.key, hist.join(", "));
+        }
         // Bitrix24 hides only the finishing user's card, and `hide` stops working after
         // `finish` (bitrix24-api.md §4.1): hide everyone else first.
         for ext in std::mem::take(&mut call.shown) {
@@ -1108,6 +1130,15 @@ fn announce(call: &mut Call, ext: &str, allowed: bool, out: &mut Vec<Intent>) {
 
 /// `ext` answered the client: it is now the one talking, and nobody else keeps a card.
 fn answered(call: &mut Call, ext: &str, allowed: bool, now_ms: u64, out: &mut Vec<Intent>) {
+    if let Some(prev) = call.last_talker.as_deref().filter(|p| *p != ext) {
+        let t = Transfer {
+            from: prev.to_string(),
+            to: ext.to_string(),
+            at_ms: now_ms,
+        };
+        log::debug!("{}: transferred from {} to {}", call.key, t.from, t.to);
+        call.transfers.push(t);
+    }
     call.talking = Some(ext.to_string());
     call.last_talker = Some(ext.to_string());
     call.first_answer_ms.get_or_insert(now_ms);
