@@ -14,16 +14,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "amisecret-notify";
 
 fn config(ami: &FakeAmi, portal: &FakeBitrix) -> String {
-    format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nwebhook_url = {}\ntimeout = 5\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\n\
-         [state]\ndir = {{state}}\n",
-        ami.port(),
-        portal.webhook_url()
-    )
+    support::daemon::e2e_config(ami.port(), SECRET, &portal.webhook_url())
 }
 
 /// The assignments of one datagram, e.g. `["READY=1", "STATUS=..."]`.

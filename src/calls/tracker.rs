@@ -916,9 +916,8 @@ impl Tracker {
                 && call.caller_ext() == Some(ext.as_str())
             {
                 // The clicking employee answered our Originate: open their card.
-                if allowed && !call.shown.contains(&ext) {
-                    call.shown.push(ext.clone());
-                    call.push(Action::Show { ext }, out);
+                if allowed {
+                    show(call, &ext, out);
                 }
                 return;
             }
@@ -1117,14 +1116,8 @@ fn announce(call: &mut Call, ext: &str, allowed: bool, out: &mut Vec<Intent>) {
     for e in stale {
         hide(call, &e, out);
     }
-    if allowed && !call.shown.iter().any(|e| e == ext) {
-        call.shown.push(ext.to_string());
-        out.push(Intent {
-            call: call.key.clone(),
-            action: Action::Show {
-                ext: ext.to_string(),
-            },
-        });
+    if allowed {
+        show(call, ext, out);
     }
 }
 
@@ -1146,14 +1139,21 @@ fn answered(call: &mut Call, ext: &str, allowed: bool, now_ms: u64, out: &mut Ve
     for e in others {
         hide(call, &e, out);
     }
-    if allowed && !call.shown.iter().any(|e| e == ext) {
+    if allowed {
+        show(call, ext, out);
+    }
+}
+
+/// Open `ext`'s card unless it is open already.
+fn show(call: &mut Call, ext: &str, out: &mut Vec<Intent>) {
+    if !call.shown.iter().any(|e| e == ext) {
         call.shown.push(ext.to_string());
-        out.push(Intent {
-            call: call.key.clone(),
-            action: Action::Show {
+        call.push(
+            Action::Show {
                 ext: ext.to_string(),
             },
-        });
+            out,
+        );
     }
 }
 
