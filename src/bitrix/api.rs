@@ -368,7 +368,11 @@ pub fn attach_record_params(call_id: &str, p: &RecordParams) -> Value {
 
 /// `telephony.externalCall.attachRecord`. Only after `finish`: before it Bitrix24 answers
 /// "Call is not found in the statistic table. Looks like it is not finished yet." (§4.2).
-pub fn attach_record(t: &dyn Transport, call_id: &str, p: &RecordParams) -> Result<Attached, Error> {
+pub fn attach_record(
+    t: &dyn Transport,
+    call_id: &str,
+    p: &RecordParams,
+) -> Result<Attached, Error> {
     const METHOD: &str = "telephony.externalCall.attachRecord";
     let reply = t.call(METHOD, &attach_record_params(call_id, p))?;
     let r = object(&reply.result, METHOD)?;
@@ -384,7 +388,10 @@ pub fn attach_record(t: &dyn Transport, call_id: &str, p: &RecordParams) -> Resu
         });
     }
     if matches!(p, RecordParams::NameOnly { .. }) {
-        return Err(Error::Decode(format!("{METHOD}: no uploadUrl in {}", reply.result)));
+        return Err(Error::Decode(format!(
+            "{METHOD}: no uploadUrl in {}",
+            reply.result
+        )));
     }
     Ok(Attached::File(r.get("FILE_ID").and_then(json_u64)))
 }
@@ -411,7 +418,10 @@ pub fn upload_record(
         .build()
         .into();
     let shown = redact_url(upload_url);
-    log::debug!("bitrix24 -> POST {shown} ({} bytes, {filename})", content.len());
+    log::debug!(
+        "bitrix24 -> POST {shown} ({} bytes, {filename})",
+        content.len()
+    );
     let scrub = |m: String| m.replace(upload_url, &shown);
     let mut response = agent
         .post(upload_url)
@@ -426,7 +436,10 @@ pub fn upload_record(
         .body_mut()
         .read_to_string()
         .map_err(|e| Error::Transport(scrub(format!("reading upload response: {e}"))))?;
-    log::debug!("bitrix24 <- upload HTTP {status}: {}", super::error::truncate(&text, 512));
+    log::debug!(
+        "bitrix24 <- upload HTTP {status}: {}",
+        super::error::truncate(&text, 512)
+    );
     let reply = parse_envelope(status, &text)?;
     Ok(reply.result.get("FILE_ID").and_then(json_u64))
 }
@@ -660,11 +673,16 @@ mod tests {
             json!({"CALL_ID":"c1","FILENAME":"a.mp3","RECORD_URL":"https://pbx/rec/a.mp3"})
         );
         let t = Canned::new(vec![ok(json!({"FILE_ID": 9079}))]);
-        assert_eq!(attach_record(&t, "c1", &url).unwrap(), Attached::File(Some(9079)));
+        assert_eq!(
+            attach_record(&t, "c1", &url).unwrap(),
+            Attached::File(Some(9079))
+        );
         let t = Canned::new(vec![ok(json!({
             "uploadUrl": "https://p/rest/1/code/upload/?token=telephony%7Cx%7Cy",
             "fieldName": "file"}))]);
-        let name = RecordParams::NameOnly { filename: "a.wav".into() };
+        let name = RecordParams::NameOnly {
+            filename: "a.wav".into(),
+        };
         assert_eq!(
             attach_record(&t, "c1", &name).unwrap(),
             Attached::UploadUrl {
@@ -672,9 +690,15 @@ mod tests {
                 field_name: "file".into()
             }
         );
-        assert_eq!(t.sent.lock().unwrap()[0].1, json!({"CALL_ID":"c1","FILENAME":"a.wav"}));
+        assert_eq!(
+            t.sent.lock().unwrap()[0].1,
+            json!({"CALL_ID":"c1","FILENAME":"a.wav"})
+        );
         let t = Canned::new(vec![ok(json!({"FILE_ID": 1}))]);
-        assert!(matches!(attach_record(&t, "c1", &name), Err(Error::Decode(_))));
+        assert!(matches!(
+            attach_record(&t, "c1", &name),
+            Err(Error::Decode(_))
+        ));
     }
 
     #[test]

@@ -72,7 +72,10 @@ pub fn attach(
         Located::Found(f) => f,
         Located::NotYet => return Ok(Step::Later(poll_delay(waited, cfg.wait))),
         Located::Outside(rel) => {
-            return Ok(refuse(raw, &format!("{rel} leads outside {}", store.root())))
+            return Ok(refuse(
+                raw,
+                &format!("{rel} leads outside {}", store.root()),
+            ))
         }
         Located::Missing => {
             log::warn!(
@@ -475,8 +478,7 @@ fn agent(timeout: Duration) -> ureq::Agent {
 
 /// Standard base64 with padding (RFC 4648 §4), what `FILE_CONTENT` expects.
 pub fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
