@@ -136,7 +136,7 @@ impl Daemon {
             transport: transport.clone(),
         };
 
-        let tracker = Tracker::new(TrackerConfig::from_config(&cfg.calls));
+        let tracker = Tracker::new(TrackerConfig::from_config(cfg));
         let h = health.clone();
         let ami_for_state = ami.clone();
         let stop_state = stop_rx.clone();

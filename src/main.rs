@@ -148,7 +148,7 @@ fn run_replay(
     transport: Box<dyn Transport>,
     timeline: Option<&mut dyn Write>,
 ) -> ExitCode {
-    let mut tracker = Tracker::new(callme::calls::TrackerConfig::from_config(&cfg.calls));
+    let mut tracker = Tracker::new(callme::calls::TrackerConfig::from_config(cfg));
     let mut deliverer = Deliverer::new(
         DeliverConfig::from_config(cfg),
         transport,

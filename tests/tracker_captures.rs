@@ -320,3 +320,34 @@ fn peers_outside_the_directory_get_no_card() {
     assert_eq!(a[2], hide("220"));
     assert!(matches!(a[3], Action::Finish { .. }));
 }
+
+#[test]
+fn h_source_freepbx_attaches_mixmonitor_filename_after_finish() {
+    // `[recording] source = freepbx` maps to MIXMONITOR_FILENAME only, so CallMeFULLFNAME
+    // (set earlier in the capture) is ignored.
+    let cfg = callme::config::parse_str(
+        "[asterisk]\nusername = u\nsecret = s\n\
+         [bitrix24]\nwebhook_url = https://p.bitrix24.ru/rest/1/c/\n\
+         [recording]\nsource = freepbx\n",
+        "t.conf",
+    )
+    .unwrap();
+    let mut t = Tracker::new(TrackerConfig::from_config(&cfg));
+    t.set_employees(["219", "220", "221"].map(String::from));
+    let a = actions(&replay_with(&mut t, "h_inbound_recorded_mixmonitor"));
+    let finish = a
+        .iter()
+        .position(|x| matches!(x, Action::Finish { .. }))
+        .expect("a finish");
+    assert_eq!(
+        a[finish + 1..],
+        [Action::Attach {
+            path: "/srv/pbx/astdata/var/spool/asterisk/monitor/2026/11/26/\
+                   in-79991234567-8001231232-20261126-044735-1795668455.26.wav"
+                .into()
+        }]
+    );
+    assert!(a[..finish]
+        .iter()
+        .all(|x| !matches!(x, Action::Attach { .. })));
+}

@@ -7,7 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::client::{json_u64, Transport};
+use super::client::{json_u64, parse_envelope, redact_url, Transport};
 use super::error::Error;
 
 /// Call types for `TYPE` (bitrix24-api.md §2.1).
@@ -327,6 +327,160 @@ fn as_bool(v: &Value, method: &str) -> Result<bool, Error> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// attachRecord (§4.2)
+
+/// What `telephony.externalCall.attachRecord` sends with the `CALL_ID` (§4.2 modes 1-3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordParams {
+    /// Mode 1: Bitrix24 downloads the file itself, once, from a public URL.
+    Url { url: String, filename: String },
+    /// Mode 2: the file inline, base64-encoded.
+    Content { filename: String, base64: String },
+    /// Mode 3: only the name; Bitrix24 answers with an upload URL.
+    NameOnly { filename: String },
+}
+
+/// The answer of `attachRecord`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// The record is stored (modes 1 and 2): its Drive file id, when given.
+    File(Option<u64>),
+    /// Mode 3: POST the file as multipart field `field_name` to `upload_url`.
+    UploadUrl {
+        upload_url: String,
+        field_name: String,
+    },
+}
+
+/// Params of `attachRecord`. `FILENAME` must end with a lower-case `.mp3` or `.wav` (§4.2).
+pub fn attach_record_params(call_id: &str, p: &RecordParams) -> Value {
+    match p {
+        RecordParams::Url { url, filename } => {
+            json!({ "CALL_ID": call_id, "FILENAME": filename, "RECORD_URL": url })
+        }
+        RecordParams::Content { filename, base64 } => {
+            json!({ "CALL_ID": call_id, "FILENAME": filename, "FILE_CONTENT": base64 })
+        }
+        RecordParams::NameOnly { filename } => json!({ "CALL_ID": call_id, "FILENAME": filename }),
+    }
+}
+
+/// `telephony.externalCall.attachRecord`. Only after `finish`: before it Bitrix24 answers
+/// "Call is not found in the statistic table. Looks like it is not finished yet." (§4.2).
+pub fn attach_record(
+    t: &dyn Transport,
+    call_id: &str,
+    p: &RecordParams,
+) -> Result<Attached, Error> {
+    const METHOD: &str = "telephony.externalCall.attachRecord";
+    let reply = t.call(METHOD, &attach_record_params(call_id, p))?;
+    let r = object(&reply.result, METHOD)?;
+    if let Some(url) = r.get("uploadUrl").and_then(Value::as_str) {
+        return Ok(Attached::UploadUrl {
+            upload_url: url.to_string(),
+            field_name: r
+                .get("fieldName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("file")
+                .to_string(),
+        });
+    }
+    if matches!(p, RecordParams::NameOnly { .. }) {
+        return Err(Error::Decode(format!(
+            "{METHOD}: no uploadUrl in {}",
+            reply.result
+        )));
+    }
+    Ok(Attached::File(r.get("FILE_ID").and_then(json_u64)))
+}
+
+/// POST a file to the upload URL that `attachRecord` returned (§4.2 mode 3), as
+/// `multipart/form-data` with one file field. The body is built by hand: it is one part, and
+/// no multipart crate is allowed. Returns the Drive file id if the answer has one.
+///
+/// The URL carries a token (and, for webhooks, the webhook code): it is never logged or put
+/// into an error as is, only through [`redact_url`].
+pub fn upload_record(
+    upload_url: &str,
+    field_name: &str,
+    filename: &str,
+    content: &[u8],
+    timeout: std::time::Duration,
+) -> Result<Option<u64>, Error> {
+    let boundary = multipart_boundary(content);
+    let body = multipart_body(&boundary, field_name, filename, content);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .user_agent(concat!("callme/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    let shown = redact_url(upload_url);
+    log::debug!(
+        "bitrix24 -> POST {shown} ({} bytes, {filename})",
+        content.len()
+    );
+    let scrub = |m: String| m.replace(upload_url, &shown);
+    let mut response = agent
+        .post(upload_url)
+        .header(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={boundary}"),
+        )
+        .send(&body[..])
+        .map_err(|e| Error::Transport(scrub(e.to_string())))?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| Error::Transport(scrub(format!("reading upload response: {e}"))))?;
+    log::debug!(
+        "bitrix24 <- upload HTTP {status}: {}",
+        super::error::truncate(&text, 512)
+    );
+    let reply = parse_envelope(status, &text)?;
+    Ok(reply.result.get("FILE_ID").and_then(json_u64))
+}
+
+/// A boundary that does not occur in `content` (checked, not just hoped for).
+fn multipart_boundary(content: &[u8]) -> String {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (0u32..)
+        .map(|n| format!("callme-{seed:x}-{n}"))
+        .find(|b| !content.windows(b.len()).any(|w| w == b.as_bytes()))
+        .expect("some boundary is free")
+}
+
+/// One-part `multipart/form-data` body (RFC 7578). Quotes and line breaks in the name are
+/// replaced, since they would end the header.
+pub fn multipart_body(boundary: &str, field: &str, filename: &str, content: &[u8]) -> Vec<u8> {
+    let clean = |s: &str| s.replace(['"', '\r', '\n', '\\'], "_");
+    let mime = if filename.ends_with(".mp3") {
+        "audio/mpeg"
+    } else if filename.ends_with(".wav") {
+        "audio/wav"
+    } else {
+        "application/octet-stream"
+    };
+    let mut body = Vec::with_capacity(content.len() + 256);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\n\
+             Content-Type: {mime}\r\n\r\n",
+            clean(field),
+            clean(filename)
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::client::Reply;
@@ -506,5 +660,56 @@ mod tests {
         };
         let t = Canned::new(vec![page()]);
         assert!(matches!(users_all(&t), Err(Error::Decode(_))));
+    }
+
+    #[test]
+    fn attach_record_modes() {
+        let url = RecordParams::Url {
+            url: "https://pbx/rec/a.mp3".into(),
+            filename: "a.mp3".into(),
+        };
+        assert_eq!(
+            attach_record_params("c1", &url),
+            json!({"CALL_ID":"c1","FILENAME":"a.mp3","RECORD_URL":"https://pbx/rec/a.mp3"})
+        );
+        let t = Canned::new(vec![ok(json!({"FILE_ID": 9079}))]);
+        assert_eq!(
+            attach_record(&t, "c1", &url).unwrap(),
+            Attached::File(Some(9079))
+        );
+        let t = Canned::new(vec![ok(json!({
+            "uploadUrl": "https://p/rest/1/code/upload/?token=telephony%7Cx%7Cy",
+            "fieldName": "file"}))]);
+        let name = RecordParams::NameOnly {
+            filename: "a.wav".into(),
+        };
+        assert_eq!(
+            attach_record(&t, "c1", &name).unwrap(),
+            Attached::UploadUrl {
+                upload_url: "https://p/rest/1/code/upload/?token=telephony%7Cx%7Cy".into(),
+                field_name: "file".into()
+            }
+        );
+        assert_eq!(
+            t.sent.lock().unwrap()[0].1,
+            json!({"CALL_ID":"c1","FILENAME":"a.wav"})
+        );
+        let t = Canned::new(vec![ok(json!({"FILE_ID": 1}))]);
+        assert!(matches!(
+            attach_record(&t, "c1", &name),
+            Err(Error::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn multipart_body_is_one_file_part() {
+        let b = multipart_body("XyZ", "file", "a\".mp3", b"\x00\x01ID3");
+        let mut want = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; \
+                         filename=\"a_.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
+            .to_vec();
+        want.extend_from_slice(b"\x00\x01ID3\r\n--XyZ--\r\n");
+        assert_eq!(b, want);
+        let boundary = multipart_boundary(b"callme-");
+        assert!(boundary.starts_with("callme-"));
     }
 }

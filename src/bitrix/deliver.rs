@@ -20,7 +20,7 @@ use super::client::Transport;
 use super::users::Directory;
 use super::Error;
 use crate::calls::{Action, Direction, FinishUser, Intent};
-use crate::config::{Config, PhoneConfig, Responsible};
+use crate::config::{Config, PhoneConfig, RecordingConfig, Responsible};
 use crate::{isotime, phone};
 
 /// What delivery needs from the configuration.
@@ -36,6 +36,8 @@ pub struct DeliverConfig {
     /// First retry delay; doubles up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// `[recording]`: how `Action::Attach` is delivered.
+    pub recording: RecordingConfig,
 }
 
 impl DeliverConfig {
@@ -49,6 +51,7 @@ impl DeliverConfig {
             phone: cfg.phone.clone(),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            recording: cfg.recording.clone(),
         }
     }
 }
@@ -91,6 +94,8 @@ struct CallState {
     /// Register failed for good: later steps have no CALL_ID to go to.
     dead: bool,
     finished: bool,
+    /// When the attach of this call's recording was first tried, for `[recording] wait`.
+    attach_since: Option<Instant>,
 }
 
 /// Outcome of one step.
@@ -98,6 +103,9 @@ enum Done {
     Ok,
     /// Nothing to send (no Bitrix24 user for that internal number, or nothing to do yet).
     Skipped(String),
+    /// Not yet: run this step again after the delay. Not a failure and not a retry (the
+    /// attempt count stays), e.g. a recording still being converted.
+    Later(Duration),
 }
 
 pub struct Deliverer {
@@ -218,6 +226,11 @@ impl Deliverer {
                     self.stats.skipped += 1;
                     self.stats.count(step_name(&action), "skipped");
                     state.steps.pop_front();
+                }
+                Ok(Done::Later(d)) => {
+                    log::debug!("{key}: {} not ready, again in {d:?}", step_name(&action));
+                    state.not_before = Some(now + d);
+                    return;
                 }
                 Err(e) if e.is_retryable() => {
                     state.attempts += 1;
@@ -387,9 +400,34 @@ impl Deliverer {
                     .or_insert(0) += 1;
                 Ok(Done::Ok)
             }
-            Action::Attach { path } => Ok(Done::Skipped(format!(
-                "attaching recordings is not implemented yet ({path})"
-            ))),
+            Action::Attach { path } => {
+                let Some(call_id) = self.call_id(key) else {
+                    return Ok(Done::Skipped("call is not registered".into()));
+                };
+                let since = match self.calls.get_mut(key) {
+                    Some(state) => *state.attach_since.get_or_insert_with(Instant::now),
+                    None => Instant::now(),
+                };
+                let step = super::record::attach(
+                    &self.cfg.recording,
+                    self.transport.as_ref(),
+                    &call_id,
+                    path,
+                    since.elapsed(),
+                )?;
+                match step {
+                    super::record::Step::Attached(how) => {
+                        log::info!("{key}: recording attached to {call_id}: {how}");
+                        Ok(Done::Ok)
+                    }
+                    super::record::Step::Later(d) => Ok(Done::Later(d)),
+                    super::record::Step::Skipped { why, outcome } => {
+                        // Why nothing was sent, beside the general "skipped" count.
+                        self.stats.count("attachRecord", outcome);
+                        Ok(Done::Skipped(why))
+                    }
+                }
+            }
         }
     }
 

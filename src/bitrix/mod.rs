@@ -3,6 +3,7 @@
 //! - [`client`]: the webhook transport and the result/error envelope.
 //! - [`api`]: one typed function per REST method the daemon uses.
 //! - [`users`]: the internal number ↔ employee map.
+//! - [`record`]: attaching call recordings after finish.
 //! - [`error`]: the one error type, with its retry classification.
 //!
 //! Reference for every quirk cited in here: `bitrix24-api.md` (shared docs).
@@ -11,6 +12,7 @@ pub mod api;
 pub mod client;
 pub mod deliver;
 pub mod error;
+pub mod record;
 pub mod users;
 
 pub use api::User;

@@ -45,14 +45,16 @@ pub fn default_recording_vars() -> Vec<String> {
 }
 
 impl TrackerConfig {
-    pub fn from_config(calls: &crate::config::CallsConfig) -> TrackerConfig {
+    /// From `[calls]`, and `[recording] source` for the recording variables.
+    pub fn from_config(cfg: &crate::config::Config) -> TrackerConfig {
+        let calls = &cfg.calls;
         TrackerConfig {
             system_name: calls.system_name.clone(),
             lines: calls.lines.clone(),
             inbound_contexts: calls.inbound_contexts.clone(),
             show_cards_to: calls.show_cards_to.clone(),
             missed_user: calls.missed_user,
-            recording_vars: default_recording_vars(),
+            recording_vars: cfg.recording.source.vars(),
         }
     }
 }

@@ -75,6 +75,19 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("http", &["listen", "threads"]),
     ("state", &["dir"]),
+    (
+        "recording",
+        &[
+            "mode",
+            "source",
+            "pbx_root",
+            "path_base",
+            "public_url",
+            "fetch_url",
+            "upload_max",
+            "wait",
+        ],
+    ),
 ];
 
 /// Longest accepted seconds value: one day. Anything longer is a typo (`3000` for `300`?) and
@@ -334,6 +347,7 @@ pub struct Config {
     pub phone: PhoneConfig,
     pub http: HttpConfig,
     pub state: StateConfig,
+    pub recording: RecordingConfig,
     /// The file this came from (for messages such as "reloaded /etc/callme/callme.conf").
     pub source: PathBuf,
 }
@@ -489,6 +503,80 @@ impl Default for StateConfig {
         }
     }
 }
+
+/// `[recording]`: whether and how call recordings are attached to Bitrix24 calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingConfig {
+    pub mode: RecordingMode,
+    /// Which channel variables name the file.
+    pub source: RecordingSource,
+    /// The recordings root as Asterisk names it (the prefix of `MIXMONITOR_FILENAME` and
+    /// `CallMeFULLFNAME`). Absolute; default `/var/spool/asterisk`.
+    pub pbx_root: PathBuf,
+    /// The same directory as callme sees it: equal to `pbx_root` when callme runs on the PBX,
+    /// a mount point (NFS, sshfs) otherwise. Absolute; default: `pbx_root`.
+    pub path_base: PathBuf,
+    /// Public base URL of the recordings root, ending with `/` (`mode = url`).
+    pub public_url: Option<String>,
+    /// Base URL from which callme itself downloads (or checks) the files, ending with `/`.
+    pub fetch_url: Option<String>,
+    /// Files larger than this (bytes) go through Bitrix24's upload URL instead of base64.
+    pub upload_max: u64,
+    /// How long to wait for the MP3 after the call is finished.
+    pub wait: Duration,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            mode: RecordingMode::Off,
+            source: RecordingSource::Both,
+            pbx_root: PathBuf::from("/var/spool/asterisk"),
+            path_base: PathBuf::from("/var/spool/asterisk"),
+            public_url: None,
+            fetch_url: None,
+            upload_max: 10 * MIB,
+            wait: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How a recording reaches Bitrix24 (bitrix24-api.md §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingMode {
+    /// Recordings are not attached.
+    Off,
+    /// `RECORD_URL`: Bitrix24 downloads the file from `public_url` itself.
+    Url,
+    /// callme sends the bytes: base64 `FILE_CONTENT`, or the upload URL for large files.
+    Upload,
+}
+
+/// Which channel variables name a call's recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingSource {
+    /// `CallMeFULLFNAME`, set by `contrib/b24_continuous_parallel.conf`.
+    Callme,
+    /// `MIXMONITOR_FILENAME`, set by FreePBX's own call recording.
+    Freepbx,
+    /// Both; `CallMeFULLFNAME` wins when a call has both.
+    Both,
+}
+
+impl RecordingSource {
+    /// The variable names, best first (`TrackerConfig::recording_vars`).
+    pub fn vars(self) -> Vec<String> {
+        let v: &[&str] = match self {
+            RecordingSource::Callme => &["CallMeFULLFNAME"],
+            RecordingSource::Freepbx => &["MIXMONITOR_FILENAME"],
+            RecordingSource::Both => &["CallMeFULLFNAME", "MIXMONITOR_FILENAME"],
+        };
+        v.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// One MiB: the unit of `upload_max`.
+const MIB: u64 = 1024 * 1024;
 
 impl Config {
     /// A valid config with placeholder credentials, for `callme demo` and replay without `-c`.
@@ -755,6 +843,7 @@ impl<'a> Validator<'a> {
         let phone = self.phone();
         let http = self.http();
         let state = self.state();
+        let recording = self.recording();
         Some(Config {
             asterisk: asterisk?,
             bitrix24: bitrix24?,
@@ -762,6 +851,7 @@ impl<'a> Validator<'a> {
             phone,
             http,
             state,
+            recording,
             source: PathBuf::from(self.file),
         })
     }
@@ -957,6 +1047,52 @@ impl<'a> Validator<'a> {
         });
         StateConfig { dir }
     }
+
+    fn recording(&mut self) -> RecordingConfig {
+        const S: &str = "recording";
+        let d = RecordingConfig::default();
+        let errors_before = self.errors.len();
+        let mode = self.value(S, "mode", d.mode, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "off" => Ok(RecordingMode::Off),
+                "url" => Ok(RecordingMode::Url),
+                "upload" => Ok(RecordingMode::Upload),
+                _ => Err("unknown mode (allowed: off, url, upload)".to_string()),
+            }
+        });
+        let source = self.value(S, "source", d.source, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "callme" => Ok(RecordingSource::Callme),
+                "freepbx" => Ok(RecordingSource::Freepbx),
+                "both" => Ok(RecordingSource::Both),
+                _ => Err("unknown source (allowed: callme, freepbx, both)".to_string()),
+            }
+        });
+        let pbx_root = self.value(S, "pbx_root", d.pbx_root, parse_root);
+        let path_base = self.optional(S, "path_base", parse_root);
+        let public_url = self.optional(S, "public_url", parse_base_url);
+        let fetch_url = self.optional(S, "fetch_url", parse_base_url);
+        let upload_max = self.value(S, "upload_max", d.upload_max, parse_mib);
+        let wait = self.value(S, "wait", d.wait, parse_secs);
+        if self.errors.len() == errors_before && mode == RecordingMode::Url && public_url.is_none()
+        {
+            let line = self.line_of(S, &["public_url", "mode"]);
+            self.error(
+                line,
+                format!("[{S}] mode = url needs public_url (allowed: set public_url to the address where Bitrix24 can download the recordings, or use mode = upload)"),
+            );
+        }
+        RecordingConfig {
+            mode,
+            source,
+            path_base: path_base.unwrap_or_else(|| pbx_root.clone()),
+            pbx_root,
+            public_url,
+            fetch_url,
+            upload_max,
+            wait,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -989,6 +1125,61 @@ fn parse_secs(v: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_millis(total))
+}
+
+/// An absolute directory, normalised to have no trailing `/` and no `.`/`..` components: the
+/// recordings root that every attached file must stay inside.
+fn parse_root(v: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let p = PathBuf::from(v);
+    let clean = p
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if p.is_absolute() && clean {
+        Ok(p.components().collect())
+    } else {
+        Err("not an absolute directory (allowed: a path starting with /, without . or .., e.g. /var/spool/asterisk)".to_string())
+    }
+}
+
+/// An `http(s)://` base URL, returned with a trailing `/` so a relative path can be appended.
+/// No `user:password@`, query or fragment: such URLs would end up in logs.
+fn parse_base_url(v: &str) -> Result<String, String> {
+    const ALLOWED: &str = "allowed: http:// or https:// URL of the recordings root, e.g. https://pbx.example.com/recordings/";
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or_else(|| format!("must start with https:// or http:// ({ALLOWED})"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("has no host name ({ALLOWED})"));
+    }
+    if host.contains('@') || v.contains(['?', '#']) || v.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "must not contain user:password@, `?`, `#` or spaces ({ALLOWED})"
+        ));
+    }
+    Ok(format!("{}/", v.trim_end_matches('/')))
+}
+
+/// Megabytes (MiB), whole or with up to three decimals (`10`, `0.5`), more than 0, at most
+/// 1024; returned in bytes.
+fn parse_mib(v: &str) -> Result<u64, String> {
+    let bad = || {
+        "not a size in megabytes (allowed: more than 0 and at most 1024, e.g. 10 or 0.5)"
+            .to_string()
+    };
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if int.is_empty() || int.len() > 4 || !all_digits(int) || frac.len() > 3 || !all_digits(frac) {
+        return Err(bad());
+    }
+    let whole: u64 = int.parse().map_err(|_| bad())?;
+    let thousandths: u64 = format!("{frac:0<3}").parse().map_err(|_| bad())?;
+    let milli = whole * 1000 + thousandths;
+    if milli == 0 || milli > 1024 * 1000 {
+        return Err(bad());
+    }
+    Ok(milli * MIB / 1000)
 }
 
 /// A whole number in `min..=max`.

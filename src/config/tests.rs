@@ -66,6 +66,7 @@ fn example_lists_every_key_with_its_default() {
     assert_eq!(cfg.phone, PhoneConfig::default());
     assert_eq!(cfg.http, HttpConfig::default());
     assert_eq!(cfg.state, StateConfig::default());
+    assert_eq!(cfg.recording, RecordingConfig::default());
     assert_eq!(
         CallsConfig {
             lines: vec![],
@@ -224,7 +225,7 @@ fn unknown_section() {
     assert_eq!(
         e,
         "t.conf:6: unknown section [asterix], did you mean [asterisk]? \
-         (allowed sections: [asterisk], [bitrix24], [calls], [phone], [http], [state])"
+         (allowed sections: [asterisk], [bitrix24], [calls], [phone], [http], [state], [recording])"
     );
 }
 
@@ -685,4 +686,78 @@ fn suggestions() {
     assert_eq!(suggest("user", &keys), None);
     assert_eq!(suggest("secrets", &keys), Some("secret"));
     assert_eq!(suggest("colour", &keys), None);
+}
+
+#[test]
+fn recording_defaults_and_values() {
+    let cfg = parse_str(MINIMAL, "t.conf").unwrap();
+    let r = &cfg.recording;
+    assert_eq!(r.mode, RecordingMode::Off);
+    assert_eq!(r.source, RecordingSource::Both);
+    assert_eq!(r.pbx_root, PathBuf::from("/var/spool/asterisk"));
+    assert_eq!(r.path_base, PathBuf::from("/var/spool/asterisk"));
+    assert_eq!(
+        (r.public_url.as_deref(), r.fetch_url.as_deref()),
+        (None, None)
+    );
+    assert_eq!(r.upload_max, 10 * 1024 * 1024);
+    assert_eq!(r.wait, Duration::from_secs(120));
+
+    let text = with(
+        "recording",
+        "mode = URL\nsource = freepbx\npbx_root = /var/spool/asterisk/\n\
+         path_base = /mnt/pbx\npublic_url = https://pbx.example.com/rec\n\
+         fetch_url = http://10.0.0.5/rec/\nupload_max = 0.5\nwait = 2.5",
+    );
+    let r = parse_str(&text, "t.conf").unwrap().recording;
+    assert_eq!(r.mode, RecordingMode::Url);
+    assert_eq!(r.source, RecordingSource::Freepbx);
+    assert_eq!(r.pbx_root, PathBuf::from("/var/spool/asterisk"));
+    assert_eq!(r.path_base, PathBuf::from("/mnt/pbx"));
+    assert_eq!(
+        r.public_url.as_deref(),
+        Some("https://pbx.example.com/rec/")
+    );
+    assert_eq!(r.fetch_url.as_deref(), Some("http://10.0.0.5/rec/"));
+    assert_eq!(r.upload_max, 512 * 1024);
+    assert_eq!(r.wait, Duration::from_millis(2500));
+}
+
+#[test]
+fn recording_source_maps_to_tracker_variables() {
+    assert_eq!(RecordingSource::Callme.vars(), vec!["CallMeFULLFNAME"]);
+    assert_eq!(RecordingSource::Freepbx.vars(), vec!["MIXMONITOR_FILENAME"]);
+    assert_eq!(
+        RecordingSource::Both.vars(),
+        vec!["CallMeFULLFNAME", "MIXMONITOR_FILENAME"]
+    );
+}
+
+#[test]
+fn recording_values_checked() {
+    for (line, what) in [
+        ("mode = ftp", "allowed: off, url, upload"),
+        ("source = asterisk", "allowed: callme, freepbx, both"),
+        ("pbx_root = spool", "not an absolute directory"),
+        ("path_base = /mnt/../etc", "not an absolute directory"),
+        (
+            "public_url = pbx.example.com/rec",
+            "must start with https://",
+        ),
+        ("fetch_url = http://u:pw@pbx/rec", "user:password@"),
+        ("fetch_url = http:///rec", "no host name"),
+        ("upload_max = 0", "not a size in megabytes"),
+        ("upload_max = 2048", "not a size in megabytes"),
+        ("upload_max = 1.5MB", "not a size in megabytes"),
+        ("wait = 0", "not a number of seconds"),
+    ] {
+        let text = with("recording", line);
+        let e = err(&text);
+        assert!(e.contains(what), "{line}: {e}");
+        let at = line_of(&text, line.split(' ').next().unwrap());
+        assert!(e.starts_with(&format!("t.conf:{at}: ")), "{line}: {e}");
+    }
+    let e = err(&with("recording", "mode = url"));
+    assert!(e.contains("mode = url needs public_url"), "{e}");
+    assert!(parse_str(&with("recording", "mode = upload"), "t").is_ok());
 }

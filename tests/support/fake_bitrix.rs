@@ -26,12 +26,18 @@
 //! # Methods
 //!
 //! `user.get`, `telephony.externalcall.register`, `.finish`, `.show`, `.hide`,
-//! `.searchCrmEntities` and `crm.duplicate.findbycomm`, case-insensitively, with `.json`, a
+//! `.searchCrmEntities`, `.attachRecord` and `crm.duplicate.findbycomm`, case-insensitively, with `.json`, a
 //! trailing `/` or neither. Anything else is HTTP 404 `ERROR_METHOD_NOT_FOUND`. A wrong user
 //! id or code in the URL is HTTP 401 `INVALID_CREDENTIALS` (the source's status, §9.3).
 //! Params may be a JSON body, a form-encoded body (PHP `a[b][]=` brackets) and/or a query
 //! string; the body wins (§1.2). Success envelopes carry a `time` block, errors do not (§9.2).
 //! Method errors are HTTP 400 with `"error": ""` like live portals (§2.3).
+//!
+//! `attachRecord` (§4.2) works only for finished calls and has all four modes: `RECORD_URL`
+//! (the fake downloads the URL itself, once), `FILENAME` + base64 `FILE_CONTENT` (decoded
+//! strictly), `FILENAME` alone (answers an `uploadUrl` under `/rest/1/testcode/upload/?token=…`
+//! that takes a `multipart/form-data` POST with the field `file`), and neither (error). Every
+//! stored record is kept with its decoded bytes: [`FakeBitrix::records`].
 //!
 //! # Failure injection
 //!
@@ -90,6 +96,20 @@ pub struct CrmItem {
     pub phone: String,
 }
 
+/// A recording attached to a finished call (§4.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachedRecord {
+    pub call_id: String,
+    /// `FILENAME` as sent (or the last URL segment).
+    pub filename: String,
+    /// `url`, `content` or `upload`: which mode stored it.
+    pub via: String,
+    pub record_url: Option<String>,
+    /// The file as the portal stored it (decoded base64, downloaded or uploaded bytes).
+    pub bytes: Vec<u8>,
+    pub file_id: u64,
+}
+
 /// A registered, not yet finished call (§2.1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveCall {
@@ -123,6 +143,11 @@ struct State {
     down: bool,
     seq: u64,
     next_crm_id: u64,
+    /// `http://127.0.0.1:PORT`, for upload URLs.
+    base: String,
+    records: Vec<AttachedRecord>,
+    /// Upload URL token → (CALL_ID, FILENAME) of an `attachRecord` without `FILE_CONTENT`.
+    uploads: BTreeMap<String, (String, String)>,
 }
 
 struct Shared {
@@ -158,6 +183,7 @@ impl FakeBitrix {
             state: Mutex::new(State {
                 users: default_users(),
                 next_crm_id: 1000,
+                base: format!("http://127.0.0.1:{port}"),
                 ..State::default()
             }),
             changed: Condvar::new(),
@@ -306,6 +332,12 @@ impl FakeBitrix {
         self.shared.lock().finished.clone()
     }
 
+    /// Recordings attached so far, in order (a second attach of a call replaces the first on a
+    /// real portal; here both are kept so a test can count them).
+    pub fn records(&self) -> Vec<AttachedRecord> {
+        self.shared.lock().records.clone()
+    }
+
     /// Cards currently on screen: (CALL_ID, USER_ID). Should be empty after every call.
     pub fn open_cards(&self) -> Vec<(String, u64)> {
         self.shared.lock().cards.iter().cloned().collect()
@@ -380,13 +412,21 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
         .headers()
         .iter()
         .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.as_str().to_ascii_lowercase())
+        .map(|h| h.value.as_str().to_string())
         .unwrap_or_default();
-    let mut body = String::new();
-    let _ = request.as_reader().read_to_string(&mut body);
+    // Bytes, not a String: an upload is binary.
+    let mut raw = Vec::new();
+    let _ = request.as_reader().read_to_end(&mut raw);
+    let body = String::from_utf8_lossy(&raw).into_owned();
+    let upload = parse_upload(&content_type, &raw);
+    let content_type = content_type.to_ascii_lowercase();
 
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let params = merge_params(query, &body, &content_type);
+    let mut params = merge_params(query, &body, &content_type);
+    if upload.is_some() {
+        // Not form fields: record what the upload was, not the raw multipart text.
+        params = Value::Object(parse_form(query));
+    }
     let route = route(path);
 
     let mut st = shared.lock();
@@ -396,6 +436,9 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
         (503, DOWN_PAGE.to_string(), "text/html")
     } else {
         let outcome = match &route {
+            Route::Method(method) if method == "upload" => {
+                upload_file(&mut st, &upper_keys(&params), upload.as_ref())
+            }
             Route::Method(method) => dispatch(&mut st, method, &upper_keys(&params)),
             Route::BadCredentials(_) => Err(Fail {
                 status: 401,
@@ -497,6 +540,7 @@ fn dispatch(st: &mut State, method: &str, p: &Map<String, Value>) -> Outcome {
         "telephony.externalcall.show" => show_hide(st, p, true),
         "telephony.externalcall.hide" => show_hide(st, p, false),
         "telephony.externalcall.searchcrmentities" => search_crm_entities(st, p),
+        "telephony.externalcall.attachrecord" => attach_record(st, p),
         "crm.duplicate.findbycomm" => find_by_comm(st, p),
         _ => Err(Fail {
             status: 404,
@@ -1174,4 +1218,208 @@ fn iso8601(secs: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// attachRecord and its upload URL (§4.2)
+// ---------------------------------------------------------------------------------------
+
+/// `telephony.externalCall.attachRecord`: the four modes and their error strings.
+fn attach_record(st: &mut State, p: &Map<String, Value>) -> Outcome {
+    let call_id = p.get("CALL_ID").and_then(php_str).unwrap_or_default();
+    let finished = st
+        .finished
+        .iter()
+        .any(|row| row["CALL_ID"].as_str() == Some(call_id.as_str()));
+    if !finished {
+        return Err(fail(
+            "Call is not found in the statistic table. Looks like it is not finished yet.",
+        ));
+    }
+    let filename = p.get("FILENAME").and_then(php_str);
+    if let Some(url) = p
+        .get("RECORD_URL")
+        .and_then(php_str)
+        .filter(|u| !u.is_empty())
+    {
+        // Mode 1: downloaded once, synchronously.
+        let bytes = match ureq::get(&url).call() {
+            Ok(mut r) => r
+                .body_mut()
+                .with_config()
+                .limit(1 << 30)
+                .read_to_vec()
+                .map_err(|e| fail(&format!("SERVER_NOT_AVAILABLE: {e}")))?,
+            Err(ureq::Error::StatusCode(code)) => {
+                return Err(fail(&format!("Server returns HTTP error code {code}")))
+            }
+            Err(e) => return Err(fail(&format!("SERVER_NOT_AVAILABLE: {e}"))),
+        };
+        let name = filename
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| url.rsplit('/').next().unwrap_or("").to_string());
+        return Ok(store_record(st, call_id, name, "url", Some(url), bytes));
+    }
+    let Some(filename) = filename else {
+        return Err(fail(
+            "Required parameters are not set. Request should contain or URL or FILENAME parameter",
+        ));
+    };
+    if filename.is_empty() {
+        return Err(fail("File name is empty"));
+    }
+    let ext = filename.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    if ext != "wav" && ext != "mp3" {
+        return Err(fail("Wrong file extension. Only wav and mp3 are allowed"));
+    }
+    match p.get("FILE_CONTENT") {
+        None | Some(Value::Null) => {
+            // Mode 3: hand out an upload URL.
+            st.seq += 1;
+            let token = format!("telephony|{}|{}", hex32(&(st.seq, &call_id)), st.seq);
+            st.uploads
+                .insert(token.clone(), (call_id.clone(), filename.clone()));
+            let upload_url = format!(
+                "{}/rest/{WEBHOOK_USER}/{WEBHOOK_CODE}/upload/?token={}",
+                st.base,
+                token.replace('|', "%7C")
+            );
+            ok(json!({ "uploadUrl": upload_url, "fieldName": "file" }))
+        }
+        Some(content) => {
+            let text = php_str(content).unwrap_or_default();
+            if text.is_empty() {
+                return Err(fail("File content is empty."));
+            }
+            let Some(bytes) = base64_decode(&text) else {
+                return Err(fail(
+                    "File content is not properly encoded. Base64 encoding is expected.",
+                ));
+            };
+            Ok(store_record(st, call_id, filename, "content", None, bytes))
+        }
+    }
+}
+
+fn store_record(
+    st: &mut State,
+    call_id: String,
+    filename: String,
+    via: &str,
+    record_url: Option<String>,
+    bytes: Vec<u8>,
+) -> Map<String, Value> {
+    let file_id = 9000 + st.records.len() as u64;
+    st.records.push(AttachedRecord {
+        call_id,
+        filename,
+        via: via.to_string(),
+        record_url,
+        bytes,
+        file_id,
+    });
+    let mut m = Map::new();
+    m.insert("result".into(), json!({ "FILE_ID": file_id }));
+    m
+}
+
+/// `POST /rest/1/testcode/upload/?token=…` with a multipart `file` field.
+fn upload_file(
+    st: &mut State,
+    p: &Map<String, Value>,
+    upload: Option<&(String, Vec<u8>)>,
+) -> Outcome {
+    let token = p.get("TOKEN").and_then(php_str).unwrap_or_default();
+    let Some((call_id, filename)) = st.uploads.remove(&token) else {
+        return Err(Fail {
+            status: 401,
+            code: "INVALID_TOKEN",
+            description: "Upload token is invalid or already used".into(),
+        });
+    };
+    let Some((field, bytes)) = upload else {
+        return Err(fail(
+            "No file in the request (multipart/form-data field `file`)",
+        ));
+    };
+    if field != "file" {
+        return Err(fail(&format!(
+            "Unexpected field {field:?}, expected `file`"
+        )));
+    }
+    Ok(store_record(
+        st,
+        call_id,
+        filename,
+        "upload",
+        None,
+        bytes.clone(),
+    ))
+}
+
+/// The first file part of a `multipart/form-data` body: (field name, bytes).
+fn parse_upload(content_type: &str, body: &[u8]) -> Option<(String, Vec<u8>)> {
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        return None;
+    }
+    let boundary = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delim = format!("--{boundary}");
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay.get(from..)?
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|i| i + from)
+    };
+    let start = find(body, delim.as_bytes(), 0)? + delim.len() + 2;
+    let headers_end = find(body, b"\r\n\r\n", start)?;
+    let headers = String::from_utf8_lossy(&body[start..headers_end]).into_owned();
+    let content_start = headers_end + 4;
+    let end = find(body, format!("\r\n{delim}").as_bytes(), content_start)?;
+    let name = headers
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("name="))?
+        .trim_matches('"')
+        .to_string();
+    Some((name, body[content_start..end].to_vec()))
+}
+
+/// Strict standard base64 (length a multiple of 4, padding only at the end), as PHP's
+/// `base64_decode($s, true)` that the portal uses.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if s.len() % 4 != 0 {
+        return None;
+    }
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for (i, chunk) in s.chunks(4).enumerate() {
+        let last = i == s.len() / 4 - 1;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | val(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
 }
