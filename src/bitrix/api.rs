@@ -382,6 +382,9 @@ fn url_encode(s: &str) -> String {
     out
 }
 
+/// One command's key and outcome in a [`batch`] answer.
+pub type BatchOutcome = (String, Result<Value, Error>);
+
 /// `batch` with `halt=0`: every command runs and has its own outcome. `cmds` are
 /// `(key, method, params)`; at most [`BATCH_MAX`]. The outer error (transport, 503, auth)
 /// is returned as `Err`; per-command outcomes come back keyed like `cmds`. A command that
@@ -389,7 +392,7 @@ fn url_encode(s: &str) -> String {
 pub fn batch(
     t: &dyn Transport,
     cmds: &[(String, &str, Value)],
-) -> Result<Vec<(String, Result<Value, Error>)>, Error> {
+) -> Result<Vec<BatchOutcome>, Error> {
     let mut cmd = Map::new();
     for (key, method, params) in cmds {
         cmd.insert(key.clone(), Value::String(batch_command(method, params)));

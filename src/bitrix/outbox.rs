@@ -394,7 +394,9 @@ impl Outbox {
             return;
         }
         if let Some(f) = self.file.as_mut() {
-            let r = f.write_all(self.buf.as_bytes()).and_then(|()| f.sync_data());
+            let r = f
+                .write_all(self.buf.as_bytes())
+                .and_then(|()| f.sync_data());
             if let Err(e) = r {
                 log::error!(
                     "outbox: cannot write {}: {e}; steps are kept in memory only",
@@ -723,10 +725,7 @@ impl EventJournal {
         }
         let mut text = String::new();
         if let Some(list) = &self.employees {
-            line(
-                &EventRecord::Employees { list: list.clone() },
-                &mut text,
-            );
+            line(&EventRecord::Employees { list: list.clone() }, &mut text);
         }
         self.file = None;
         match rewrite(&self.path, &text) {
@@ -838,7 +837,10 @@ mod tests {
         }
         ob.enqueue(finish("c699"));
         ob.maybe_compact();
-        let lines = fs::read_to_string(dir.join(OUTBOX_FILE)).unwrap().lines().count();
+        let lines = fs::read_to_string(dir.join(OUTBOX_FILE))
+            .unwrap()
+            .lines()
+            .count();
         assert!(lines < 1400, "{lines} lines: compaction did not run");
         drop(ob);
         let ob = Outbox::open(&dir, 100_000).unwrap();
