@@ -8,6 +8,12 @@
 //!
 //! The AMI reader never waits on HTTP: Asterisk drops readers that fall 100 ms behind
 //! (ami.md §2.6). All Bitrix24 traffic happens on the delivery thread.
+//!
+//! Durability (`docs/outbox.md`): the state thread puts each intent in the on-disk outbox
+//! (fsync'd) *before* it journals the AMI event behind it, so a crash in between can lose the
+//! event (which reconciliation makes up for) but never a step. On start the events journal is
+//! replayed through a fresh tracker (its intents are dropped: they are in the outbox), and
+//! after every AMI login the tracked channels are reconciled with `CoreShowChannels`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,9 +22,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
 
+use std::collections::{HashMap, HashSet};
+
 use crate::ami::client::{self, ClientConfig, Incoming};
-use crate::ami::event::timestamp_ms;
+use crate::ami::event::{timestamp_ms, Event};
+use crate::ami::Message;
 use crate::bitrix::deliver::{DeliverConfig, Deliverer, Stats};
+use crate::bitrix::limiter::{Limited, Limiter};
+use crate::bitrix::outbox::{EventJournal, EventRecord, Outbox};
 use crate::bitrix::{api, Directory, Transport, WebhookClient};
 use crate::calls::tracker::Originate;
 use crate::calls::{CallSummary, Intent, Tracker, TrackerConfig};
@@ -117,9 +128,14 @@ impl Daemon {
     pub fn start_with(cfg: &Config, transport: Arc<dyn Transport>) -> Daemon {
         let health = Arc::new(Health::default());
         let (ami_tx, ami_rx) = unbounded();
-        let (intent_tx, intent_rx) = unbounded::<Intent>();
+        let (wake_tx, wake_rx) = bounded::<()>(1);
         let (ctl_tx, ctl_rx) = unbounded::<Control>();
         let (stop_tx, stop_rx) = bounded::<()>(0);
+
+        // One bucket for every request to the portal (bitrix24-api.md §9.4).
+        let limiter = Limiter::new(cfg.bitrix24.rate, cfg.bitrix24.burst);
+        let transport: Arc<dyn Transport> = Arc::new(Limited::new(transport, limiter));
+        let (outbox, journal, state) = open_state(cfg);
 
         let (ami, ami_thread) = client::start(ami_config(cfg), ami_tx);
 
@@ -136,18 +152,20 @@ impl Daemon {
             transport: transport.clone(),
         };
 
-        let tracker = Tracker::new(TrackerConfig::from_config(cfg));
         let h = health.clone();
         let ami_for_state = ami.clone();
         let stop_state = stop_rx.clone();
+        let ob = outbox.clone();
         let state = thread::Builder::new()
             .name("state".into())
             .spawn(move || {
                 state_loop(
-                    tracker,
+                    state,
+                    journal,
+                    ob,
                     ami_rx,
                     ctl_rx,
-                    intent_tx,
+                    wake_tx,
                     stop_state,
                     h,
                     ami_for_state,
@@ -155,17 +173,18 @@ impl Daemon {
             })
             .expect("spawn state thread");
 
-        let deliverer = Deliverer::new(
+        let deliverer = Deliverer::with_outbox(
             DeliverConfig::from_config(cfg),
             Box::new(transport),
             Directory::from_users(Vec::new(), Instant::now()),
+            outbox,
         );
         let refresh = cfg.bitrix24.users_refresh;
         let h = health.clone();
         let delivery = thread::Builder::new()
             .name("delivery".into())
             .spawn(move || {
-                delivery_loop(deliverer, intent_rx, ctl_tx, stop_rx, refresh, h, directory)
+                delivery_loop(deliverer, wake_rx, ctl_tx, stop_rx, refresh, h, directory)
             })
             .expect("spawn delivery thread");
 
@@ -196,20 +215,178 @@ impl Daemon {
     }
 }
 
+/// Open the outbox and the events journal, and rebuild the tracker from the journal. A state
+/// directory that cannot be used is logged loudly and the daemon runs from memory: losing
+/// durability is better than losing every call.
+fn open_state(cfg: &Config) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, State) {
+    let dir = &cfg.state.dir;
+    let outbox = match Outbox::open(dir, cfg.state.outbox_warn) {
+        Ok(o) => o,
+        Err(e) => {
+            log::error!("outbox: {e}; steps are kept in memory only");
+            Outbox::in_memory()
+        }
+    };
+    let mut state = State::new(Tracker::new(TrackerConfig::from_config(cfg)));
+    let journal = match EventJournal::open(dir) {
+        Ok((j, records)) => {
+            state.replay(&records);
+            Some(j)
+        }
+        Err(e) => {
+            log::error!("events journal: {e}; calls in progress will not survive a restart");
+            None
+        }
+    };
+    (Arc::new(Mutex::new(outbox)), journal, state)
+}
+
+/// The tracker plus what reconciliation needs to know about its channels.
+struct State {
+    tracker: Tracker,
+    /// Uniqueid → (channel name, Linkedid), for the synthetic Hangup of a vanished channel.
+    chans: HashMap<String, (String, String)>,
+}
+
+impl State {
+    fn new(tracker: Tracker) -> State {
+        State {
+            tracker,
+            chans: HashMap::new(),
+        }
+    }
+
+    /// Feed one event to the tracker, remembering its channels' names.
+    fn handle(&mut self, msg: &Message, at_ms: u64, out: &mut Vec<Intent>) {
+        for prefix in ["", "Dest"] {
+            let field = |k: &str| msg.get(&format!("{prefix}{k}"));
+            if let (Some(name), Some(id)) = (field("Channel"), field("Uniqueid")) {
+                let linked = field("Linkedid").unwrap_or(id);
+                self.chans
+                    .insert(id.to_string(), (name.to_string(), linked.to_string()));
+            }
+        }
+        self.tracker.handle(msg, at_ms, out);
+    }
+
+    /// Rebuild the tracker from the events journal. The intents it produces are dropped:
+    /// they were put in the outbox when the events first came.
+    fn replay(&mut self, records: &[EventRecord]) {
+        let mut scratch = Vec::new();
+        let mut events = 0usize;
+        for r in records {
+            match r {
+                EventRecord::Employees { list } => self.tracker.set_employees(list.iter().cloned()),
+                EventRecord::Event { at, f } => {
+                    self.handle(&EventRecord::message(f), *at, &mut scratch);
+                    scratch.clear();
+                    events += 1;
+                }
+            }
+        }
+        self.prune();
+        if events > 0 {
+            log::info!(
+                "restored {} call(s) in progress from {events} journaled AMI event(s)",
+                self.tracker.len()
+            );
+        }
+    }
+
+    fn prune(&mut self) {
+        let live: HashSet<String> = self.tracker.channel_ids().into_iter().collect();
+        self.chans.retain(|id, _| live.contains(id));
+    }
+
+    /// A synthetic `Hangup` (cause 16, normal clearing) for a channel Asterisk no longer has.
+    fn vanished(&self, id: &str) -> Message {
+        let (name, linked) = self
+            .chans
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| (String::new(), id.to_string()));
+        Message::from_pairs(&[
+            ("Event", "Hangup"),
+            ("Channel", &name),
+            ("Uniqueid", id),
+            ("Linkedid", &linked),
+            ("Cause", "16"),
+            ("Cause-txt", "Normal Clearing"),
+        ])
+    }
+}
+
+/// A reconciliation answer: the channels tracked when `CoreShowChannels` was sent, and the
+/// Uniqueids Asterisk listed (or why it could not be asked).
+type Reconcile = (Vec<String>, Result<HashSet<String>, String>);
+
+/// Ask Asterisk for its channels off the state thread (the request can take seconds).
+fn start_reconcile(ami: &client::Handle, tracked: Vec<String>, tx: &Sender<Reconcile>) {
+    let ami = ami.clone();
+    let tx = tx.clone();
+    let spawned = thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || {
+            let action = Message::from_pairs(&[("Action", "CoreShowChannels")]);
+            let listed = ami
+                .request_list(action, Duration::from_secs(10))
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|m| m.get("Uniqueid").map(str::to_string))
+                        .collect()
+                })
+                .map_err(|e| e.to_string());
+            let _ = tx.send((tracked, listed));
+        });
+    if let Err(e) = spawned {
+        log::warn!("reconcile: cannot start a thread: {e}");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn state_loop(
-    mut tracker: Tracker,
+    mut st: State,
+    mut journal: Option<EventJournal>,
+    outbox: Arc<Mutex<Outbox>>,
     ami_rx: Receiver<Incoming>,
     ctl_rx: Receiver<Control>,
-    intents: Sender<Intent>,
+    wake: Sender<()>,
     stop: Receiver<()>,
     health: Arc<Health>,
     ami: client::Handle,
 ) {
+    let (recon_tx, recon_rx) = unbounded::<Reconcile>();
     let mut out = Vec::new();
+    // The intents go to the outbox (on disk) before the event goes to the journal.
+    let deliver = |out: &mut Vec<Intent>| {
+        if out.is_empty() {
+            return;
+        }
+        let mut ob = outbox.lock().unwrap_or_else(|e| e.into_inner());
+        for intent in out.drain(..) {
+            log::debug!("intent: {intent}");
+            ob.enqueue(intent);
+        }
+        drop(ob);
+        let _ = wake.try_send(());
+    };
+    let feed = |st: &mut State,
+                journal: &mut Option<EventJournal>,
+                out: &mut Vec<Intent>,
+                msg: &Message,
+                at_ms| {
+        st.handle(msg, at_ms, out);
+        deliver(out);
+        if let Some(j) = journal.as_mut() {
+            j.append(msg, at_ms);
+        }
+    };
     loop {
         // Controls first: a click-to-call must be known before its own AMI events are seen.
         while let Ok(ctl) = ctl_rx.try_recv() {
-            apply_control(&mut tracker, ctl, &mut out);
+            apply_control(&mut st.tracker, journal.as_mut(), ctl, &mut out);
+            deliver(&mut out);
         }
         select! {
             recv(ami_rx) -> msg => {
@@ -222,16 +399,18 @@ fn state_loop(
                         let at_ms = timestamp_ms(&msg).unwrap_or_else(|| {
                             at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
                         });
-                        tracker.handle(&msg, at_ms, &mut out);
-                        for intent in out.drain(..) {
-                            log::debug!("intent: {intent}");
-                            if intents.send(intent).is_err() {
-                                return;
-                            }
+                        if matches!(Event::parse(&msg), Event::Other) {
+                            // Not for the tracker: neither fed nor journaled.
+                        } else {
+                            feed(&mut st, &mut journal, &mut out, &msg, at_ms);
                         }
                     }
                     Incoming::Connected { banner } => {
                         log::info!("AMI connected and logged in ({banner})");
+                        let tracked = st.tracker.channel_ids();
+                        if !tracked.is_empty() {
+                            start_reconcile(&ami, tracked, &recon_tx);
+                        }
                     }
                     Incoming::Disconnected { reason } => {
                         log::warn!("AMI connection lost: {reason}");
@@ -240,17 +419,48 @@ fn state_loop(
             }
             recv(ctl_rx) -> ctl => {
                 if let Ok(ctl) = ctl {
-                    apply_control(&mut tracker, ctl, &mut out);
+                    apply_control(&mut st.tracker, journal.as_mut(), ctl, &mut out);
+                    deliver(&mut out);
+                }
+            }
+            recv(recon_rx) -> r => {
+                if let Ok((tracked, listed)) = r {
+                    match listed {
+                        Ok(listed) => {
+                            let now: HashSet<String> = st.tracker.channel_ids().into_iter().collect();
+                            let gone: Vec<String> = tracked
+                                .into_iter()
+                                .filter(|id| now.contains(id) && !listed.contains(id))
+                                .collect();
+                            if !gone.is_empty() {
+                                log::info!(
+                                    "reconcile: {} tracked channel(s) are gone from Asterisk, hanging them up: {}",
+                                    gone.len(),
+                                    gone.join(", ")
+                                );
+                            }
+                            for id in gone {
+                                let msg = st.vanished(&id);
+                                feed(&mut st, &mut journal, &mut out, &msg, now_ms());
+                            }
+                        }
+                        Err(e) => log::warn!("reconcile: CoreShowChannels failed: {e}"),
+                    }
                 }
             }
             recv(stop) -> _ => break,
             default(Duration::from_secs(1)) => {}
         }
-        tracker.tick(now_ms(), &mut out);
-        for intent in out.drain(..) {
-            log::debug!("intent: {intent}");
-            if intents.send(intent).is_err() {
-                return;
+        st.tracker.tick(now_ms(), &mut out);
+        deliver(&mut out);
+        if let Some(j) = journal.as_mut() {
+            if st.tracker.is_empty() && st.tracker.channel_count() == 0 && j.len() > 1 {
+                // No call in progress: the events behind the finished ones are not needed.
+                j.sync(true);
+                j.clear();
+                st.chans.clear();
+            } else {
+                j.sync(false);
             }
         }
         health
@@ -258,16 +468,28 @@ fn state_loop(
             .store(ami.is_logged_in(), Ordering::Relaxed);
         health.state_alive_ms.store(now_ms(), Ordering::Relaxed);
         if let Ok(mut calls) = health.active_calls.lock() {
-            *calls = tracker.active_calls();
+            *calls = st.tracker.active_calls();
         }
     }
+    if let Some(j) = journal.as_mut() {
+        j.sync(true);
+    }
+    outbox.lock().unwrap_or_else(|e| e.into_inner()).flush();
     log::debug!("state thread stopped");
 }
 
-fn apply_control(tracker: &mut Tracker, ctl: Control, out: &mut Vec<Intent>) {
+fn apply_control(
+    tracker: &mut Tracker,
+    journal: Option<&mut EventJournal>,
+    ctl: Control,
+    out: &mut Vec<Intent>,
+) {
     match ctl {
         Control::Employees(list) => {
             log::debug!("tracker: {} employee numbers", list.len());
+            if let Some(j) = journal {
+                j.employees(&list);
+            }
             tracker.set_employees(list);
         }
         Control::Originate {
@@ -289,7 +511,7 @@ fn apply_control(tracker: &mut Tracker, ctl: Control, out: &mut Vec<Intent>) {
 
 fn delivery_loop(
     mut d: Deliverer,
-    intents: Receiver<Intent>,
+    wake: Receiver<()>,
     ctl: Sender<Control>,
     stop: Receiver<()>,
     refresh: Duration,
@@ -323,22 +545,21 @@ fn delivery_loop(
                 }
             }
         }
-        let wake = next_due.map_or(next_load, |t| t.min(next_load));
-        let timeout = wake.saturating_duration_since(Instant::now());
+        let wake_at = next_due.map_or(next_load, |t| t.min(next_load));
+        let timeout = wake_at.saturating_duration_since(Instant::now());
         let mut stopping = false;
         select! {
-            recv(intents) -> i => match i {
-                Ok(i) => d.push(i),
-                Err(_) => stopping = true,
-            },
+            recv(wake) -> w => stopping = w.is_err(),
             recv(stop) -> _ => stopping = true,
             recv(after(timeout)) -> _ => {},
         }
-        // Take everything that is already queued before sending.
-        while let Ok(i) = intents.try_recv() {
-            d.push(i);
+        if stopping {
+            // Steps wait in the outbox for the next start; no new attempt now, so that
+            // shutdown is not held up by a slow portal.
+            d.outbox().lock().unwrap_or_else(|e| e.into_inner()).flush();
+        } else {
+            next_due = d.run_due(Instant::now());
         }
-        next_due = d.run_due(Instant::now());
         if let Ok(mut v) = health.delivery.lock() {
             *v = DeliveryView {
                 pending: d.pending(),
@@ -350,8 +571,8 @@ fn delivery_loop(
         }
         if stopping {
             if d.pending() > 0 {
-                log::warn!(
-                    "stopping with {} Bitrix24 step(s) not delivered (the queue is in memory)",
+                log::info!(
+                    "stopping with {} Bitrix24 step(s) not delivered yet; they wait in the outbox",
                     d.pending()
                 );
             }

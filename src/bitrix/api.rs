@@ -69,7 +69,12 @@ pub struct Registered {
 /// `telephony.externalcall.register`.
 pub fn register(t: &dyn Transport, p: &RegisterParams) -> Result<Registered, Error> {
     let reply = t.call("telephony.externalcall.register", &p.to_params())?;
-    let r = object(&reply.result, "telephony.externalcall.register")?;
+    parse_registered(&reply.result)
+}
+
+/// The `result` of a register, sent alone or inside a `batch`.
+pub fn parse_registered(result: &Value) -> Result<Registered, Error> {
+    let r = object(result, "telephony.externalcall.register")?;
     let call_id = match r.get("CALL_ID") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         other => return Err(Error::Decode(format!("register: no CALL_ID in {other:?}"))),
@@ -310,6 +315,120 @@ fn parse_user(row: &Value) -> Result<User, Error> {
         active,
         name,
     })
+}
+
+// --- batch (bitrix24-api.md §8) -------------------------------------------------------------
+
+/// Most commands one `batch` runs; later ones get `ERROR_BATCH_LENGTH_EXCEEDED` (§8).
+pub const BATCH_MAX: usize = 50;
+
+/// One `cmd` entry: `method?query`, the query encoded the way PHP's `parse_str` reads it
+/// (`USER_ID[]=19&USER_ID[]=20`, `FILTER[ACTIVE]=1`). Inside a JSON body the string is sent
+/// as-is, not double-encoded (§8).
+pub fn batch_command(method: &str, params: &Value) -> String {
+    let mut query = String::new();
+    if let Value::Object(map) = params {
+        for (k, v) in map {
+            php_query(&mut query, &url_encode(k), v);
+        }
+    }
+    if query.is_empty() {
+        method.to_string()
+    } else {
+        format!("{method}?{query}")
+    }
+}
+
+fn php_query(out: &mut String, key: &str, v: &Value) {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                php_query(out, &format!("{key}[]"), item);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                php_query(out, &format!("{key}[{}]", url_encode(k)), item);
+            }
+        }
+        scalar => {
+            let text = match scalar {
+                Value::String(s) => url_encode(s),
+                Value::Bool(b) => u8::from(*b).to_string(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(&text);
+        }
+    }
+}
+
+/// Percent-encoding of everything but RFC 3986 unreserved characters (`+` becomes `%2B`, so
+/// a phone number survives `parse_str`).
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One command's key and outcome in a [`batch`] answer.
+pub type BatchOutcome = (String, Result<Value, Error>);
+
+/// `batch` with `halt=0`: every command runs and has its own outcome. `cmds` are
+/// `(key, method, params)`; at most [`BATCH_MAX`]. The outer error (transport, 503, auth)
+/// is returned as `Err`; per-command outcomes come back keyed like `cmds`. A command that
+/// is in neither `result` nor `result_error` gets a retryable error, since it did not run.
+pub fn batch(
+    t: &dyn Transport,
+    cmds: &[(String, &str, Value)],
+) -> Result<Vec<BatchOutcome>, Error> {
+    let mut cmd = Map::new();
+    for (key, method, params) in cmds {
+        cmd.insert(key.clone(), Value::String(batch_command(method, params)));
+    }
+    let reply = t.call("batch", &json!({ "halt": 0, "cmd": cmd }))?;
+    let empty = Map::new();
+    // Empty sections are serialised as `[]` (§8).
+    let section = |name: &str| reply.result.get(name).and_then(Value::as_object);
+    let results = section("result").unwrap_or(&empty);
+    let errors = section("result_error").unwrap_or(&empty);
+    Ok(cmds
+        .iter()
+        .map(|(key, method, _)| {
+            let outcome = if let Some(e) = errors.get(key) {
+                let text = |k: &str| match e.get(k) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                };
+                Err(Error::Api {
+                    // Sub-commands carry no HTTP status; 400 is what the portal gives the same
+                    // error alone (§9.3). Retryable codes are recognised by code.
+                    status: 400,
+                    code: text("error"),
+                    description: text("error_description"),
+                })
+            } else if let Some(r) = results.get(key) {
+                Ok(r.clone())
+            } else {
+                Err(Error::Transport(format!(
+                    "batch: no result for {method} ({key}); it did not run"
+                )))
+            };
+            (key.clone(), outcome)
+        })
+        .collect())
 }
 
 fn object<'a>(v: &'a Value, method: &str) -> Result<&'a Map<String, Value>, Error> {
@@ -647,6 +766,44 @@ mod tests {
         assert_eq!(sent[0].1["FILTER"], json!({"ACTIVE": true}));
         assert_eq!(sent[0].1["start"], json!(0));
         assert_eq!(sent[1].1["start"], json!(50));
+    }
+
+    #[test]
+    fn batch_commands_use_php_encoding() {
+        let p = card_params("externalCall.x.1", &[19, 20]);
+        assert_eq!(
+            batch_command("telephony.externalcall.show", &p),
+            "telephony.externalcall.show?CALL_ID=externalCall.x.1&USER_ID[]=19&USER_ID[]=20"
+        );
+        let p = json!({"PHONE_NUMBER": "+7 900", "FILTER": {"ACTIVE": true}});
+        assert_eq!(
+            batch_command("m", &p),
+            "m?FILTER[ACTIVE]=1&PHONE_NUMBER=%2B7%20900"
+        );
+    }
+
+    #[test]
+    fn batch_splits_results_and_errors() {
+        let t = Canned::new(vec![ok(json!({
+            "result": {"a": true},
+            "result_error": {"b": {"error": "", "error_description": "Call is not found"},
+                             "c": {"error": "OPERATION_TIME_LIMIT", "error_description": "x"}},
+            "result_total": [], "result_next": [], "result_time": []
+        }))]);
+        let cmds = vec![
+            ("a".to_string(), "telephony.externalcall.show", json!({})),
+            ("b".to_string(), "telephony.externalcall.finish", json!({})),
+            ("c".to_string(), "telephony.externalcall.hide", json!({})),
+            ("d".to_string(), "telephony.externalcall.hide", json!({})),
+        ];
+        let out = batch(&t, &cmds).unwrap();
+        assert_eq!(out[0].1, Ok(json!(true)));
+        assert!(out[1].1.as_ref().unwrap_err().is_call_not_found());
+        assert!(out[2].1.as_ref().unwrap_err().is_retryable());
+        assert!(out[3].1.as_ref().unwrap_err().is_retryable());
+        let sent = &t.sent.lock().unwrap()[0];
+        assert_eq!(sent.0, "batch");
+        assert_eq!(sent.1["cmd"]["a"], "telephony.externalcall.show");
     }
 
     #[test]

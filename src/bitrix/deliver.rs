@@ -10,13 +10,21 @@
 //! exponential backoff; other calls go on. A permanent failure is logged once with the full
 //! Bitrix24 error and the call moves on.
 //!
-//! This queue lives in memory: a daemon restart loses steps not yet sent.
+//! The queue is the [`Outbox`]: with the daemon's durable outbox every step is on disk
+//! before it is tried, and a restart continues where it stopped (`docs/outbox.md`). When
+//! several calls have a step due at once (a backlog after an outage, a burst of calls), their
+//! requests are packed into `batch` requests of up to 50 commands, each command's result
+//! handled on its own (bitrix24-api.md §8).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use super::api::{self, FinishParams, RegisterParams};
-use super::client::Transport;
+use super::client::{Reply, Transport};
+use super::outbox::{Outbox, Step};
 use super::users::Directory;
 use super::Error;
 use crate::calls::{Action, Direction, FinishUser, Intent};
@@ -80,26 +88,8 @@ impl Stats {
     }
 }
 
-#[derive(Default)]
-struct CallState {
-    /// Inbound unless registered outbound or adopted (click-to-call).
-    direction: Direction,
-    /// When the oldest step still queued for this call was queued.
-    oldest: Option<Instant>,
-    call_id: Option<String>,
-    responsible: Option<u64>,
-    steps: VecDeque<Action>,
-    attempts: u32,
-    not_before: Option<Instant>,
-    /// Register failed for good: later steps have no CALL_ID to go to.
-    dead: bool,
-    finished: bool,
-    /// When the attach of this call's recording was first tried, for `[recording] wait`.
-    attach_since: Option<Instant>,
-}
-
 /// Outcome of one step.
-enum Done {
+pub(crate) enum Done {
     Ok,
     /// Nothing to send (no Bitrix24 user for that internal number, or nothing to do yet).
     Skipped(String),
@@ -108,24 +98,95 @@ enum Done {
     Later(Duration),
 }
 
+/// A [`Transport`] for one step inside a batch round: it answers the step's requests from
+/// the batch results gathered so far, and records the first request it cannot answer yet
+/// (which then goes into the next batch). Running [`Deliverer::step`] against it keeps one
+/// code path for single and batched delivery.
+struct Scripted {
+    answers: Vec<Result<Value, Error>>,
+    next: Mutex<usize>,
+    wanted: Mutex<Option<(String, Value)>>,
+}
+
+impl Scripted {
+    fn new(answers: Vec<Result<Value, Error>>) -> Scripted {
+        Scripted {
+            answers,
+            next: Mutex::new(0),
+            wanted: Mutex::new(None),
+        }
+    }
+
+    fn wanted(self) -> Option<(String, Value)> {
+        self.wanted.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Transport for Scripted {
+    fn call(&self, method: &str, params: &Value) -> Result<Reply, Error> {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let i = *next;
+        *next += 1;
+        match self.answers.get(i) {
+            Some(Ok(result)) => Ok(Reply {
+                result: result.clone(),
+                next: None,
+                total: None,
+            }),
+            Some(Err(e)) => Err(e.clone()),
+            None => {
+                *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((method.to_string(), params.clone()));
+                Err(Error::Transport("deferred to the next batch".into()))
+            }
+        }
+    }
+}
+
+/// Rounds of one batch pass: a register needs two (CRM look-up, then register).
+const BATCH_ROUNDS: usize = 4;
+
 pub struct Deliverer {
     cfg: DeliverConfig,
-    transport: Box<dyn Transport>,
+    transport: Arc<dyn Transport>,
     directory: Directory,
-    calls: HashMap<String, CallState>,
-    /// Calls in arrival order, so older calls are served first.
-    order: VecDeque<String>,
+    outbox: Arc<Mutex<Outbox>>,
+    /// Pack due steps of different calls into `batch` requests when several are due.
+    batching: bool,
     stats: Stats,
+    /// When each call's recording attach first ran, for `[recording] wait`. In memory: after a
+    /// restart the wait starts again, which only delays giving up.
+    attach_since: HashMap<String, Instant>,
 }
 
 impl Deliverer {
+    /// A deliverer with an in-memory outbox that sends one request at a time: for
+    /// `callme replay` and the demo, whose dry-run transport knows no `batch`.
     pub fn new(cfg: DeliverConfig, transport: Box<dyn Transport>, directory: Directory) -> Self {
-        Deliverer {
+        let mut d = Self::with_outbox(
             cfg,
             transport,
             directory,
-            calls: HashMap::new(),
-            order: VecDeque::new(),
+            Arc::new(Mutex::new(Outbox::in_memory())),
+        );
+        d.batching = false;
+        d
+    }
+
+    /// A deliverer over a shared (usually durable) outbox, batching when a backlog forms.
+    pub fn with_outbox(
+        cfg: DeliverConfig,
+        transport: Box<dyn Transport>,
+        directory: Directory,
+        outbox: Arc<Mutex<Outbox>>,
+    ) -> Self {
+        Deliverer {
+            cfg,
+            transport: Arc::from(transport),
+            directory,
+            outbox,
+            batching: true,
+            attach_since: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -146,138 +207,171 @@ impl Deliverer {
         &self.stats
     }
 
+    pub fn outbox(&self) -> &Arc<Mutex<Outbox>> {
+        &self.outbox
+    }
+
+    fn ob(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Steps waiting to be sent, all calls together.
     pub fn pending(&self) -> usize {
-        self.calls.values().map(|c| c.steps.len()).sum()
+        self.ob().pending()
     }
 
-    /// How long the oldest undelivered step has been waiting.
-    pub fn oldest_pending_age(&self, now: Instant) -> Option<Duration> {
-        self.calls
-            .values()
-            .filter(|c| !c.steps.is_empty())
-            .filter_map(|c| c.oldest)
-            .min()
-            .map(|t| now.saturating_duration_since(t))
+    /// How long the oldest undelivered step has been waiting (wall clock, so steps left from
+    /// before a restart count from when they were first queued).
+    pub fn oldest_pending_age(&self, _now: Instant) -> Option<Duration> {
+        self.ob().oldest_pending_age()
     }
 
-    /// Queue an intent behind the earlier steps of the same call.
+    /// Queue an intent behind the earlier steps of the same call (durably, with a durable
+    /// outbox). Duplicate registers and finishes are dropped.
     pub fn push(&mut self, intent: Intent) {
-        if !self.calls.contains_key(&intent.call) {
-            self.order.push_back(intent.call.clone());
-        }
-        let state = self.calls.entry(intent.call).or_default();
-        if state.steps.is_empty() {
-            state.oldest = Some(Instant::now());
-        }
-        state.steps.push_back(intent.action);
+        self.ob().enqueue(intent);
     }
 
     /// Send every step that is due at `now`. Returns when the next retry is due, if any step
     /// is waiting for one.
     pub fn run_due(&mut self, now: Instant) -> Option<Instant> {
-        let keys: Vec<String> = self.order.iter().cloned().collect();
-        for key in keys {
-            self.run_call(&key, now);
+        // Each pass moves every due call one step; a call on hold drops out of `due`.
+        for _ in 0..100_000 {
+            let due = self.ob().due(now);
+            if due.is_empty() {
+                break;
+            }
+            // A recording goes alone: its body can be megabytes of base64, and Bitrix24 does
+            // not allow uploads inside `batch` (bitrix24-api.md §4.2, §8).
+            let (single, batchable): (Vec<_>, Vec<_>) = due
+                .into_iter()
+                .partition(|(_, step)| matches!(step.action, Action::Attach { .. }));
+            let (batched, single) = if self.batching && batchable.len() > 1 {
+                (batchable, single)
+            } else {
+                (Vec::new(), [batchable, single].concat())
+            };
+            for chunk in batched.chunks(api::BATCH_MAX) {
+                self.run_batch(chunk.to_vec(), now);
+            }
+            for (key, step) in single {
+                let t = Arc::clone(&self.transport);
+                let result = self.step(&key, &step.action, t.as_ref());
+                self.settle(&key, &step, result, now);
+            }
+            self.ob().flush();
         }
-        // Forget calls that are done.
-        let calls = &self.calls;
-        let done: Vec<String> = self
-            .order
-            .iter()
-            .filter(|k| {
-                calls
-                    .get(*k)
-                    .is_none_or(|c| c.steps.is_empty() && (c.finished || c.dead))
-            })
-            .cloned()
-            .collect();
-        for k in &done {
-            self.calls.remove(k);
-        }
-        self.order.retain(|k| self.calls.contains_key(k));
-        self.calls.values().filter_map(|c| c.not_before).min()
+        let mut ob = self.ob();
+        ob.maybe_compact();
+        ob.next_due()
     }
 
-    fn run_call(&mut self, key: &str, now: Instant) {
-        loop {
-            let Some(state) = self.calls.get(key) else {
-                return;
-            };
-            if state.not_before.is_some_and(|t| t > now) {
+    /// One step of each call in `due` (at most [`api::BATCH_MAX`]), their requests packed
+    /// into `batch` requests: first the CRM look-ups of the registers, then the registers,
+    /// shows, hides and finishes.
+    fn run_batch(&mut self, due: Vec<(String, Step)>, now: Instant) {
+        let mut answers: HashMap<String, Vec<Result<Value, Error>>> = HashMap::new();
+        let mut waiting = due;
+        for _ in 0..BATCH_ROUNDS {
+            let mut wants = Vec::new();
+            for (key, step) in waiting.drain(..) {
+                let s = Scripted::new(answers.get(&key).cloned().unwrap_or_default());
+                let result = self.step(&key, &step.action, &s);
+                match s.wanted() {
+                    Some(w) => wants.push((key, step, w)),
+                    None => self.settle(&key, &step, result, now),
+                }
+            }
+            if wants.is_empty() {
                 return;
             }
-            let Some(action) = state.steps.front().cloned() else {
-                return;
+            let results: Vec<Result<Value, Error>> = if wants.len() == 1 {
+                let (method, params) = &wants[0].2;
+                vec![self.transport.call(method, params).map(|r| r.result)]
+            } else {
+                let cmds: Vec<(String, &str, Value)> = wants
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, _, (m, p)))| (format!("c{i}"), m.as_str(), p.clone()))
+                    .collect();
+                log::debug!("bitrix24: batch of {} commands", cmds.len());
+                match api::batch(self.transport.as_ref(), &cmds) {
+                    Ok(r) => r.into_iter().map(|(_, r)| r).collect(),
+                    Err(e) => vec![Err(e); cmds.len()],
+                }
             };
-            let result = self.step(key, &action);
-            let state = self.calls.get_mut(key).expect("call state");
-            match result {
-                Ok(Done::Ok) => {
-                    self.stats.sent += 1;
-                    self.stats.count(step_name(&action), "ok");
-                    state.steps.pop_front();
-                    state.oldest = Some(now);
-                    state.attempts = 0;
-                    state.not_before = None;
+            for ((key, step, _), r) in wants.into_iter().zip(results) {
+                answers.entry(key.clone()).or_default().push(r);
+                waiting.push((key, step));
+            }
+        }
+        // A step that still wants more after every round: try again shortly.
+        for (key, _) in waiting {
+            self.ob().hold(&key, now + self.cfg.retry_min, false);
+        }
+    }
+
+    /// Record the outcome of one step in the outbox and the stats.
+    fn settle(&mut self, key: &str, step: &Step, result: Result<Done, Error>, now: Instant) {
+        let name = step_name(&step.action);
+        match result {
+            Ok(Done::Ok) => {
+                self.stats.sent += 1;
+                self.stats.count(name, "ok");
+                self.ob().complete(key, step.seq);
+            }
+            Ok(Done::Skipped(why)) => {
+                log::debug!("{key}: skipped {name}: {why}");
+                self.stats.skipped += 1;
+                self.stats.count(name, "skipped");
+                self.ob().complete(key, step.seq);
+            }
+            Ok(Done::Later(delay)) => {
+                log::debug!("{key}: {name} not possible yet, again in {delay:?}");
+                self.ob().hold(key, now + delay, false);
+            }
+            Err(e) if e.is_retryable() => {
+                let attempts = self.ob().call(key).map_or(0, |c| c.attempts) + 1;
+                let mut delay = backoff(self.cfg.retry_min, self.cfg.retry_max, attempts, key);
+                // The per-method cost limit lasts until its 10-minute window moves on
+                // (bitrix24-api.md §9.4): no point in knocking soon.
+                if matches!(&e, Error::Api { code, .. } if code == "OPERATION_TIME_LIMIT") {
+                    delay = delay.max(self.cfg.retry_max);
                 }
-                Ok(Done::Skipped(why)) => {
-                    log::debug!("{key}: skipped {}: {why}", step_name(&action));
-                    self.stats.skipped += 1;
-                    self.stats.count(step_name(&action), "skipped");
-                    state.steps.pop_front();
-                }
-                Ok(Done::Later(d)) => {
-                    log::debug!("{key}: {} not ready, again in {d:?}", step_name(&action));
-                    state.not_before = Some(now + d);
-                    return;
-                }
-                Err(e) if e.is_retryable() => {
-                    state.attempts += 1;
-                    self.stats.retries += 1;
-                    self.stats.count(step_name(&action), "retry");
-                    let delay =
-                        backoff(self.cfg.retry_min, self.cfg.retry_max, state.attempts, key);
-                    // The first failure is worth a warning; the rest would flood the log
-                    // during an outage.
-                    if state.attempts == 1 {
-                        log::warn!("{key}: {} failed, will retry: {e}", step_name(&action));
-                    } else {
-                        log::debug!(
-                            "{key}: {} failed (attempt {}), retry in {delay:?}: {e}",
-                            step_name(&action),
-                            state.attempts
-                        );
-                    }
-                    self.stats.last_error = Some(e.to_string());
-                    state.not_before = Some(now + delay);
-                    return;
-                }
-                Err(e) => {
-                    log::error!(
-                        "{key}: {} failed permanently, moving on: {e}",
-                        step_name(&action)
+                self.ob().hold(key, now + delay, true);
+                self.stats.retries += 1;
+                self.stats.count(name, "retry");
+                // The first failure is worth a warning; the rest would flood the log
+                // during an outage.
+                if attempts == 1 {
+                    log::warn!("{key}: {name} failed, will retry: {e}");
+                } else {
+                    log::debug!(
+                        "{key}: {name} failed (attempt {attempts}), retry in {delay:?}: {e}"
                     );
-                    self.stats.permanent_failures += 1;
-                    self.stats.count(step_name(&action), "failed");
-                    self.stats.last_error = Some(e.to_string());
-                    state.steps.pop_front();
-                    state.attempts = 0;
-                    if matches!(action, Action::Register { .. }) {
-                        let dropped = state.steps.len();
-                        state.steps.clear();
-                        state.dead = true;
-                        if dropped > 0 {
-                            log::error!("{key}: not registered, dropping {dropped} later step(s)");
-                        }
-                        return;
+                }
+                self.stats.last_error = Some(e.to_string());
+            }
+            Err(e) => {
+                log::error!("{key}: {name} failed permanently, moving on: {e}");
+                self.stats.permanent_failures += 1;
+                self.stats.count(name, "failed");
+                self.stats.last_error = Some(e.to_string());
+                let mut ob = self.ob();
+                ob.complete(key, step.seq);
+                if matches!(step.action, Action::Register { .. }) {
+                    let dropped = ob.kill(key);
+                    if dropped > 0 {
+                        log::error!("{key}: not registered, dropping {dropped} later step(s)");
                     }
                 }
             }
         }
     }
 
-    fn step(&mut self, key: &str, action: &Action) -> Result<Done, Error> {
+    /// Do one step against `t` (the portal, or a batch round's [`Scripted`] answers). Facts
+    /// are recorded only on success, so a step run again with more answers is harmless.
+    fn step(&mut self, key: &str, action: &Action, t: &dyn Transport) -> Result<Done, Error> {
         match action {
             Action::Register {
                 direction,
@@ -285,6 +379,10 @@ impl Deliverer {
                 line,
                 started_ms,
             } => {
+                if let Some(id) = self.call_id(key) {
+                    // Registered before a restart; the done record was not written.
+                    return Ok(Done::Skipped(format!("already registered as {id}")));
+                }
                 let number = phone::normalize(raw, &self.cfg.phone).unwrap_or_else(|| {
                     // Anonymous or garbled caller ID. Bitrix24 refuses an empty PHONE_NUMBER
                     // ("Unsupported phone number format"), and the call must still be logged.
@@ -295,7 +393,7 @@ impl Deliverer {
                         digits
                     }
                 });
-                let user_id = match self.responsible_for(&number, line)? {
+                let user_id = match self.responsible_for(t, &number, line)? {
                     Some(id) => id,
                     None => {
                         return Err(Error::Decode(
@@ -307,7 +405,7 @@ impl Deliverer {
                     }
                 };
                 let reg = api::register(
-                    self.transport.as_ref(),
+                    t,
                     &RegisterParams {
                         user_id,
                         phone_number: number,
@@ -320,18 +418,14 @@ impl Deliverer {
                     },
                 )?;
                 log::info!("{key}: registered as {} under user {user_id}", reg.call_id);
-                let state = self.calls.get_mut(key).expect("call state");
-                state.direction = *direction;
-                state.call_id = Some(reg.call_id);
-                state.responsible = Some(user_id);
+                self.ob()
+                    .set_facts(key, reg.call_id, Some(user_id), *direction);
                 Ok(Done::Ok)
             }
             Action::Adopt { call_id, ext } => {
                 let user = self.directory.user_for(ext);
-                let state = self.calls.get_mut(key).expect("call state");
-                state.call_id = Some(call_id.clone());
-                state.responsible = user;
-                state.direction = Direction::Outbound;
+                self.ob()
+                    .set_facts(key, call_id.clone(), user, Direction::Outbound);
                 log::info!("{key}: click-to-call {call_id} by {ext}");
                 Ok(Done::Ok)
             }
@@ -342,7 +436,6 @@ impl Deliverer {
                 let Some(user) = self.directory.user_for(ext) else {
                     return Ok(Done::Skipped(format!("{ext} is not a Bitrix24 user")));
                 };
-                let t = self.transport.as_ref();
                 if matches!(action, Action::Show { .. }) {
                     api::show(t, &call_id, &[user])?;
                 } else {
@@ -363,9 +456,9 @@ impl Deliverer {
                         "nobody to finish the call under (set [calls] default_user)".into(),
                     )
                 })?;
-                let attempts = self.calls.get(key).map_or(0, |c| c.attempts);
+                let attempts = self.ob().call(key).map_or(0, |c| c.attempts);
                 let res = api::finish(
-                    self.transport.as_ref(),
+                    t,
                     &FinishParams {
                         call_id: call_id.clone(),
                         user_id,
@@ -386,12 +479,9 @@ impl Deliverer {
                 log::info!(
                     "{key}: finished {call_id} under user {user_id}, status {status}, {duration} s"
                 );
-                if let Some(state) = self.calls.get_mut(key) {
-                    state.finished = true;
-                }
                 let direction = self
-                    .calls
-                    .get(key)
+                    .ob()
+                    .call(key)
                     .map_or("inbound", |c| c.direction.as_str());
                 *self
                     .stats
@@ -404,17 +494,15 @@ impl Deliverer {
                 let Some(call_id) = self.call_id(key) else {
                     return Ok(Done::Skipped("call is not registered".into()));
                 };
-                let since = match self.calls.get_mut(key) {
-                    Some(state) => *state.attach_since.get_or_insert_with(Instant::now),
-                    None => Instant::now(),
-                };
-                let step = super::record::attach(
-                    &self.cfg.recording,
-                    self.transport.as_ref(),
-                    &call_id,
-                    path,
-                    since.elapsed(),
-                )?;
+                let since = *self
+                    .attach_since
+                    .entry(key.to_string())
+                    .or_insert_with(Instant::now);
+                let step =
+                    super::record::attach(&self.cfg.recording, t, &call_id, path, since.elapsed())?;
+                if !matches!(step, super::record::Step::Later(_)) {
+                    self.attach_since.remove(key);
+                }
                 match step {
                     super::record::Step::Attached(how) => {
                         log::info!("{key}: recording attached to {call_id}: {how}");
@@ -432,15 +520,20 @@ impl Deliverer {
     }
 
     fn call_id(&self, key: &str) -> Option<String> {
-        self.calls.get(key).and_then(|c| c.call_id.clone())
+        self.ob().call(key).and_then(|c| c.call_id.clone())
     }
 
     /// CRM responsible (contact → company → lead), else the static line map, else the default
     /// user. A CRM lookup that fails with a retryable error is retried: registering under a
     /// fallback user because Bitrix24 hiccuped would put the card in front of the wrong person.
-    fn responsible_for(&self, number: &str, line: &str) -> Result<Option<u64>, Error> {
+    fn responsible_for(
+        &self,
+        t: &dyn Transport,
+        number: &str,
+        line: &str,
+    ) -> Result<Option<u64>, Error> {
         if self.cfg.responsible == Responsible::Crm {
-            match api::responsible_for(self.transport.as_ref(), number) {
+            match api::responsible_for(t, number) {
                 Ok(Some(id)) => return Ok(Some(id)),
                 Ok(None) => {}
                 Err(e) if e.is_retryable() => return Err(e),
@@ -464,7 +557,7 @@ impl Deliverer {
     }
 
     fn finish_user(&self, key: &str, user: &FinishUser) -> Option<u64> {
-        let responsible = self.calls.get(key).and_then(|c| c.responsible);
+        let responsible = self.ob().call(key).and_then(|c| c.responsible);
         match user {
             FinishUser::Employee(ext) => self
                 .directory

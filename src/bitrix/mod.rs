@@ -5,6 +5,9 @@
 //! - [`users`]: the internal number ↔ employee map.
 //! - [`record`]: attaching call recordings after finish.
 //! - [`error`]: the one error type, with its retry classification.
+//! - [`outbox`]: the durable journal of steps and the events journal.
+//! - [`limiter`]: the client-side leaky bucket shared by everything that calls Bitrix24.
+//! - [`deliver`]: outbox → requests, in order per call, batched when a backlog forms.
 //!
 //! Reference for every quirk cited in here: `bitrix24-api.md` (shared docs).
 
@@ -12,6 +15,8 @@ pub mod api;
 pub mod client;
 pub mod deliver;
 pub mod error;
+pub mod limiter;
+pub mod outbox;
 pub mod record;
 pub mod users;
 

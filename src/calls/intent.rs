@@ -3,10 +3,16 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use super::status::Status;
 
 /// Who the call belongs to when it is finished.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Serialised (like [`Action`] and [`Direction`]) because steps wait in the on-disk outbox
+/// (`docs/outbox.md`), so the names below are an on-disk format: rename with care.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FinishUser {
     /// The employee with this internal number (the last one who talked, or who rang).
     Employee(String),
@@ -17,7 +23,8 @@ pub enum FinishUser {
 }
 
 /// The direction recorded in Bitrix24 (`TYPE` on register).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     #[default]
     Inbound,
@@ -41,7 +48,8 @@ impl Direction {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Register the call. Who is responsible is decided by the delivery side (CRM lookup,
     /// static map, default) *before* the register request, so the card opens for the right person.
@@ -80,7 +88,7 @@ pub enum Action {
 
 /// One step for one call. `call` is the call's `EXTERNAL_CALL_ID` (system name + Linkedid),
 /// which is also the key that keeps steps of one call in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     pub call: String,
     pub action: Action,

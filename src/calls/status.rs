@@ -61,6 +61,45 @@ impl Status {
     }
 }
 
+/// Every code [`Status`] can hold, so a code read back from disk maps to its constant.
+const KNOWN: [Status; 8] = [
+    Status::ANSWERED,
+    Status::MISSED,
+    Status::INVALID_NUMBER,
+    Status::UNAVAILABLE,
+    Status::BUSY,
+    Status::CONGESTION,
+    Status::DECLINED,
+    Status::OTHER,
+];
+
+impl Status {
+    /// The constant whose code is `code`; anything unknown (an outbox written by a newer
+    /// version, a hand-edited file) becomes [`Status::OTHER`] rather than an error, so one odd
+    /// step never stops a restart.
+    pub fn from_code(code: &str) -> Status {
+        KNOWN
+            .iter()
+            .copied()
+            .find(|s| s.0 == code)
+            .unwrap_or(Status::OTHER)
+    }
+}
+
+/// Written as its code string (`"304"`): the outbox keeps finish steps on disk.
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Status, D::Error> {
+        let code = String::deserialize(d)?;
+        Ok(Status::from_code(&code))
+    }
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0)
@@ -99,5 +138,18 @@ mod tests {
         assert_eq!(Status::from_originate_reason(8).code(), "503");
         assert_eq!(Status::from_originate_reason(1).code(), "603");
         assert_eq!(Status::from_originate_reason(0).code(), "OTHER");
+    }
+
+    #[test]
+    fn serde_round_trip_by_code() {
+        for s in KNOWN {
+            let j = serde_json::to_string(&s).unwrap();
+            assert_eq!(j, format!("\"{}\"", s.code()));
+            assert_eq!(serde_json::from_str::<Status>(&j).unwrap(), s);
+        }
+        assert_eq!(
+            serde_json::from_str::<Status>("\"999\"").unwrap(),
+            Status::OTHER
+        );
     }
 }

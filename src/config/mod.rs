@@ -74,7 +74,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &["country_code", "national_prefix", "national_length"],
     ),
     ("http", &["listen", "threads"]),
-    ("state", &["dir"]),
+    ("state", &["dir", "outbox_warn"]),
     (
         "recording",
         &[
@@ -494,12 +494,16 @@ impl Default for HttpConfig {
 pub struct StateConfig {
     /// Absolute path.
     pub dir: PathBuf,
+    /// Log loudly (once per crossing) when more Bitrix24 steps than this wait in the outbox.
+    /// Steps are still accepted: they wait on disk.
+    pub outbox_warn: usize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: PathBuf::from("/var/lib/callme"),
+            outbox_warn: 1000,
         }
     }
 }
@@ -1045,7 +1049,10 @@ impl<'a> Validator<'a> {
                 Err("not an absolute path (allowed: a directory starting with /, e.g. /var/lib/callme; the daemon runs from /)".to_string())
             }
         });
-        StateConfig { dir }
+        let outbox_warn = self.value(S, "outbox_warn", d.outbox_warn, |v| {
+            parse_number(v, 1, 10_000_000)
+        });
+        StateConfig { dir, outbox_warn }
     }
 
     fn recording(&mut self) -> RecordingConfig {

@@ -159,6 +159,7 @@ listen = [::]:9090
 threads = 64
 [state]
 dir = /tmp/callme
+outbox_warn = 50
 ";
     let cfg = parse_str(text, "t").unwrap_or_else(|e| panic!("{e}"));
     let a = &cfg.asterisk;
@@ -201,6 +202,7 @@ dir = /tmp/callme
     assert_eq!(cfg.http.listen, "[::]:9090".parse().unwrap());
     assert_eq!(cfg.http.threads, 64);
     assert_eq!(cfg.state.dir, PathBuf::from("/tmp/callme"));
+    assert_eq!(cfg.state.outbox_warn, 50);
 }
 
 #[test]
@@ -356,6 +358,8 @@ fn bad_addresses_and_paths() {
     assert!(e.contains("IP:PORT"), "{e}");
     let e = err(&with("state", "dir = var/lib/callme"));
     assert!(e.contains("not an absolute path"), "{e}");
+    let e = err(&with("state", "outbox_warn = 0"));
+    assert!(e.contains("outbox_warn"), "{e}");
     let e = err(&with("asterisk", "host = pbx local"));
     assert!(e.contains("not a host"), "{e}");
     let e = err(&with("bitrix24", "domain = https://portal.bitrix24.ru"));

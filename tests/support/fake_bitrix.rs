@@ -48,6 +48,16 @@
 //!   maintenance. The connection is answered, not dropped: tiny_http cannot close a connection
 //!   without answering, and a refused connection is easier to get from a closed port (see
 //!   [`closed_port_url`]). Requests while down are recorded too.
+//! - [`FakeBitrix::set_rate_limit`]: a leaky bucket like the cloud's (§9.4). Off by default.
+//!   When it overflows the request gets HTTP 503
+//!   `{"error":"QUERY_LIMIT_EXCEEDED","error_description":"Too many requests"}`; a `batch`
+//!   counts as one request.
+//!
+//! # Batch
+//!
+//! `batch` (§8) runs each `cmd` entry (`method?query`, PHP-style query) with `halt=0` and
+//! answers `{"result":{"result":{..},"result_error":{..},..}}`, empty sections as `[]`.
+//! [`FakeBitrix::commands`] lists every method the portal ran, inside a batch or not.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -141,6 +151,10 @@ struct State {
     /// Methods whose next response is lost after the request was applied.
     lost: Vec<String>,
     down: bool,
+    /// (rate per second, burst, level, last update) of the optional leaky bucket.
+    bucket: Option<(f64, f64, f64, Instant)>,
+    /// Every method run, alone or inside a batch, with its outcome status.
+    commands: Vec<Recorded>,
     seq: u64,
     next_crm_id: u64,
     /// `http://127.0.0.1:PORT`, for upload URLs.
@@ -317,6 +331,38 @@ impl FakeBitrix {
         self.shared.lock().lost.push(method.to_ascii_lowercase());
     }
 
+    /// Enforce a leaky bucket of `burst` requests draining `rate` per second (see module docs).
+    pub fn set_rate_limit(&self, rate: f64, burst: u32) {
+        self.shared.lock().bucket = Some((rate, f64::from(burst), 0.0, Instant::now()));
+    }
+
+    /// Every method the portal ran, alone or as a batch command (the `batch` itself is not
+    /// listed); requests refused before running (down, rate limit, injected failures) are not.
+    pub fn commands(&self) -> Vec<Recorded> {
+        self.shared.lock().commands.clone()
+    }
+
+    /// Wait until `pred` holds for [`FakeBitrix::commands`].
+    pub fn wait_for_commands(&self, pred: impl Fn(&[Recorded]) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if pred(&st.commands) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// While down, answer every request with HTTP 503 and an HTML page (see module docs).
     pub fn set_down(&self, down: bool) {
         self.shared.lock().down = down;
@@ -434,12 +480,30 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
         (status, text, "application/json")
     } else if st.down {
         (503, DOWN_PAGE.to_string(), "text/html")
+    } else if !take_token(&mut st) {
+        (
+            503,
+            json!({"error":"QUERY_LIMIT_EXCEEDED","error_description":"Too many requests"})
+                .to_string(),
+            "application/json",
+        )
     } else {
         let outcome = match &route {
             Route::Method(method) if method == "upload" => {
                 upload_file(&mut st, &upper_keys(&params), upload.as_ref())
             }
-            Route::Method(method) => dispatch(&mut st, method, &upper_keys(&params)),
+            Route::Method(method) if method == "batch" => batch(&mut st, &params),
+            Route::Method(method) => {
+                let p = upper_keys(&params);
+                let outcome = dispatch(&mut st, method, &p);
+                let status = outcome.as_ref().map_or_else(|f| f.status, |_| 200);
+                st.commands.push(Recorded {
+                    method: method.clone(),
+                    params: params.clone(),
+                    status,
+                });
+                outcome
+            }
             Route::BadCredentials(_) => Err(Fail {
                 status: 401,
                 code: "INVALID_CREDENTIALS",
@@ -530,6 +594,78 @@ fn route(path: &str) -> Route {
         [.., last] => Route::NoAuth(method(last)),
         [] => Route::NoAuth(String::new()),
     }
+}
+
+/// The leaky bucket, if on: false when this request overflows it (§9.4).
+fn take_token(st: &mut State) -> bool {
+    let Some((rate, burst, level, last)) = st.bucket.as_mut() else {
+        return true;
+    };
+    let now = Instant::now();
+    *level = (*level - now.duration_since(*last).as_secs_f64() * *rate).max(0.0);
+    *last = now;
+    if *level + 1.0 > *burst + 1e-9 {
+        return false;
+    }
+    *level += 1.0;
+    true
+}
+
+/// `batch` with halt=0 (§8): `cmd` maps keys to `method?query`.
+fn batch(st: &mut State, params: &Value) -> Outcome {
+    let Some(Value::Object(cmds)) = params.get("cmd").or_else(|| params.get("CMD")) else {
+        return Err(Fail {
+            status: 400,
+            code: "ERROR_ARGUMENT",
+            description: "cmd is required".into(),
+        });
+    };
+    let mut results = Map::new();
+    let mut errors = Map::new();
+    for (i, (key, cmd)) in cmds.iter().enumerate() {
+        let cmd = cmd.as_str().unwrap_or("");
+        let (method, query) = cmd.split_once('?').unwrap_or((cmd, ""));
+        let method = method.to_ascii_lowercase();
+        if i >= 50 {
+            errors.insert(
+                key.clone(),
+                json!({"error":"ERROR_BATCH_LENGTH_EXCEEDED","error_description":"Max batch length exceeded"}),
+            );
+            continue;
+        }
+        let p = Value::Object(parse_form(query));
+        let outcome = dispatch(st, &method, &upper_keys(&p));
+        st.commands.push(Recorded {
+            method: method.clone(),
+            params: p,
+            status: outcome.as_ref().map_or_else(|f| f.status, |_| 200),
+        });
+        match outcome {
+            Ok(mut m) => {
+                results.insert(key.clone(), m.remove("result").unwrap_or(Value::Null));
+            }
+            Err(f) => {
+                errors.insert(
+                    key.clone(),
+                    json!({"error": f.code, "error_description": f.description}),
+                );
+            }
+        }
+    }
+    let section = |m: Map<String, Value>| {
+        if m.is_empty() {
+            json!([])
+        } else {
+            Value::Object(m)
+        }
+    };
+    ok(json!({
+        "result": section(results),
+        "result_error": section(errors),
+        "result_total": [],
+        "result_next": [],
+        "result_time": [],
+    }))
 }
 
 fn dispatch(st: &mut State, method: &str, p: &Map<String, Value>) -> Outcome {

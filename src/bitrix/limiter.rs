@@ -1,0 +1,173 @@
+//! Client-side rate limit: a leaky bucket like the portal's own (bitrix24-api.md §9.4).
+//!
+//! Bitrix24 counts every request from our IP in a bucket that drains `rate` per second and
+//! refuses requests with 503 `QUERY_LIMIT_EXCEEDED` once more than `burst` are in it. Keeping
+//! the same bucket on our side, shared by everything that talks to the portal (delivery, the
+//! user directory refresh, the webhook's look-ups), means we wait a little instead of drawing a
+//! storm of 503s and retries. The clock is passed in, so the arithmetic is unit-tested
+//! without sleeping.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::client::{Reply, Transport};
+use super::Error;
+
+/// The bucket arithmetic, with time injected.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    level: f64,
+    last: Option<Instant>,
+}
+
+impl Bucket {
+    /// `rate` requests per second sustained, up to `burst` at once. One slot of a burst over
+    /// 1 is kept spare: the portal measures arrival times, and a request delayed on the way
+    /// followed by a fast one looks closer together there than here (network jitter).
+    pub fn new(rate: f64, burst: u32) -> Bucket {
+        let burst = if burst > 1 { burst - 1 } else { 1 };
+        Bucket {
+            rate: if rate > 0.0 { rate } else { 2.0 },
+            burst: f64::from(burst),
+            level: 0.0,
+            last: None,
+        }
+    }
+
+    fn drain(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let gone = now.saturating_duration_since(last).as_secs_f64() * self.rate;
+            self.level = (self.level - gone).max(0.0);
+        }
+        self.last = Some(self.last.map_or(now, |l| l.max(now)));
+    }
+
+    /// Take one request slot at `now`, or say how long to wait for one.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.drain(now);
+        if self.level + 1.0 <= self.burst {
+            self.level += 1.0;
+            Ok(())
+        } else {
+            let need = self.level + 1.0 - self.burst;
+            Err(Duration::from_secs_f64(need / self.rate).max(Duration::from_millis(1)))
+        }
+    }
+
+    /// How many requests could go at once right now.
+    pub fn available(&mut self, now: Instant) -> u32 {
+        self.drain(now);
+        (self.burst - self.level).floor().max(0.0) as u32
+    }
+
+    /// The portal said its bucket is full (503 `QUERY_LIMIT_EXCEEDED`): ours was too
+    /// optimistic (another client shares our IP, §9.4), so fill it and pace from here.
+    pub fn saturate(&mut self, now: Instant) {
+        self.drain(now);
+        self.level = self.burst;
+    }
+}
+
+/// The bucket shared by all threads that talk to Bitrix24.
+#[derive(Debug)]
+pub struct Limiter {
+    bucket: Mutex<Bucket>,
+}
+
+impl Limiter {
+    pub fn new(rate: f64, burst: u32) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            bucket: Mutex::new(Bucket::new(rate, burst)),
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Bucket) -> R) -> R {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut b)
+    }
+
+    /// Block until a request may go. Waits at most `1 / rate` seconds per queued request.
+    pub fn acquire(&self) {
+        loop {
+            match self.with(|b| b.try_take(Instant::now())) {
+                Ok(()) => return,
+                Err(wait) => std::thread::sleep(wait),
+            }
+        }
+    }
+
+    pub fn available(&self) -> u32 {
+        self.with(|b| b.available(Instant::now()))
+    }
+
+    pub fn saturate(&self) {
+        self.with(|b| b.saturate(Instant::now()));
+    }
+}
+
+/// A [`Transport`] that waits for the shared [`Limiter`] before every request. A `batch`
+/// counts as one request, as it does for the portal (§8).
+pub struct Limited<T> {
+    inner: T,
+    limiter: Arc<Limiter>,
+}
+
+impl<T: Transport> Limited<T> {
+    pub fn new(inner: T, limiter: Arc<Limiter>) -> Limited<T> {
+        Limited { inner, limiter }
+    }
+}
+
+impl<T: Transport> Transport for Limited<T> {
+    fn call(&self, method: &str, params: &Value) -> Result<Reply, Error> {
+        self.limiter.acquire();
+        let r = self.inner.call(method, params);
+        if let Err(Error::Api { code, .. }) = &r {
+            if code == "QUERY_LIMIT_EXCEEDED" {
+                self.limiter.saturate();
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2.0, 50);
+        for _ in 0..49 {
+            assert!(b.try_take(t0).is_ok());
+        }
+        let wait = b.try_take(t0).unwrap_err();
+        assert!(wait >= Duration::from_millis(499) && wait <= Duration::from_millis(501));
+        assert!(b.try_take(t0 + Duration::from_millis(500)).is_ok());
+        assert!(b.try_take(t0 + Duration::from_millis(600)).is_err());
+        // After 25 s the bucket is empty again.
+        assert_eq!(b.available(t0 + Duration::from_secs(30)), 49);
+    }
+
+    #[test]
+    fn saturate_paces_from_now() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2.0, 50);
+        b.saturate(t0);
+        assert!(b.try_take(t0).is_err());
+        assert!(b.try_take(t0 + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn time_going_backwards_does_not_refill() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(1.0, 1);
+        assert!(b.try_take(t0 + Duration::from_secs(5)).is_ok());
+        assert!(b.try_take(t0).is_err());
+    }
+}

@@ -1,0 +1,879 @@
+//! The durable outbox: every Bitrix24 step is on disk before it is sent, so neither a
+//! portal outage nor a daemon crash loses a call. Plus the events journal that lets the
+//! tracker pick up calls in progress after a restart.
+//!
+//! Both are JSON lines under `[state] dir`; `docs/outbox.md` documents the formats, the
+//! compaction and the delivery guarantees.
+//!
+//! - `outbox.jsonl`: `step` records (appended and fsync'd before the step is attempted),
+//!   `done` records (after success, a permanent failure or a skip) and `call` records (the
+//!   facts later steps need: CALL_ID, responsible user, direction, and whether register and
+//!   finish were already queued, which is what stops a call from being registered or
+//!   finished twice).
+//! - `events.jsonl`: the AMI events the tracker consumed, with their time. Written with
+//!   plain `write(2)` (a `kill -9` keeps them; the kernel has them) and fsync'd about once a
+//!   second (only a power loss can cost that last second).
+//!
+//! A torn last line (crash mid-write) is logged and skipped; everything before it is kept.
+//! Both files are rewritten (temp file, fsync, rename, fsync the directory) at start, so a
+//! torn tail never glues onto the next record.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ami::Message;
+use crate::calls::{Action, Direction, Intent};
+
+pub const OUTBOX_FILE: &str = "outbox.jsonl";
+pub const EVENTS_FILE: &str = "events.jsonl";
+
+/// A finished call is remembered this long after its last step, so that a late duplicate
+/// Register or Finish for it is still recognised and dropped.
+const KEEP_FINISHED_MS: u64 = 3_600_000;
+/// A call with nothing queued and no finish is forgotten after this long without a step
+/// (the tracker lost it; nothing more will come).
+const KEEP_IDLE_MS: u64 = 48 * 3_600_000;
+/// Compact once at least this many journal lines are no longer needed…
+const COMPACT_MIN_GARBAGE: usize = 1000;
+
+/// Why the state directory could not be used.
+#[derive(Debug)]
+pub struct Error {
+    pub path: PathBuf,
+    pub what: &'static str,
+    pub source: io::Error,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {} (check [state] dir: it must exist and be writable by the daemon)",
+            self.what,
+            self.path.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// One line of `outbox.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Record {
+    Step {
+        seq: u64,
+        call: String,
+        /// When it was queued, ms since the epoch.
+        at: u64,
+        action: Action,
+    },
+    Done {
+        seq: u64,
+    },
+    Call {
+        call: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<u64>,
+        #[serde(default)]
+        dir: Direction,
+        #[serde(default)]
+        registered: bool,
+        #[serde(default)]
+        finishing: bool,
+        #[serde(default)]
+        finished: bool,
+        #[serde(default)]
+        dead: bool,
+        at: u64,
+    },
+}
+
+/// Read JSON lines, skipping (and logging) the ones that do not parse: a torn last line
+/// after a crash mid-write, or a line damaged by hand.
+fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Error> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(path, "cannot read")(e)),
+    };
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<T>(line) {
+            Ok(v) => out.push(v),
+            Err(e) => log::warn!(
+                "{}:{}: skipping a damaged line ({e}); a crash mid-write leaves one at the end: {}",
+                path.display(),
+                i + 1,
+                String::from_utf8_lossy(&line[..line.len().min(120)])
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Replace `path` with `lines` atomically: temp file, fsync, rename, fsync the directory.
+fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
+    let tmp = path.with_extension("jsonl.tmp");
+    {
+        let mut f = File::create(&tmp).map_err(err(&tmp, "cannot create"))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(err(&tmp, "cannot write"))?;
+    }
+    fs::rename(&tmp, path).map_err(err(path, "cannot replace"))?;
+    if let Some(dir) = path.parent() {
+        // The rename is durable only once the directory is.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err(dir, "cannot fsync"))?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(err(path, "cannot open"))
+}
+
+fn line<T: Serialize>(rec: &T, out: &mut String) {
+    // Serialising our own plain types cannot fail.
+    if let Ok(s) = serde_json::to_string(rec) {
+        out.push_str(&s);
+        out.push('\n');
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbox
+
+/// One queued step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub seq: u64,
+    pub action: Action,
+    /// When it was queued, ms since the epoch.
+    pub queued_ms: u64,
+}
+
+/// What the outbox knows about one call.
+#[derive(Debug, Default)]
+pub struct CallEntry {
+    pub call_id: Option<String>,
+    pub responsible: Option<u64>,
+    pub direction: Direction,
+    /// A Register or Adopt was queued (and maybe sent): another one is a duplicate.
+    pub registered: bool,
+    /// A Finish was queued: another one is a duplicate.
+    pub finishing: bool,
+    /// The finish went through (or was given up).
+    pub finished: bool,
+    /// Register failed for good: later steps have no CALL_ID to go to.
+    pub dead: bool,
+    pub steps: VecDeque<Step>,
+    /// Not persisted: retry state starts afresh after a restart.
+    pub attempts: u32,
+    pub not_before: Option<Instant>,
+    last_ms: u64,
+}
+
+impl CallEntry {
+    fn record(&self, call: &str) -> Record {
+        Record::Call {
+            call: call.to_string(),
+            call_id: self.call_id.clone(),
+            user: self.responsible,
+            dir: self.direction,
+            registered: self.registered,
+            finishing: self.finishing,
+            finished: self.finished,
+            dead: self.dead,
+            at: self.last_ms,
+        }
+    }
+}
+
+/// The queue of Bitrix24 steps, per call, backed by `outbox.jsonl` (or memory only, for
+/// replay and the demo). Shared between the state thread (which queues) and the delivery
+/// thread (which sends); neither holds the lock during I/O with Bitrix24.
+pub struct Outbox {
+    path: Option<PathBuf>,
+    file: Option<File>,
+    /// Records not yet written (done/call records are written at the end of a delivery round).
+    buf: String,
+    calls: HashMap<String, CallEntry>,
+    /// Calls in arrival order, so older calls are served first.
+    order: VecDeque<String>,
+    next_seq: u64,
+    /// Lines in the file that a compaction would drop.
+    garbage: usize,
+    warn_at: usize,
+    warned: bool,
+}
+
+impl Outbox {
+    /// Nothing on disk: for `callme replay` and the demo.
+    pub fn in_memory() -> Outbox {
+        Outbox {
+            path: None,
+            file: None,
+            buf: String::new(),
+            calls: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 1,
+            garbage: 0,
+            warn_at: usize::MAX,
+            warned: false,
+        }
+    }
+
+    /// Load `dir/outbox.jsonl` (if any) and rewrite it compacted. Steps not yet done are
+    /// queued again; calls' facts (CALL_ID, responsible, direction) come back with them.
+    pub fn open(dir: &Path, warn_at: usize) -> Result<Outbox, Error> {
+        fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
+        let path = dir.join(OUTBOX_FILE);
+        let records: Vec<Record> = read_lines(&path)?;
+        let mut ob = Outbox::in_memory();
+        ob.warn_at = warn_at;
+        let mut done = HashSet::new();
+        for r in &records {
+            if let Record::Done { seq } = r {
+                done.insert(*seq);
+            }
+        }
+        for r in records {
+            match r {
+                Record::Step {
+                    seq,
+                    call,
+                    at,
+                    action,
+                } => {
+                    ob.next_seq = ob.next_seq.max(seq + 1);
+                    let e = ob.entry(&call);
+                    e.last_ms = e.last_ms.max(at);
+                    mark_queued(e, &action);
+                    if !done.contains(&seq) {
+                        e.steps.push_back(Step {
+                            seq,
+                            action,
+                            queued_ms: at,
+                        });
+                    }
+                }
+                Record::Done { .. } => {}
+                Record::Call {
+                    call,
+                    call_id,
+                    user,
+                    dir,
+                    registered,
+                    finishing,
+                    finished,
+                    dead,
+                    at,
+                } => {
+                    let e = ob.entry(&call);
+                    e.call_id = call_id.or(e.call_id.take());
+                    e.responsible = user.or(e.responsible);
+                    e.direction = dir;
+                    e.registered |= registered;
+                    e.finishing |= finishing;
+                    e.finished |= finished;
+                    e.dead |= dead;
+                    e.last_ms = e.last_ms.max(at);
+                }
+            }
+        }
+        let pending = ob.pending();
+        if pending > 0 {
+            log::info!(
+                "outbox: {pending} Bitrix24 step(s) of {} call(s) left from the last run, continuing",
+                ob.calls.values().filter(|c| !c.steps.is_empty()).count()
+            );
+        }
+        ob.purge(now_ms());
+        ob.path = Some(path);
+        ob.compact()?;
+        Ok(ob)
+    }
+
+    fn entry(&mut self, call: &str) -> &mut CallEntry {
+        if !self.calls.contains_key(call) {
+            self.order.push_back(call.to_string());
+        }
+        self.calls.entry(call.to_string()).or_default()
+    }
+
+    /// Queue a step and make it durable before returning. A second Register/Adopt or Finish
+    /// for the same call is dropped (false): a call is registered once and finished once.
+    pub fn enqueue(&mut self, intent: Intent) -> bool {
+        let now = now_ms();
+        let e = self.entry(&intent.call);
+        let dup = match intent.action {
+            Action::Register { .. } | Action::Adopt { .. } => e.registered,
+            Action::Finish { .. } => e.finishing,
+            _ => false,
+        };
+        if dup {
+            log::debug!("outbox: dropping a duplicate step: {intent}");
+            return false;
+        }
+        mark_queued(e, &intent.action);
+        e.last_ms = now;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let rec = Record::Step {
+            seq,
+            call: intent.call.clone(),
+            at: now,
+            action: intent.action.clone(),
+        };
+        self.calls
+            .get_mut(&intent.call)
+            .expect("entry just made")
+            .steps
+            .push_back(Step {
+                seq,
+                action: intent.action,
+                queued_ms: now,
+            });
+        line(&rec, &mut self.buf);
+        self.flush();
+        self.check_bound();
+        true
+    }
+
+    fn check_bound(&mut self) {
+        let pending = self.pending();
+        if pending > self.warn_at && !self.warned {
+            self.warned = true;
+            log::error!(
+                "outbox: {pending} Bitrix24 steps waiting, more than [state] outbox_warn = {}; \
+                 Bitrix24 is down or too slow. Still accepting calls (they wait on disk)",
+                self.warn_at
+            );
+        } else if pending <= self.warn_at / 2 && self.warned {
+            self.warned = false;
+            log::warn!("outbox: back to {pending} waiting step(s)");
+        }
+    }
+
+    /// Write and fsync what is buffered. A write error is logged, not fatal: the steps are
+    /// still in memory and delivery goes on; only a crash now would lose them.
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let Some(f) = self.file.as_mut() {
+            let r = f
+                .write_all(self.buf.as_bytes())
+                .and_then(|()| f.sync_data());
+            if let Err(e) = r {
+                log::error!(
+                    "outbox: cannot write {}: {e}; steps are kept in memory only",
+                    self.path.as_deref().unwrap_or(Path::new("?")).display()
+                );
+            }
+        }
+        self.buf.clear();
+    }
+
+    pub fn call(&self, key: &str) -> Option<&CallEntry> {
+        self.calls.get(key)
+    }
+
+    /// The first step of every call that is due at `now`, oldest call first.
+    pub fn due(&self, now: Instant) -> Vec<(String, Step)> {
+        self.order
+            .iter()
+            .filter_map(|k| {
+                let c = self.calls.get(k)?;
+                if c.not_before.is_some_and(|t| t > now) {
+                    return None;
+                }
+                Some((k.clone(), c.steps.front()?.clone()))
+            })
+            .collect()
+    }
+
+    /// When the next step on hold becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.calls
+            .values()
+            .filter(|c| !c.steps.is_empty())
+            .filter_map(|c| c.not_before)
+            .min()
+    }
+
+    /// Step `seq` of `key` is over (sent, given up or skipped): it will not be sent again.
+    pub fn complete(&mut self, key: &str, seq: u64) {
+        let Some(c) = self.calls.get_mut(key) else {
+            return;
+        };
+        if let Some(i) = c.steps.iter().position(|s| s.seq == seq) {
+            let step = c.steps.remove(i).expect("index in range");
+            if matches!(step.action, Action::Finish { .. }) {
+                c.finished = true;
+            }
+        }
+        c.attempts = 0;
+        c.not_before = None;
+        c.last_ms = now_ms();
+        line(&Record::Done { seq }, &mut self.buf);
+        // The step line and this one.
+        self.garbage += 2;
+        self.check_bound();
+    }
+
+    /// Record the facts later steps of `key` need (after register or adopt).
+    pub fn set_facts(
+        &mut self,
+        key: &str,
+        call_id: String,
+        responsible: Option<u64>,
+        direction: Direction,
+    ) {
+        let c = self.entry(key);
+        c.call_id = Some(call_id);
+        c.responsible = responsible;
+        c.direction = direction;
+        let rec = c.record(key);
+        line(&rec, &mut self.buf);
+        self.garbage += 1;
+    }
+
+    /// Register failed for good: drop the call's later steps (returns how many).
+    pub fn kill(&mut self, key: &str) -> usize {
+        let Some(c) = self.calls.get_mut(key) else {
+            return 0;
+        };
+        c.dead = true;
+        let seqs: Vec<u64> = c.steps.iter().map(|s| s.seq).collect();
+        for &seq in &seqs {
+            self.complete(key, seq);
+        }
+        let rec = self.calls.get(key).map(|c| c.record(key));
+        if let Some(rec) = rec {
+            line(&rec, &mut self.buf);
+            self.garbage += 1;
+        }
+        seqs.len()
+    }
+
+    /// Put `key` on hold until `until`; `failed` counts a retry.
+    pub fn hold(&mut self, key: &str, until: Instant, failed: bool) -> u32 {
+        let Some(c) = self.calls.get_mut(key) else {
+            return 0;
+        };
+        if failed {
+            c.attempts += 1;
+        }
+        c.not_before = Some(until);
+        c.attempts
+    }
+
+    /// Steps waiting to be sent, all calls together.
+    pub fn pending(&self) -> usize {
+        self.calls.values().map(|c| c.steps.len()).sum()
+    }
+
+    /// How long the oldest undelivered step has been waiting.
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
+        let oldest = self
+            .calls
+            .values()
+            .filter_map(|c| c.steps.front())
+            .map(|s| s.queued_ms)
+            .min()?;
+        Some(Duration::from_millis(now_ms().saturating_sub(oldest)))
+    }
+
+    /// Forget calls that are over, keeping finished ones a while to catch late duplicates.
+    fn purge(&mut self, now: u64) {
+        self.calls.retain(|_, c| {
+            if !c.steps.is_empty() {
+                return true;
+            }
+            let idle = now.saturating_sub(c.last_ms);
+            if c.finished || c.dead {
+                idle < KEEP_FINISHED_MS
+            } else {
+                idle < KEEP_IDLE_MS
+            }
+        });
+        let calls = &self.calls;
+        self.order.retain(|k| calls.contains_key(k));
+    }
+
+    /// Compact when enough lines are garbage (at least [`COMPACT_MIN_GARBAGE`] and more than
+    /// the live ones), after writing what is buffered.
+    pub fn maybe_compact(&mut self) {
+        self.flush();
+        let live = self.calls.len() + self.pending();
+        if self.garbage >= COMPACT_MIN_GARBAGE && self.garbage > live {
+            self.purge(now_ms());
+            if let Err(e) = self.compact() {
+                log::error!("outbox: compaction failed, keeping the long journal: {e}");
+            }
+        }
+    }
+
+    /// Rewrite the journal with only what is still needed: one `call` record per call we
+    /// remember, then its pending steps.
+    fn compact(&mut self) -> Result<(), Error> {
+        self.flush();
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let mut text = String::new();
+        for key in &self.order {
+            let Some(c) = self.calls.get(key) else {
+                continue;
+            };
+            line(&c.record(key), &mut text);
+            for s in &c.steps {
+                line(
+                    &Record::Step {
+                        seq: s.seq,
+                        call: key.clone(),
+                        at: s.queued_ms,
+                        action: s.action.clone(),
+                    },
+                    &mut text,
+                );
+            }
+        }
+        self.file = None;
+        self.file = Some(rewrite(&path, &text)?);
+        self.garbage = 0;
+        Ok(())
+    }
+}
+
+fn mark_queued(e: &mut CallEntry, action: &Action) {
+    match action {
+        Action::Register { direction, .. } => {
+            e.registered = true;
+            e.direction = *direction;
+        }
+        Action::Adopt { .. } => {
+            e.registered = true;
+            e.direction = Direction::Outbound;
+        }
+        Action::Finish { .. } => e.finishing = true,
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events journal
+
+/// One line of `events.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum EventRecord {
+    /// An AMI event the tracker consumed, at `at` ms since the epoch, fields in wire order.
+    Event { at: u64, f: Vec<(String, String)> },
+    /// The employees' internal numbers the tracker was given.
+    Employees { list: Vec<String> },
+}
+
+impl EventRecord {
+    pub fn event(msg: &Message, at: u64) -> EventRecord {
+        EventRecord::Event {
+            at,
+            f: msg
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    pub fn message(f: &[(String, String)]) -> Message {
+        let mut m = Message::new();
+        for (k, v) in f {
+            m.push(k, v);
+        }
+        m
+    }
+}
+
+/// The AMI events behind the calls in progress, so a restarted daemon can rebuild the
+/// tracker's state (replaying them through a fresh tracker and discarding its intents, which
+/// are in the outbox already).
+pub struct EventJournal {
+    path: PathBuf,
+    file: Option<File>,
+    lines: usize,
+    employees: Option<Vec<String>>,
+    dirty: bool,
+    last_sync: Instant,
+}
+
+impl EventJournal {
+    /// Load `dir/events.jsonl` and rewrite it without a torn tail. Returns the records to
+    /// replay.
+    pub fn open(dir: &Path) -> Result<(EventJournal, Vec<EventRecord>), Error> {
+        fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
+        let path = dir.join(EVENTS_FILE);
+        let records: Vec<EventRecord> = read_lines(&path)?;
+        let mut text = String::new();
+        let mut employees = None;
+        for r in &records {
+            line(r, &mut text);
+            if let EventRecord::Employees { list } = r {
+                employees = Some(list.clone());
+            }
+        }
+        let file = rewrite(&path, &text)?;
+        Ok((
+            EventJournal {
+                path,
+                file: Some(file),
+                lines: records.len(),
+                employees,
+                dirty: false,
+                last_sync: Instant::now(),
+            },
+            records,
+        ))
+    }
+
+    fn write(&mut self, rec: &EventRecord) {
+        let mut text = String::new();
+        line(rec, &mut text);
+        if let Some(f) = self.file.as_mut() {
+            if let Err(e) = f.write_all(text.as_bytes()) {
+                log::error!("cannot write {}: {e}", self.path.display());
+            }
+        }
+        self.lines += 1;
+        self.dirty = true;
+    }
+
+    pub fn append(&mut self, msg: &Message, at: u64) {
+        self.write(&EventRecord::event(msg, at));
+    }
+
+    pub fn employees(&mut self, list: &[String]) {
+        if self.employees.as_deref() == Some(list) {
+            return;
+        }
+        self.employees = Some(list.to_vec());
+        self.write(&EventRecord::Employees {
+            list: list.to_vec(),
+        });
+    }
+
+    /// fsync if something was written and a second has passed (or `force`).
+    pub fn sync(&mut self, force: bool) {
+        if self.dirty && (force || self.last_sync.elapsed() >= Duration::from_secs(1)) {
+            if let Some(f) = self.file.as_ref() {
+                if let Err(e) = f.sync_data() {
+                    log::error!("cannot fsync {}: {e}", self.path.display());
+                }
+            }
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+    }
+
+    /// Events in the journal (employees records included).
+    pub fn len(&self) -> usize {
+        self.lines
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    /// No call is in progress: the events so far are not needed any more. Keeps only the
+    /// latest employee list.
+    pub fn clear(&mut self) {
+        let emp_lines = usize::from(self.employees.is_some());
+        if self.lines <= emp_lines {
+            return;
+        }
+        let mut text = String::new();
+        if let Some(list) = &self.employees {
+            line(&EventRecord::Employees { list: list.clone() }, &mut text);
+        }
+        self.file = None;
+        match rewrite(&self.path, &text) {
+            Ok(f) => {
+                self.file = Some(f);
+                self.lines = emp_lines;
+                self.dirty = false;
+            }
+            Err(e) => {
+                log::error!("events journal: {e}");
+                self.file = OpenOptions::new().append(true).open(&self.path).ok();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::{FinishUser, Status};
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("callme-outbox-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn register(call: &str) -> Intent {
+        Intent {
+            call: call.into(),
+            action: Action::Register {
+                direction: Direction::Inbound,
+                phone: "+79991234567".into(),
+                line: "8001".into(),
+                started_ms: 1,
+            },
+        }
+    }
+
+    fn finish(call: &str) -> Intent {
+        Intent {
+            call: call.into(),
+            action: Action::Finish {
+                user: FinishUser::Employee("219".into()),
+                duration: 5,
+                status: Status::ANSWERED,
+            },
+        }
+    }
+
+    #[test]
+    fn steps_survive_a_restart_with_facts_and_dedupe() {
+        let dir = tmp("restart");
+        {
+            let mut ob = Outbox::open(&dir, 1000).unwrap();
+            assert!(ob.enqueue(register("a")));
+            assert!(!ob.enqueue(register("a")), "a second register is dropped");
+            assert!(ob.enqueue(finish("a")));
+            let (_, s) = ob.due(Instant::now()).remove(0);
+            ob.set_facts("a", "externalCall.1".into(), Some(7), Direction::Inbound);
+            ob.complete("a", s.seq);
+            ob.flush();
+        }
+        let mut ob = Outbox::open(&dir, 1000).unwrap();
+        let c = ob.call("a").unwrap();
+        assert_eq!(c.call_id.as_deref(), Some("externalCall.1"));
+        assert_eq!(c.responsible, Some(7));
+        assert_eq!(c.steps.len(), 1);
+        assert!(matches!(c.steps[0].action, Action::Finish { .. }));
+        assert!(!ob.enqueue(register("a")));
+        assert!(!ob.enqueue(finish("a")));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn torn_last_line_is_skipped() {
+        let dir = tmp("torn");
+        {
+            let mut ob = Outbox::open(&dir, 1000).unwrap();
+            ob.enqueue(register("a"));
+            ob.enqueue(register("b"));
+        }
+        let path = dir.join(OUTBOX_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        let cut = &text[..text.len() - 20];
+        fs::write(&path, cut).unwrap();
+        let mut ob = Outbox::open(&dir, 1000).unwrap();
+        assert_eq!(ob.pending(), 1);
+        assert!(ob.call("a").is_some());
+        // The file was rewritten: a new record does not glue onto the torn one.
+        ob.enqueue(register("c"));
+        drop(ob);
+        let ob = Outbox::open(&dir, 1000).unwrap();
+        assert_eq!(ob.pending(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn compaction_keeps_pending_and_facts() {
+        let dir = tmp("compact");
+        let mut ob = Outbox::open(&dir, 100_000).unwrap();
+        for i in 0..700 {
+            let k = format!("c{i}");
+            ob.enqueue(register(&k));
+            let (_, s) = ob.due(Instant::now()).pop().unwrap();
+            ob.set_facts(&k, format!("id{i}"), Some(1), Direction::Inbound);
+            ob.complete(&k, s.seq);
+            ob.maybe_compact();
+        }
+        ob.enqueue(finish("c699"));
+        ob.maybe_compact();
+        let lines = fs::read_to_string(dir.join(OUTBOX_FILE))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines < 1400, "{lines} lines: compaction did not run");
+        drop(ob);
+        let ob = Outbox::open(&dir, 100_000).unwrap();
+        assert_eq!(ob.pending(), 1);
+        assert_eq!(ob.call("c699").unwrap().call_id.as_deref(), Some("id699"));
+        assert!(ob.call("c3").unwrap().registered);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn events_journal_round_trip_and_clear() {
+        let dir = tmp("events");
+        {
+            let (mut j, recs) = EventJournal::open(&dir).unwrap();
+            assert!(recs.is_empty());
+            j.employees(&["219".to_string()]);
+            let m = Message::from_pairs(&[("Event", "Newchannel"), ("Uniqueid", "1.1")]);
+            j.append(&m, 5);
+            j.sync(true);
+        }
+        let (mut j, recs) = EventJournal::open(&dir).unwrap();
+        assert_eq!(recs.len(), 2);
+        match &recs[1] {
+            EventRecord::Event { at, f } => {
+                assert_eq!(*at, 5);
+                assert_eq!(EventRecord::message(f).get("uniqueid"), Some("1.1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        j.clear();
+        drop(j);
+        let (_, recs) = EventJournal::open(&dir).unwrap();
+        assert_eq!(recs.len(), 1, "only the employee list is kept");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,175 @@
+//! The real `callme run` binary surviving `kill -9` and an AMI reconnect mid-call, against
+//! the fake AMI and the fake portal on loopback.
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use callme::ami::event::Event;
+use support::daemon::{Running, TempDir};
+use support::fake_ami::FakeAmi;
+use support::fake_bitrix::{FakeBitrix, Recorded};
+
+const WAIT: Duration = Duration::from_secs(15);
+const SECRET: &str = "amisecret-outbox";
+
+fn config(ami: &FakeAmi, portal: &FakeBitrix, state: &Path) -> String {
+    format!(
+        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
+         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
+         [bitrix24]\nwebhook_url = {}\ntimeout = 5\n\
+         [calls]\ndefault_user = 201\n\
+         [http]\nlisten = 127.0.0.1:0\n\
+         [state]\ndir = {}\n",
+        ami.port(),
+        portal.webhook_url(),
+        state.display()
+    )
+}
+
+/// The answered inbound capture cut before its first Hangup: (first half, rest).
+fn halves() -> (Vec<u8>, Vec<u8>) {
+    let tail = support::capture_tail("a_inbound_answered.ami");
+    let cut = tail
+        .windows(b"Event: Hangup\r\n".len())
+        .position(|w| w == b"Event: Hangup\r\n")
+        .expect("capture has a Hangup");
+    (tail[..cut].to_vec(), tail[cut..].to_vec())
+}
+
+/// `CoreShowChannel` items for the channels the bytes create, and how many tracker events
+/// they hold.
+fn channels_and_events(bytes: &[u8]) -> (Vec<Vec<(String, String)>>, usize) {
+    let cap = callme::replay::parse_bytes(bytes);
+    let mut items = Vec::new();
+    let mut events = 0;
+    for t in &cap.messages {
+        match Event::parse(&t.msg) {
+            Event::Other => {}
+            Event::Newchannel(c) => {
+                events += 1;
+                items.push(vec![
+                    ("Channel".to_string(), c.name.to_string()),
+                    ("Uniqueid".to_string(), c.uniqueid.to_string()),
+                    ("Linkedid".to_string(), c.linkedid.to_string()),
+                ]);
+            }
+            _ => events += 1,
+        }
+    }
+    (items, events)
+}
+
+fn count(cmds: &[Recorded], method: &str) -> usize {
+    cmds.iter()
+        .filter(|r| r.method == method && r.status == 200)
+        .count()
+}
+
+fn journal_lines(state: &Path) -> usize {
+    fs::read_to_string(state.join("events.jsonl"))
+        .map(|t| t.lines().filter(|l| l.contains("\"t\":\"event\"")).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn kill_9_mid_call_then_restart_finishes_it_once() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let dir = TempDir::new("callme-crash");
+    let state = dir.path().join("state");
+    let (first, rest) = halves();
+    let (alive, first_events) = channels_and_events(&first);
+    ami.set_stream(first);
+    ami.set_core_show_channels(alive);
+
+    let mut daemon = Running::start(&config(&ami, &portal, &state), &["--debug"]);
+    assert!(
+        portal.wait_for_commands(|c| count(c, "telephony.externalcall.show") >= 1, WAIT),
+        "no show before the crash; log:\n{}",
+        daemon.log()
+    );
+    let answered = Instant::now();
+    assert!(
+        support::fake_ami::wait_until(WAIT, || journal_lines(&state) >= first_events),
+        "events not journaled"
+    );
+    daemon.kill(); // SIGKILL
+    let log1 = daemon.log();
+
+    // Let the call go on for a while, as it would during a restart.
+    let talk = Duration::from_secs(2);
+    std::thread::sleep(talk.saturating_sub(answered.elapsed()));
+    ami.set_stream(rest);
+    let mut daemon = Running::start(&config(&ami, &portal, &state), &["--debug"]);
+    assert!(
+        portal.wait_for_commands(|c| count(c, "telephony.externalcall.finish") >= 1, WAIT),
+        "no finish after the restart; log:\n{log1}\n---\n{}",
+        daemon.log()
+    );
+    let hung_up = answered.elapsed();
+    let cmds = portal.commands();
+    assert_eq!(
+        count(&cmds, "telephony.externalcall.register"),
+        1,
+        "registered once"
+    );
+    assert_eq!(
+        count(&cmds, "telephony.externalcall.finish"),
+        1,
+        "finished once"
+    );
+    let fin = portal.finished_calls();
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0]["PORTAL_USER_ID"], 19, "finished under 219's user");
+    assert_eq!(fin[0]["CALL_FAILED_CODE"], "200");
+    let duration = fin[0]["CALL_DURATION"].as_u64().unwrap();
+    assert!(
+        duration >= talk.as_secs() - 1 && duration <= hung_up.as_secs() + 1,
+        "duration {duration} s, talked {hung_up:?}"
+    );
+    assert!(portal.active_calls().is_empty());
+    assert!(
+        daemon.log().contains("restored 1 call(s) in progress"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.alive());
+}
+
+#[test]
+fn a_call_that_ends_during_an_ami_outage_is_finished_after_the_reconnect() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let dir = TempDir::new("callme-reconnect");
+    let state = dir.path().join("state");
+    let (first, _rest) = halves();
+    let (alive, _) = channels_and_events(&first);
+    ami.set_stream(first);
+    ami.set_core_show_channels(alive);
+
+    let daemon = Running::start(&config(&ami, &portal, &state), &["--debug"]);
+    assert!(
+        portal.wait_for_commands(|c| count(c, "telephony.externalcall.show") >= 1, WAIT),
+        "no show; log:\n{}",
+        daemon.log()
+    );
+    // The link drops; meanwhile the call ends, so Asterisk no longer lists its channels.
+    ami.set_stream(Vec::new());
+    ami.set_core_show_channels(Vec::new());
+    ami.drop_connection();
+    assert!(
+        portal.wait_for_commands(|c| count(c, "telephony.externalcall.finish") >= 1, WAIT),
+        "the call was left open; log:\n{}",
+        daemon.log()
+    );
+    assert!(ami.accepted_logins() >= 2, "reconnected");
+    let fin = portal.finished_calls();
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0]["PORTAL_USER_ID"], 19);
+    assert_eq!(fin[0]["CALL_FAILED_CODE"], "200", "it was answered");
+    assert!(portal.active_calls().is_empty());
+    assert!(portal.open_cards().is_empty(), "{:?}", portal.open_cards());
+    assert!(daemon.log().contains("reconcile:"), "{}", daemon.log());
+}
