@@ -243,7 +243,13 @@ fn run_daemon(path: &Path) -> ExitCode {
         cfg.asterisk.port,
         cfg.bitrix24.webhook_url
     );
-    let daemon = callme::daemon::Daemon::start(&cfg);
+    let daemon = match callme::daemon::Daemon::start(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut sup = Supervisor::new(
         std::env::var_os("NOTIFY_SOCKET"),
         notify::watchdog_interval(),
