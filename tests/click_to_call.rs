@@ -348,3 +348,57 @@ fn originate_subcommand() {
         "the bad number never reached AMI"
     );
 }
+
+/// The whole way: our Originate, then the channels of a real click-to-call capture carrying
+/// our ChannelId as Uniqueid/Linkedid → card for the employee when they answer, finish 200.
+#[test]
+fn answered_click_to_call_shows_the_card_and_finishes_200() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let (daemon, addr) = start(&ami, &portal);
+    let call_id = register(&portal, "+79991234567");
+    let r = post(
+        &addr,
+        &event_body(&call_id, "19", "+79991234567", None, TOKEN),
+    );
+    assert_eq!(r.status, 200);
+    let o = ami.wait_action("Originate", WAIT).expect("Originate");
+    let channel_id = o.get("ChannelId").unwrap().to_string();
+
+    let capture = String::from_utf8(support::capture_tail("f_click2call_answered.ami")).unwrap();
+    let capture = capture
+        .replace("1795668405.23", &channel_id)
+        .replace("externalCall.test123", &call_id);
+    assert!(ami.push(capture.as_bytes()));
+
+    let finished = portal.wait_for(
+        |reqs| {
+            reqs.iter().any(|r| {
+                r.method == "telephony.externalcall.finish" && r.params["CALL_ID"] == call_id
+            })
+        },
+        WAIT,
+    );
+    assert!(finished, "no finish; log:\n{}", daemon.log());
+    let reqs = portal.requests();
+    let show = reqs
+        .iter()
+        .find(|r| r.method == "telephony.externalcall.show")
+        .unwrap_or_else(|| panic!("no show; log:\n{}", daemon.log()));
+    assert_eq!(show.params["CALL_ID"], call_id.as_str());
+    assert_eq!(show.params["USER_ID"], json!([19]));
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.method == "telephony.externalcall.register" && r.params["TYPE"] != 1),
+        "click-to-call is not registered again by us"
+    );
+    let fin = &portal.requests_for("telephony.externalcall.finish")[0].params;
+    assert_eq!(fin["STATUS_CODE"], "200", "{fin}");
+    assert_eq!(fin["USER_ID"], 19);
+    assert!(
+        wait_until(WAIT, || portal.open_cards().is_empty()),
+        "cards left: {:?}",
+        portal.open_cards()
+    );
+}
