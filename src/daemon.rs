@@ -34,6 +34,7 @@ use crate::bitrix::{api, Directory, Transport, WebhookClient};
 use crate::calls::tracker::Originate;
 use crate::calls::{CallSummary, Intent, Tracker, TrackerConfig};
 use crate::config::Config;
+use crate::http;
 
 /// Shared, read-mostly view of the daemon for the ops endpoints and the watchdog.
 #[derive(Debug, Default)]
@@ -115,17 +116,20 @@ pub struct Daemon {
     pub shared: Shared,
     stop: Sender<()>,
     threads: Vec<thread::JoinHandle<()>>,
+    http: http::Server,
 }
 
 impl Daemon {
     /// Start every thread. Returns once they run; AMI login and the user directory load happen
     /// in the background (and are retried), so a PBX or portal that is down does not stop us.
-    pub fn start(cfg: &Config) -> Daemon {
+    /// Fails only if the HTTP listener cannot be bound (checked before any thread starts).
+    pub fn start(cfg: &Config) -> Result<Daemon, http::Error> {
         let transport = WebhookClient::new(cfg.bitrix24.webhook_url.expose(), cfg.bitrix24.timeout);
         Self::start_with(cfg, Arc::new(transport))
     }
 
-    pub fn start_with(cfg: &Config, transport: Arc<dyn Transport>) -> Daemon {
+    pub fn start_with(cfg: &Config, transport: Arc<dyn Transport>) -> Result<Daemon, http::Error> {
+        let listener = http::bind(cfg.http.listen)?;
         let health = Arc::new(Health::default());
         let (ami_tx, ami_rx) = unbounded();
         let (wake_tx, wake_rx) = bounded::<()>(1);
@@ -188,17 +192,26 @@ impl Daemon {
             })
             .expect("spawn delivery thread");
 
-        Daemon {
+        let http = listener.serve(shared.clone(), cfg.http.threads);
+
+        Ok(Daemon {
             health,
             ami,
             shared,
             stop: stop_tx,
             threads: vec![ami_thread, state, delivery],
-        }
+            http,
+        })
+    }
+
+    /// The address the HTTP server listens on (the real port when `listen` used port 0).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http.addr()
     }
 
     /// Block until the daemon's threads end (they run until [`Daemon::shutdown`]).
     pub fn wait(self) {
+        let _http = self.http;
         for t in self.threads {
             let _ = t.join();
         }
@@ -206,12 +219,16 @@ impl Daemon {
 
     /// Stop the threads: AMI first (no new events), then the state thread drains what it
     /// has, then delivery sends what it can without waiting for retries.
+    /// The HTTP server is told to stop first (no new click-to-calls) and joined last, so a
+    /// worker in the middle of an Originate sees AMI gone and ends quickly.
     pub fn shutdown(self) {
+        self.http.stop();
         self.ami.shutdown();
         drop(self.stop);
         for t in self.threads {
             let _ = t.join();
         }
+        self.http.shutdown();
     }
 }
 

@@ -112,10 +112,14 @@ fn main() -> ExitCode {
             init_logging(debug);
             ami_events(&config)
         }
-        Command::Originate { .. } => {
-            init_logging(false);
-            eprintln!("error: 'callme originate' is not implemented yet (see README, Status)");
-            ExitCode::FAILURE
+        Command::Originate {
+            config,
+            from,
+            to,
+            debug,
+        } => {
+            init_logging(debug);
+            originate_once(&config, &from, &to)
         }
     }
 }
@@ -243,7 +247,13 @@ fn run_daemon(path: &Path) -> ExitCode {
         cfg.asterisk.port,
         cfg.bitrix24.webhook_url
     );
-    let daemon = callme::daemon::Daemon::start(&cfg);
+    let daemon = match callme::daemon::Daemon::start(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut sup = Supervisor::new(
         std::env::var_os("NOTIFY_SOCKET"),
         notify::watchdog_interval(),
@@ -435,6 +445,129 @@ fn ami_events(path: &Path) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// How long `callme originate` waits for the AMI login.
+const ORIGINATE_LOGIN_WAIT: Duration = Duration::from_secs(10);
+
+/// `callme originate --from INNER --to NUMBER`: one click-to-call through AMI, no Bitrix24.
+/// Builds the same action as the daemon (`callme::originate`), prints Asterisk's response and
+/// then the `OriginateResponse` event. Exit 0 only when the employee's phone answered.
+fn originate_once(path: &Path, from: &str, to: &str) -> ExitCode {
+    use callme::ami::Incoming;
+    use callme::originate;
+
+    let Some(cfg) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = originate::check_inner(from) {
+        eprintln!("error: --from: {e}");
+        return ExitCode::from(2);
+    }
+    let dial = match originate::dial_number(to, &cfg.phone, &cfg.originate) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --to: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ids = originate::new_ids();
+    let action = match originate::build_action(
+        &cfg.originate,
+        &originate::Request {
+            inner: from,
+            dial: &dial,
+            call_id: None,
+            ids: &ids,
+        },
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (ami, thread) = callme::ami::client::start(callme::daemon::ami_config(&cfg), tx);
+    let finish = |code: ExitCode| {
+        ami.shutdown();
+        let _ = thread.join();
+        code
+    };
+    let addr = format!("{}:{}", cfg.asterisk.host, cfg.asterisk.port);
+    let deadline = Instant::now() + ORIGINATE_LOGIN_WAIT;
+    while !ami.is_logged_in() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let why = ami.last_error().unwrap_or_else(|| "no answer".to_string());
+            eprintln!(
+                "error: could not log in to AMI at {addr} within {}s: {why}",
+                ORIGINATE_LOGIN_WAIT.as_secs()
+            );
+            return finish(ExitCode::FAILURE);
+        }
+        let _ = rx.recv_timeout(left.min(Duration::from_millis(100)));
+    }
+    println!(
+        "Originate: ringing {from} ({}), then dialling {dial} in {} (ActionID {}, ChannelId {})",
+        action.get("Channel").unwrap_or_default(),
+        cfg.originate.context,
+        ids.action_id,
+        ids.channel_id
+    );
+    let resp = match ami.request(action, originate::RESPONSE_TIMEOUT) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return finish(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "Response: {} ({})",
+        resp.response().unwrap_or("?"),
+        originate::message_of(&resp)
+    );
+    if !originate::is_success(&resp) {
+        return finish(ExitCode::FAILURE);
+    }
+    let wait = cfg.originate.timeout + Duration::from_secs(5);
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!("error: no OriginateResponse within {}s", wait.as_secs());
+            return finish(ExitCode::FAILURE);
+        }
+        match rx.recv_timeout(left) {
+            Ok(Incoming::Event { msg, .. })
+                if msg
+                    .event()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("OriginateResponse"))
+                    && msg.action_id() == Some(ids.action_id.as_str()) =>
+            {
+                // An event: its `Response:` is not the first field, so not `msg.response()`.
+                let ok = msg
+                    .get("Response")
+                    .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
+                println!(
+                    "OriginateResponse: {} (Reason {})",
+                    msg.get("Response").unwrap_or("?"),
+                    msg.get("Reason").unwrap_or("?")
+                );
+                return finish(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            Ok(Incoming::Disconnected { reason }) => {
+                log::warn!("AMI connection lost while waiting: {reason}");
+            }
+            Ok(_) => {}
+            Err(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]

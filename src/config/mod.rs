@@ -88,6 +88,17 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "wait",
         ],
     ),
+    (
+        "originate",
+        &[
+            "channel",
+            "context",
+            "timeout",
+            "caller_id",
+            "dial_national",
+            "dial_prefix",
+        ],
+    ),
 ];
 
 /// Longest accepted seconds value: one day. Anything longer is a typo (`3000` for `300`?) and
@@ -348,6 +359,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub state: StateConfig,
     pub recording: RecordingConfig,
+    pub originate: OriginateConfig,
     /// The file this came from (for messages such as "reloaded /etc/callme/callme.conf").
     pub source: PathBuf,
 }
@@ -541,6 +553,40 @@ impl Default for RecordingConfig {
             fetch_url: None,
             upload_max: 10 * MIB,
             wait: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `[originate]`: how a click-to-call becomes an AMI `Originate` (ami.md §4.2). The
+/// employee's phone is rung first through `channel`; when they answer, Asterisk dials the
+/// client's number (`Exten`) in `context`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginateConfig {
+    /// `tech/data` template with `{inner}` (the employee's internal number).
+    pub channel: String,
+    /// Dialplan context the client's number is dialled in.
+    pub context: String,
+    /// How long the employee's phone rings (sent to Asterisk in milliseconds).
+    pub timeout: Duration,
+    /// Caller ID shown on the employee's phone; template with `{number}` and `{inner}`.
+    pub caller_id: String,
+    /// Dial numbers of our own country in national form (`national_prefix` + NSN).
+    pub dial_national: bool,
+    /// Digits prepended to every dialled number (an outside-line prefix such as `9`).
+    pub dial_prefix: String,
+}
+
+impl Default for OriginateConfig {
+    /// FreePBX: `Local/219@from-internal` rings the phone with all its follow-me rules, and
+    /// `from-internal` routes the client's number through the outbound routes.
+    fn default() -> Self {
+        OriginateConfig {
+            channel: "Local/{inner}@from-internal".to_string(),
+            context: "from-internal".to_string(),
+            timeout: Duration::from_secs(30),
+            caller_id: "{number}".to_string(),
+            dial_national: true,
+            dial_prefix: String::new(),
         }
     }
 }
@@ -848,6 +894,7 @@ impl<'a> Validator<'a> {
         let http = self.http();
         let state = self.state();
         let recording = self.recording();
+        let originate = self.originate();
         Some(Config {
             asterisk: asterisk?,
             bitrix24: bitrix24?,
@@ -856,6 +903,7 @@ impl<'a> Validator<'a> {
             http,
             state,
             recording,
+            originate,
             source: PathBuf::from(self.file),
         })
     }
@@ -1100,6 +1148,97 @@ impl<'a> Validator<'a> {
             wait,
         }
     }
+}
+
+impl Validator<'_> {
+    fn originate(&mut self) -> OriginateConfig {
+        const S: &str = "originate";
+        let d = OriginateConfig::default();
+        let channel = self.value(S, "channel", d.channel, parse_channel_template);
+        let context = self.value(S, "context", d.context, |v| {
+            if v.is_empty() {
+                return Err("is empty (allowed: a dialplan context, e.g. from-internal)".into());
+            }
+            check_context(v).map(|()| v.to_string())
+        });
+        let timeout = self.value(S, "timeout", d.timeout, parse_secs);
+        let caller_id = self.value(S, "caller_id", d.caller_id, parse_caller_id_template);
+        let dial_national = self.value(S, "dial_national", d.dial_national, parse_bool);
+        let dial_prefix = self.value(S, "dial_prefix", d.dial_prefix, |v| {
+            if v.len() <= 4 && all_digits(v) {
+                Ok(v.to_string())
+            } else {
+                Err("not a dial prefix (allowed: up to 4 digits, e.g. 9, or empty for none)".into())
+            }
+        });
+        OriginateConfig {
+            channel,
+            context,
+            timeout,
+            caller_id,
+            dial_national,
+            dial_prefix,
+        }
+    }
+}
+
+/// Placeholders a template may use, and whether each one is allowed.
+fn check_placeholders(v: &str, allowed: &[&str]) -> Result<(), String> {
+    let mut rest = v;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err("has a `{` without `}`".to_string());
+        };
+        let name = &rest[open + 1..open + close];
+        if !allowed.contains(&name) {
+            return Err(format!("unknown placeholder {{{}}}", escape_short(name)));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("has a `}` without `{`".to_string());
+    }
+    Ok(())
+}
+
+/// `tech/data` with `{inner}`: `Local/{inner}@from-internal`, `PJSIP/{inner}`, `SIP/{inner}`.
+/// Only characters that appear in channel names, so the template cannot smuggle anything
+/// into the action (AMI splits nothing here, but a space or comma is always a mistake).
+fn parse_channel_template(v: &str) -> Result<String, String> {
+    const ALLOWED: &str =
+        "allowed: TECH/DATA with {inner}, e.g. Local/{inner}@from-internal or PJSIP/{inner}";
+    let ok_chars = v.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'/' | b'@' | b'_' | b'.' | b'-' | b'{' | b'}')
+    });
+    if !ok_chars {
+        return Err(format!(
+            "has characters a channel name cannot have ({ALLOWED})"
+        ));
+    }
+    check_placeholders(v, &["inner"]).map_err(|e| format!("{e} ({ALLOWED})"))?;
+    if !v.contains("{inner}") {
+        return Err(format!("does not contain {{inner}} ({ALLOWED})"));
+    }
+    match v.split_once('/') {
+        Some((tech, data)) if !tech.is_empty() && !data.is_empty() && !tech.contains('{') => {
+            Ok(v.to_string())
+        }
+        _ => Err(format!("is not TECH/DATA ({ALLOWED})")),
+    }
+}
+
+/// The caller ID template: `{number}`, `"Client" <{number}>`, `{inner}`...
+fn parse_caller_id_template(v: &str) -> Result<String, String> {
+    const ALLOWED: &str =
+        "allowed: text with {number} and/or {inner}, e.g. {number} or \"CRM\" <{number}>";
+    if v.chars().any(char::is_control) {
+        return Err(format!("has control characters ({ALLOWED})"));
+    }
+    if v.len() > 80 {
+        return Err(format!("is longer than 80 characters ({ALLOWED})"));
+    }
+    check_placeholders(v, &["number", "inner"]).map_err(|e| format!("{e} ({ALLOWED})"))?;
+    Ok(v.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------

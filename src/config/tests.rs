@@ -227,7 +227,7 @@ fn unknown_section() {
     assert_eq!(
         e,
         "t.conf:6: unknown section [asterix], did you mean [asterisk]? \
-         (allowed sections: [asterisk], [bitrix24], [calls], [phone], [http], [state], [recording])"
+         (allowed sections: [asterisk], [bitrix24], [calls], [phone], [http], [state], [recording], [originate])"
     );
 }
 
@@ -738,6 +738,34 @@ fn recording_source_maps_to_tracker_variables() {
 }
 
 #[test]
+fn originate_defaults_and_values() {
+    let cfg = parse_str(MINIMAL, "t.conf").unwrap();
+    assert_eq!(cfg.originate, OriginateConfig::default());
+    assert_eq!(cfg.originate.channel, "Local/{inner}@from-internal");
+    assert_eq!(cfg.originate.timeout, Duration::from_secs(30));
+    let example = parse_str(EXAMPLE, "callme.conf.example").unwrap();
+    assert_eq!(example.originate, OriginateConfig::default());
+
+    let text = with(
+        "originate",
+        "channel = PJSIP/{inner}\ncontext = outbound-allroutes\ntimeout = 45\n\
+         caller_id = \"CRM\" <{number}> {inner}\ndial_national = no\ndial_prefix = 9",
+    );
+    let o = parse_str(&text, "t.conf").unwrap().originate;
+    assert_eq!(
+        o,
+        OriginateConfig {
+            channel: "PJSIP/{inner}".into(),
+            context: "outbound-allroutes".into(),
+            timeout: Duration::from_secs(45),
+            caller_id: "\"CRM\" <{number}> {inner}".into(),
+            dial_national: false,
+            dial_prefix: "9".into(),
+        }
+    );
+}
+
+#[test]
 fn recording_values_checked() {
     for (line, what) in [
         ("mode = ftp", "allowed: off, url, upload"),
@@ -764,4 +792,35 @@ fn recording_values_checked() {
     let e = err(&with("recording", "mode = url"));
     assert!(e.contains("mode = url needs public_url"), "{e}");
     assert!(parse_str(&with("recording", "mode = upload"), "t").is_ok());
+}
+
+#[test]
+fn originate_values_checked() {
+    for (line, why) in [
+        (
+            "channel = Local/219@from-internal",
+            "does not contain {inner}",
+        ),
+        ("channel = {inner}", "is not TECH/DATA"),
+        (
+            "channel = Local/{inner},x",
+            "characters a channel name cannot have",
+        ),
+        (
+            "channel = Local/{inner} @x",
+            "characters a channel name cannot have",
+        ),
+        ("channel = PJSIP/{number}", "unknown placeholder {number}"),
+        ("channel = PJSIP/{inner", "without `}`"),
+        ("context = from internal", "not a dialplan context"),
+        ("timeout = 0", "not a number of seconds"),
+        ("caller_id = {name}", "unknown placeholder {name}"),
+        ("dial_national = maybe", "not a yes/no value"),
+        ("dial_prefix = 9a", "not a dial prefix"),
+        ("dial_prefix = 12345", "not a dial prefix"),
+    ] {
+        let e = err(&with("originate", line));
+        assert!(e.starts_with("t.conf:7: [originate] "), "{line}: {e}");
+        assert!(e.contains(why), "{line}: {e}");
+    }
 }

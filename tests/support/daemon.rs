@@ -87,6 +87,24 @@ impl Running {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The HTTP server's address (`127.0.0.1:PORT`), read from the daemon's info line
+    /// `HTTP listening on ADDR`; waits up to `timeout` for it.
+    pub fn http_addr(&self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(addr) = self.log().lines().find_map(|l| {
+                l.split_once("HTTP listening on ")
+                    .map(|(_, a)| a.trim().to_string())
+            }) {
+                return Some(addr);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child

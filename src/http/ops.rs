@@ -1,0 +1,372 @@
+//! `GET /healthz`, `/status`, `/metrics`: what an operator (or systemd, or Prometheus) needs
+//! to see whether calls are flowing, without reading the journal.
+//!
+//! Nothing here prints a secret: the values come from counters and call summaries, and the
+//! free-text error strings are scrubbed of the configured secrets before they leave.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use super::{header, reply, Ctx, Reply};
+use crate::ami::Stats as AmiStats;
+use crate::calls::CallSummary;
+use crate::config::Config;
+use crate::daemon::DeliveryView;
+use crate::isotime;
+
+/// The state thread stamps `state_alive_ms` at least once a second; this much silence means
+/// it is stuck.
+const STATE_STALE: Duration = Duration::from_secs(5);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything the three endpoints show, read once per request.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub uptime: Duration,
+    pub ami: AmiStats,
+    /// As the state thread last saw it (`Health::ami_logged_in`).
+    pub ami_logged_in: bool,
+    pub ami_last_error: Option<String>,
+    /// Milliseconds since the state thread was last seen alive; `None` if never.
+    pub state_silent_ms: Option<u64>,
+    pub calls: Vec<CallSummary>,
+    pub delivery: DeliveryView,
+    pub users: usize,
+    pub users_age: Option<Duration>,
+    pub clicks: Vec<(&'static str, u64)>,
+}
+
+fn snapshot(ctx: &Ctx) -> Snapshot {
+    let s = &ctx.shared;
+    let h = &s.health;
+    let alive = h.state_alive_ms.load(Ordering::Relaxed);
+    let dir = s
+        .directory
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Snapshot {
+        uptime: ctx.started.elapsed(),
+        ami: s.ami.stats(),
+        ami_logged_in: h.ami_logged_in.load(Ordering::Relaxed),
+        ami_last_error: s.ami.last_error(),
+        state_silent_ms: (alive > 0).then(|| now_ms().saturating_sub(alive)),
+        calls: h.active_calls.lock().map(|c| c.clone()).unwrap_or_default(),
+        delivery: h.delivery.lock().map(|d| d.clone()).unwrap_or_default(),
+        users: dir.len(),
+        users_age: (!dir.is_empty())
+            .then(|| Instant::now().saturating_duration_since(dir.loaded_at())),
+        clicks: ctx
+            .clicks
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// 200 `ok` when AMI is logged in and the state thread is alive; 503 with the reason.
+pub(super) fn healthz(ctx: &Ctx) -> Reply {
+    match health_problem(&snapshot(ctx)) {
+        None => reply(200, "ok\n"),
+        Some(why) => reply(503, &format!("{why}\n")),
+    }
+}
+
+fn health_problem(s: &Snapshot) -> Option<String> {
+    if !s.ami_logged_in {
+        return Some("AMI is not logged in".to_string());
+    }
+    match s.state_silent_ms {
+        None => Some("state thread has not started".to_string()),
+        Some(ms) if ms > STATE_STALE.as_millis() as u64 => {
+            Some(format!("state thread silent for {ms} ms"))
+        }
+        Some(_) => None,
+    }
+}
+
+pub(super) fn status(ctx: &Ctx) -> Reply {
+    let text = serde_json::to_string_pretty(&status_json(&snapshot(ctx))).unwrap_or_default();
+    let text = scrub(text, &ctx.shared.config);
+    reply(200, &format!("{text}\n")).with_header(header("Content-Type", "application/json"))
+}
+
+fn status_json(s: &Snapshot) -> Value {
+    let d = &s.delivery;
+    let calls: Vec<Value> = s
+        .calls
+        .iter()
+        .map(|c| {
+            json!({
+                "call": c.call,
+                "direction": c.direction.as_str(),
+                "number": c.phone,
+                "line": c.line,
+                "employee": c.employee,
+                "started": isotime::utc(c.started_ms),
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": s.uptime.as_secs(),
+        "healthy": health_problem(s).is_none(),
+        "ami": {
+            "logged_in": s.ami_logged_in,
+            "events_read": s.ami.events,
+            "events_dropped": s.ami.dropped,
+            "reconnects": s.ami.reconnects,
+            "last_error": s.ami_last_error,
+        },
+        "state_thread_silent_ms": s.state_silent_ms,
+        "active_calls": calls,
+        "bitrix24": {
+            "queue_depth": d.pending,
+            "oldest_pending_seconds": d.oldest_pending_age.map(|a| a.as_secs_f64()),
+            "sent": d.stats.sent,
+            "retries": d.stats.retries,
+            "permanent_failures": d.stats.permanent_failures,
+            "skipped": d.stats.skipped,
+            "last_error": d.stats.last_error,
+        },
+        "users": {
+            "count": s.users,
+            "age_seconds": s.users_age.map(|a| a.as_secs()),
+        },
+        "click_to_call": s.clicks.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// Replace every configured secret that might have slipped into a free-text error string.
+/// Secrets shorter than 6 characters are not searched for: replacing them would garble
+/// ordinary text, and such a secret is no secret anyway.
+fn scrub(mut text: String, cfg: &Config) -> String {
+    let url = cfg.bitrix24.webhook_url.expose();
+    text = text.replace(url, &cfg.bitrix24.webhook_url.redacted());
+    let code = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    let secrets = [
+        Some(code),
+        Some(cfg.asterisk.secret.expose()),
+        cfg.bitrix24.app_token.as_ref().map(|t| t.expose()),
+    ];
+    for s in secrets.into_iter().flatten() {
+        if s.len() >= 6 {
+            text = text.replace(s, "***");
+        }
+    }
+    text
+}
+
+pub(super) fn metrics(ctx: &Ctx) -> Reply {
+    reply(200, &metrics_text(&snapshot(ctx))).with_header(header(
+        "Content-Type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    ))
+}
+
+/// A label value in Prometheus text format: `\`, `"` and newline escaped.
+fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The Prometheus text exposition (format 0.0.4).
+pub fn metrics_text(s: &Snapshot) -> String {
+    fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    let mut out = String::new();
+    let d = &s.delivery;
+    head(
+        &mut out,
+        "callme_up_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+    );
+    let _ = writeln!(out, "callme_up_seconds {}", s.uptime.as_secs());
+    head(
+        &mut out,
+        "callme_ami_up",
+        "gauge",
+        "1 when logged in to AMI.",
+    );
+    let _ = writeln!(out, "callme_ami_up {}", u8::from(s.ami_logged_in));
+    head(
+        &mut out,
+        "callme_ami_events_total",
+        "counter",
+        "AMI events read.",
+    );
+    let _ = writeln!(out, "callme_ami_events_total {}", s.ami.events);
+    head(
+        &mut out,
+        "callme_ami_events_dropped_total",
+        "counter",
+        "AMI messages dropped for being over the size cap.",
+    );
+    let _ = writeln!(out, "callme_ami_events_dropped_total {}", s.ami.dropped);
+    head(
+        &mut out,
+        "callme_ami_reconnects_total",
+        "counter",
+        "AMI connection attempts after the first.",
+    );
+    let _ = writeln!(out, "callme_ami_reconnects_total {}", s.ami.reconnects);
+    head(
+        &mut out,
+        "callme_active_calls",
+        "gauge",
+        "Calls being tracked now.",
+    );
+    let _ = writeln!(out, "callme_active_calls {}", s.calls.len());
+    head(
+        &mut out,
+        "callme_calls_finished_total",
+        "counter",
+        "Calls finished in Bitrix24, by direction and STATUS_CODE.",
+    );
+    for ((dir, status), n) in &d.stats.finished {
+        let _ = writeln!(
+            out,
+            "callme_calls_finished_total{{direction=\"{}\",status=\"{}\"}} {n}",
+            label(dir),
+            label(status)
+        );
+    }
+    head(
+        &mut out,
+        "callme_bitrix24_steps_total",
+        "counter",
+        "Bitrix24 steps by step and outcome.",
+    );
+    for ((step, outcome), n) in &d.stats.steps {
+        let _ = writeln!(
+            out,
+            "callme_bitrix24_steps_total{{step=\"{}\",outcome=\"{}\"}} {n}",
+            label(step),
+            label(outcome)
+        );
+    }
+    head(
+        &mut out,
+        "callme_bitrix24_queue_depth",
+        "gauge",
+        "Bitrix24 steps waiting to be sent.",
+    );
+    let _ = writeln!(out, "callme_bitrix24_queue_depth {}", d.pending);
+    head(
+        &mut out,
+        "callme_bitrix24_oldest_pending_seconds",
+        "gauge",
+        "Age of the oldest Bitrix24 step waiting (0 when none).",
+    );
+    let _ = writeln!(
+        out,
+        "callme_bitrix24_oldest_pending_seconds {}",
+        d.oldest_pending_age.map_or(0.0, |a| a.as_secs_f64())
+    );
+    head(
+        &mut out,
+        "callme_bitrix24_users",
+        "gauge",
+        "Bitrix24 employees with an internal number.",
+    );
+    let _ = writeln!(out, "callme_bitrix24_users {}", s.users);
+    head(
+        &mut out,
+        "callme_click_to_call_total",
+        "counter",
+        "Click-to-call events by outcome.",
+    );
+    for (outcome, n) in &s.clicks {
+        let _ = writeln!(
+            out,
+            "callme_click_to_call_total{{outcome=\"{}\"}} {n}",
+            label(outcome)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_reasons() {
+        let mut s = Snapshot::default();
+        assert_eq!(health_problem(&s).as_deref(), Some("AMI is not logged in"));
+        s.ami_logged_in = true;
+        assert_eq!(
+            health_problem(&s).as_deref(),
+            Some("state thread has not started")
+        );
+        s.state_silent_ms = Some(6000);
+        assert_eq!(
+            health_problem(&s).as_deref(),
+            Some("state thread silent for 6000 ms")
+        );
+        s.state_silent_ms = Some(900);
+        assert_eq!(health_problem(&s), None);
+    }
+
+    #[test]
+    fn metrics_escape_labels_and_name_every_metric() {
+        let mut s = Snapshot::default();
+        s.delivery
+            .stats
+            .steps
+            .insert(("fin\"ish\\".into(), "o\nk".into()), 3);
+        s.delivery
+            .stats
+            .finished
+            .insert(("inbound".into(), "200".into()), 2);
+        s.clicks = vec![("sent", 1)];
+        let text = metrics_text(&s);
+        assert!(
+            text.contains(
+                "callme_bitrix24_steps_total{step=\"fin\\\"ish\\\\\",outcome=\"o\\nk\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("callme_calls_finished_total{direction=\"inbound\",status=\"200\"} 2")
+        );
+        assert!(text.contains("callme_click_to_call_total{outcome=\"sent\"} 1"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+    }
+
+    #[test]
+    fn scrub_removes_configured_secrets() {
+        let mut cfg = Config::demo();
+        cfg.bitrix24.app_token = Some(crate::config::Secret::new("tok-123456"));
+        cfg.asterisk.secret = crate::config::Secret::new("amisecret");
+        let text = format!(
+            "{} / tok-123456 / amisecret / demo",
+            cfg.bitrix24.webhook_url.expose()
+        );
+        let out = scrub(text, &cfg);
+        assert_eq!(out, "https://demo.invalid/rest/1/***/ / *** / *** / demo");
+    }
+}

@@ -1,0 +1,322 @@
+//! `POST /bitrix24/event`: Bitrix24's outgoing events (bitrix24-api.md §5).
+//!
+//! Order of checks: method, size, encoding, then **authentication before anything about the
+//! content**, so an unauthenticated caller learns nothing but 403. Only then the fields,
+//! including the phone number, which must pass validation before we answer: a number like
+//! `123\r\nAction: Command` gets 400 and never reaches AMI.
+
+use std::io::Read;
+use std::time::Instant;
+
+use tiny_http::{Method, Request};
+
+use super::{form, header, reply, respond, Ctx};
+use crate::config::Bitrix24Config;
+use crate::originate::{self, Click};
+
+/// Largest body accepted. A real ONEXTERNALCALLSTART is under 2 KiB.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Why an event was refused; the text goes back to the caller, so it names no secret.
+#[derive(Debug, PartialEq, Eq)]
+enum Reject {
+    Forbidden(&'static str),
+    NoToken,
+}
+
+/// Compare `auth[...]` with the config. The token comparison takes the same time wherever the
+/// strings differ ([`crate::config::Secret::ct_eq`]).
+fn check_auth(cfg: &Bitrix24Config, f: &form::Form) -> Result<(), Reject> {
+    let Some(token) = &cfg.app_token else {
+        return Err(Reject::NoToken);
+    };
+    let sent = f.get("auth[application_token]").unwrap_or("");
+    if !token.ct_eq(sent) {
+        return Err(Reject::Forbidden("bad application_token"));
+    }
+    if let Some(domain) = &cfg.domain {
+        if !f
+            .get("auth[domain]")
+            .is_some_and(|d| d.eq_ignore_ascii_case(domain))
+        {
+            return Err(Reject::Forbidden("wrong domain"));
+        }
+    }
+    if let Some(member) = &cfg.member_id {
+        if f.get("auth[member_id]") != Some(member.as_str()) {
+            return Err(Reject::Forbidden("wrong member_id"));
+        }
+    }
+    Ok(())
+}
+
+/// The fields of ONEXTERNALCALLSTART we need, checked: (CALL_ID, USER_ID, raw number).
+fn start_fields(f: &form::Form) -> Result<(&str, u64, &str), String> {
+    let call_id = f
+        .non_empty("data[CALL_ID]")
+        .ok_or("missing data[CALL_ID]")?;
+    originate::check_call_id(call_id).map_err(|e| e.to_string())?;
+    let user = f
+        .non_empty("data[USER_ID]")
+        .ok_or("missing data[USER_ID]")?;
+    let user_id = user
+        .parse::<u64>()
+        .ok()
+        .filter(|_| user.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or("data[USER_ID] is not a number")?;
+    // PHONE_NUMBER is the number as stored in the CRM (spaces, brackets...); the
+    // international form is what we can validate and dial (bitrix24-api.md §5.3).
+    let number = f
+        .non_empty("data[PHONE_NUMBER_INTERNATIONAL]")
+        .or_else(|| f.non_empty("data[PHONE_NUMBER]"))
+        .ok_or("missing data[PHONE_NUMBER]")?;
+    Ok((call_id, user_id, number))
+}
+
+fn content_type_ok(req: &Request) -> bool {
+    req.headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .is_none_or(|h| {
+            h.value
+                .as_str()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+pub(super) fn handle(ctx: &Ctx, mut req: Request) {
+    let from = req
+        .remote_addr()
+        .map_or_else(|| "?".to_string(), |a| a.to_string());
+    if *req.method() != Method::Post {
+        let resp = reply(405, "method not allowed\n").with_header(header("Allow", "POST"));
+        return respond(req, resp);
+    }
+    if !content_type_ok(&req) {
+        return respond(
+            req,
+            reply(415, "expected application/x-www-form-urlencoded\n"),
+        );
+    }
+    if req.body_length().is_some_and(|n| n > BODY_LIMIT) {
+        log::warn!("Bitrix24 event from {from}: body over {BODY_LIMIT} bytes, refused");
+        return respond(req, reply(413, "body too large\n"));
+    }
+    // Enforced while reading too: a chunked body has no length up front.
+    let mut body = Vec::new();
+    let read = req
+        .as_reader()
+        .take(BODY_LIMIT as u64 + 1)
+        .read_to_end(&mut body);
+    if let Err(e) = read {
+        log::debug!("Bitrix24 event from {from}: could not read the body: {e}");
+        return respond(req, reply(400, "could not read the body\n"));
+    }
+    if body.len() > BODY_LIMIT {
+        log::warn!("Bitrix24 event from {from}: body over {BODY_LIMIT} bytes, refused");
+        return respond(req, reply(413, "body too large\n"));
+    }
+    let f = match form::parse(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("Bitrix24 event from {from}: bad form encoding: {e}");
+            return respond(req, reply(400, &format!("bad form encoding: {e}\n")));
+        }
+    };
+    let cfg = &ctx.shared.config.bitrix24;
+    match check_auth(cfg, &f) {
+        Ok(()) => {}
+        Err(Reject::NoToken) => {
+            log::error!(
+                "Bitrix24 event from {from} refused: [bitrix24] app_token is not set, so events \
+                 cannot be verified; set it to the application token shown in the Bitrix24 \
+                 outgoing webhook settings"
+            );
+            return respond(req, reply(403, "forbidden\n"));
+        }
+        Err(Reject::Forbidden(why)) => {
+            log::warn!("Bitrix24 event from {from} refused: {why}");
+            return respond(req, reply(403, "forbidden\n"));
+        }
+    }
+    let Some(event) = f.non_empty("event") else {
+        return respond(req, reply(400, "missing event\n"));
+    };
+    match event.to_ascii_uppercase().as_str() {
+        "ONEXTERNALCALLSTART" => start(ctx, req, &f, &from),
+        "ONEXTERNALCALLBACKSTART" => {
+            log::info!(
+                "Bitrix24 event ONEXTERNALCALLBACKSTART (callback form) ignored: not supported yet"
+            );
+            respond(req, reply(200, "ignored: not supported yet\n"));
+        }
+        other => {
+            log::debug!(
+                "Bitrix24 event {} ignored",
+                other
+                    .chars()
+                    .take(64)
+                    .flat_map(char::escape_debug)
+                    .collect::<String>()
+            );
+            respond(req, reply(200, "ignored\n"));
+        }
+    }
+}
+
+/// ONEXTERNALCALLSTART: validate, answer 200, then originate in this thread.
+fn start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
+    let (call_id, user_id, number) = match start_fields(f) {
+        Ok(v) => v,
+        Err(why) => {
+            log::warn!("ONEXTERNALCALLSTART from {from} refused: {why}");
+            ctx.count_click("rejected");
+            return respond(req, reply(400, &format!("{why}\n")));
+        }
+    };
+    let shared = &ctx.shared;
+    let dial = match originate::dial_number(number, &shared.config.phone, &shared.config.originate)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            log::warn!("ONEXTERNALCALLSTART {call_id} from {from} refused: {e}");
+            ctx.count_click("rejected");
+            respond(req, reply(400, "bad phone number\n"));
+            if !ctx.dedup.first(call_id, Instant::now()) {
+                return;
+            }
+            // Bitrix24 registered this call already; finish it so no card stays open.
+            let ext = shared
+                .directory
+                .read()
+                .ok()
+                .and_then(|d| d.inner_for(user_id).map(str::to_string))
+                .unwrap_or_default();
+            originate::abandon(shared, call_id, &ext, "");
+            return;
+        }
+    };
+    if !ctx.dedup.first(call_id, Instant::now()) {
+        log::info!("ONEXTERNALCALLSTART {call_id}: duplicate within 60 s, not dialling again");
+        ctx.count_click("duplicate");
+        return respond(req, reply(200, "ok (duplicate)\n"));
+    }
+    respond(req, reply(200, "ok\n"));
+    let click = Click {
+        call_id: call_id.to_string(),
+        user_id,
+        dial,
+    };
+    let outcome = originate::click_to_call(shared, &click);
+    ctx.count_click(outcome.as_str());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn cfg(token: Option<&str>) -> Bitrix24Config {
+        let mut c = crate::config::Config::demo().bitrix24;
+        c.app_token = token.map(Secret::new);
+        c
+    }
+
+    fn body(s: &str) -> form::Form {
+        form::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn token_must_match_exactly() {
+        let c = cfg(Some("51610fefc120afg4b628cc82d6298cce"));
+        let ok = body("auth%5Bapplication_token%5D=51610fefc120afg4b628cc82d6298cce");
+        assert_eq!(check_auth(&c, &ok), Ok(()));
+        for bad in [
+            "auth[application_token]=51610fefc120afg4b628cc82d6298ccf",
+            "auth[application_token]=51610fefc120afg4b628cc82d6298cc",
+            "auth[application_token]=51610fefc120afg4b628cc82d6298ccee",
+            "auth[application_token]=",
+            "auth[other]=51610fefc120afg4b628cc82d6298cce",
+            "",
+        ] {
+            assert_eq!(
+                check_auth(&c, &body(bad)),
+                Err(Reject::Forbidden("bad application_token")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_configured_token_refuses_everything() {
+        assert_eq!(
+            check_auth(&cfg(None), &body("auth[application_token]=")),
+            Err(Reject::NoToken)
+        );
+        assert_eq!(check_auth(&cfg(None), &body("")), Err(Reject::NoToken));
+    }
+
+    #[test]
+    fn domain_and_member_id_pinned_when_set() {
+        let mut c = cfg(Some("tok"));
+        c.domain = Some("portal.bitrix24.ru".into());
+        c.member_id = Some("a223c6".into());
+        let good =
+            "auth[application_token]=tok&auth[domain]=Portal.Bitrix24.ru&auth[member_id]=a223c6";
+        assert_eq!(check_auth(&c, &body(good)), Ok(()));
+        assert_eq!(
+            check_auth(
+                &c,
+                &body("auth[application_token]=tok&auth[domain]=evil.ru&auth[member_id]=a223c6")
+            ),
+            Err(Reject::Forbidden("wrong domain"))
+        );
+        assert_eq!(
+            check_auth(
+                &c,
+                &body("auth[application_token]=tok&auth[domain]=portal.bitrix24.ru")
+            ),
+            Err(Reject::Forbidden("wrong member_id"))
+        );
+    }
+
+    #[test]
+    fn start_fields_checked() {
+        let f = body(
+            "data[CALL_ID]=externalCall.x.1&data[USER_ID]=19&data[PHONE_NUMBER]=8+999&\
+             data[PHONE_NUMBER_INTERNATIONAL]=%2B79991234567",
+        );
+        assert_eq!(
+            start_fields(&f),
+            Ok(("externalCall.x.1", 19, "+79991234567"))
+        );
+        let f = body("data[CALL_ID]=c.1&data[USER_ID]=19&data[PHONE_NUMBER]=89991234567");
+        assert_eq!(start_fields(&f), Ok(("c.1", 19, "89991234567")));
+        for (b, why) in [
+            (
+                "data[USER_ID]=19&data[PHONE_NUMBER]=1",
+                "missing data[CALL_ID]",
+            ),
+            (
+                "data[CALL_ID]=c&data[PHONE_NUMBER]=1",
+                "missing data[USER_ID]",
+            ),
+            (
+                "data[CALL_ID]=c&data[USER_ID]=+19&data[PHONE_NUMBER]=1",
+                "data[USER_ID] is not a number",
+            ),
+            (
+                "data[CALL_ID]=c&data[USER_ID]=19",
+                "missing data[PHONE_NUMBER]",
+            ),
+        ] {
+            assert_eq!(start_fields(&body(b)), Err(why.to_string()), "{b}");
+        }
+        assert!(start_fields(&body(
+            "data[CALL_ID]=a%0D%0Ab&data[USER_ID]=1&data[PHONE_NUMBER]=1"
+        ))
+        .unwrap_err()
+        .contains("bad CALL_ID"));
+    }
+}

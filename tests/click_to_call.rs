@@ -1,0 +1,404 @@
+//! Click-to-call end to end: the real binary, the fake AMI and the fake Bitrix24 portal.
+//! Bitrix24 registers the call itself and then posts ONEXTERNALCALLSTART to us
+//! (bitrix24-api.md §5.1), so each test registers the call at the fake portal first and
+//! posts the CALL_ID it got back.
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::daemon::{Running, TempDir};
+use support::fake_ami::{wait_until, FakeAmi};
+use support::fake_bitrix::FakeBitrix;
+use support::http::{self, Reply};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "amisecret-c2c";
+const TOKEN: &str = "51610fefc120afg4b628cc82d6298cce";
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+fn config(ami: &FakeAmi, portal: &FakeBitrix, listen: &str) -> String {
+    format!(
+        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
+         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
+         [bitrix24]\nwebhook_url = {}\napp_token = {TOKEN}\ntimeout = 5\n\
+         [calls]\ndefault_user = 201\n\
+         [http]\nlisten = {listen}\nthreads = 2\n\
+         [state]\ndir = {{state}}\n",
+        ami.port(),
+        portal.webhook_url()
+    )
+}
+
+/// Start the daemon and wait until it serves HTTP and is logged in to AMI.
+fn start(ami: &FakeAmi, portal: &FakeBitrix) -> (Running, String) {
+    let daemon = Running::start(&config(ami, portal, "127.0.0.1:0"), &["--debug"]);
+    let addr = daemon
+        .http_addr(WAIT)
+        .unwrap_or_else(|| panic!("no HTTP listening line; log:\n{}", daemon.log()));
+    assert!(ami.wait_accepted(1, WAIT), "no AMI login");
+    (daemon, addr)
+}
+
+/// Register an outgoing call for user 19 at the fake portal, as Bitrix24 does before it sends
+/// ONEXTERNALCALLSTART; returns its CALL_ID.
+fn register(portal: &FakeBitrix, phone: &str) -> String {
+    let url = portal.webhook_url();
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = json!({"USER_ID": 19, "PHONE_NUMBER": phone, "TYPE": 1}).to_string();
+    let r = http::request(
+        &addr,
+        "POST",
+        "/rest/1/testcode/telephony.externalcall.register.json",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    v["result"]["CALL_ID"].as_str().unwrap().to_string()
+}
+
+/// A body shaped like the one in bitrix24-api.md §5.3 (outgoing-webhook `auth` block).
+fn event_body(
+    call_id: &str,
+    user_id: &str,
+    phone: &str,
+    intl: Option<&str>,
+    token: &str,
+) -> String {
+    let mut pairs = vec![
+        ("event", "ONEXTERNALCALLSTART"),
+        ("event_handler_id", "1055"),
+        ("data[PHONE_NUMBER]", phone),
+    ];
+    if let Some(intl) = intl {
+        pairs.push(("data[PHONE_NUMBER_INTERNATIONAL]", intl));
+    }
+    pairs.extend([
+        ("data[EXTENSION]", ""),
+        ("data[USER_ID]", user_id),
+        ("data[CALL_LIST_ID]", "0"),
+        ("data[LINE_NUMBER]", "7"),
+        ("data[IS_MOBILE]", "0"),
+        ("data[CALL_ID]", call_id),
+        ("data[CRM_ENTITY_TYPE]", "CONTACT"),
+        ("data[CRM_ENTITY_ID]", "797"),
+        ("ts", "1773236988"),
+        ("auth[domain]", "some-domain.bitrix24.com"),
+        (
+            "auth[client_endpoint]",
+            "https://some-domain.bitrix24.com/rest/",
+        ),
+        ("auth[server_endpoint]", "https://oauth.bitrix.info/rest/"),
+        ("auth[member_id]", "a223c6b9410f85df78e9377d6c4f7213"),
+        ("auth[application_token]", token),
+    ]);
+    http::form(&pairs)
+}
+
+fn post(addr: &str, body: &str) -> Reply {
+    http::request(
+        addr,
+        "POST",
+        "/bitrix24/event",
+        &[FORM, ("User-Agent", "Bitrix24 Webhook Engine")],
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn click_to_call_dials_once_and_refuses_bad_requests() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let (daemon, addr) = start(&ami, &portal);
+    let call_id = register(&portal, "+79991234567");
+
+    let body = event_body(
+        &call_id,
+        "19",
+        "+7 999 123-45-67",
+        Some("+79991234567"),
+        TOKEN,
+    );
+    let r = post(&addr, &body);
+    assert_eq!(r.status, 200, "{}; log:\n{}", r.body, daemon.log());
+    let o = ami
+        .wait_action("Originate", WAIT)
+        .unwrap_or_else(|| panic!("no Originate; log:\n{}", daemon.log()));
+    assert_eq!(o.get("Channel"), Some("Local/219@from-internal"));
+    assert_eq!(o.get("Context"), Some("from-internal"));
+    assert_eq!(
+        o.get("Exten"),
+        Some("89991234567"),
+        "dialled in national form"
+    );
+    assert_eq!(o.get("Priority"), Some("1"));
+    assert_eq!(o.get("Timeout"), Some("30000"));
+    assert_eq!(o.get("CallerID"), Some("89991234567"));
+    assert_eq!(o.get("Async"), Some("true"));
+    let channel_id = o.get("ChannelId").unwrap();
+    assert!(
+        channel_id.starts_with("c2c-") && channel_id.len() <= 149,
+        "{channel_id}"
+    );
+    assert!(o.get("ActionID").is_some_and(|a| !a.is_empty()));
+    assert_eq!(
+        o.get_all("Variable").collect::<Vec<_>>(),
+        [
+            format!("CallMeCALL_ID={call_id}").as_str(),
+            "IS_CALLME_ORIGINATE=1"
+        ]
+    );
+
+    // Bitrix24 delivering the same event again: answered, not dialled again. The decision
+    // is made before the answer, so after the 200 nothing more can come.
+    let r = post(&addr, &body);
+    assert_eq!(r.status, 200);
+
+    let forged = event_body(
+        "externalCall.x.2",
+        "19",
+        "+79991234567",
+        None,
+        "not-the-token",
+    );
+    assert_eq!(post(&addr, &forged).status, 403);
+
+    let big = format!("{body}&pad={}", "a".repeat(100 * 1024));
+    assert_eq!(post(&addr, &big).status, 413);
+
+    let injected = event_body(
+        "externalCall.x.3",
+        "19",
+        "79991234567\r\nAction: Command\r\nCommand: core stop now",
+        None,
+        TOKEN,
+    );
+    let r = post(&addr, &injected);
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    let r = http::request(&addr, "GET", "/bitrix24/event", &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("Allow"), Some("POST"));
+    assert_eq!(http::request(&addr, "GET", "/nope", &[], b"").status, 404);
+
+    // An event we do not handle (yet) is acknowledged and ignored.
+    let callback = body.replace("ONEXTERNALCALLSTART", "ONEXTERNALCALLBACKSTART");
+    assert_eq!(post(&addr, &callback).status, 200);
+
+    // Let any stray work finish: a Ping round trip after everything above.
+    let pings = ami.actions_named("Ping").len();
+    assert!(wait_until(WAIT, || ami.actions_named("Ping").len() > pings + 1));
+    assert_eq!(
+        ami.actions_named("Originate").len(),
+        1,
+        "exactly one Originate"
+    );
+    assert!(ami.actions_named("Command").is_empty());
+    let log = daemon.log();
+    assert!(log.contains("duplicate"), "{log}");
+    assert!(!log.contains(TOKEN), "app_token in the log");
+    assert!(!log.contains(SECRET), "AMI secret in the log");
+    assert!(!log.contains("testcode"), "webhook code in the log");
+}
+
+#[test]
+fn refused_originate_finishes_the_call() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    ami.set_originate_response(false);
+    let (daemon, addr) = start(&ami, &portal);
+    let call_id = register(&portal, "+79991234567");
+    assert!(!portal.open_cards().is_empty(), "register shows the card");
+
+    let r = post(
+        &addr,
+        &event_body(&call_id, "19", "+79991234567", None, TOKEN),
+    );
+    assert_eq!(r.status, 200);
+    let finished = portal.wait_for(
+        |reqs| {
+            reqs.iter().any(|r| {
+                r.method == "telephony.externalcall.finish" && r.params["CALL_ID"] == call_id
+            })
+        },
+        WAIT,
+    );
+    assert!(finished, "no finish; log:\n{}", daemon.log());
+    let fin = portal.requests_for("telephony.externalcall.finish");
+    let fin = &fin.last().unwrap().params;
+    assert_ne!(fin["STATUS_CODE"], "200", "{fin}");
+    assert_eq!(fin["USER_ID"], 19, "finished under the clicking employee");
+    assert!(
+        wait_until(WAIT, || portal.open_cards().is_empty()),
+        "cards left: {:?}",
+        portal.open_cards()
+    );
+    assert!(portal.active_calls().is_empty());
+    assert!(
+        daemon.log().contains("Originate failed"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn user_without_internal_number_still_finishes_the_call() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let (daemon, addr) = start(&ami, &portal);
+    let call_id = register(&portal, "+79991234567");
+    // User 7 has UF_PHONE_INNER = null in the fake portal.
+    let r = post(
+        &addr,
+        &event_body(&call_id, "7", "+79991234567", None, TOKEN),
+    );
+    assert_eq!(r.status, 200);
+    let finished = portal.wait_for(
+        |reqs| {
+            reqs.iter().any(|r| {
+                r.method == "telephony.externalcall.finish" && r.params["CALL_ID"] == call_id
+            })
+        },
+        WAIT,
+    );
+    assert!(finished, "no finish; log:\n{}", daemon.log());
+    assert!(ami.actions_named("Originate").is_empty());
+    let log = daemon.log();
+    assert!(
+        log.contains("user 7 has no internal number (UF_PHONE_INNER)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_taken_listen_address_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let mut daemon = Running::start(&config(&ami, &portal, &listen), &[]);
+    let status = daemon.wait_exit(WAIT).expect("daemon exits");
+    assert!(!status.success());
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("cannot listen on {listen} for HTTP")),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// `callme originate`: the same Originate, no Bitrix24, exit status from OriginateResponse.
+#[test]
+fn originate_subcommand() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let dir = TempDir::new("callme-originate");
+    let conf = dir.path().join("callme.conf");
+    std::fs::write(
+        &conf,
+        config(&ami, &portal, "127.0.0.1:0").replace("{state}", "/tmp"),
+    )
+    .unwrap();
+    let run = |to: &str| {
+        Command::new(env!("CARGO_BIN_EXE_callme"))
+            .args(["originate", "-c"])
+            .arg(&conf)
+            .args(["--from", "219", "--to", to])
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run callme originate")
+    };
+    let out = run("+79991234567");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OriginateResponse: Success (Reason 4)"),
+        "{stdout}"
+    );
+    let o = ami.actions_named("Originate").pop().unwrap();
+    assert_eq!(o.get("Channel"), Some("Local/219@from-internal"));
+    assert_eq!(o.get("Exten"), Some("89991234567"));
+    assert_eq!(
+        o.get_all("Variable").collect::<Vec<_>>(),
+        ["IS_CALLME_ORIGINATE=1"]
+    );
+
+    ami.set_originate_response(false);
+    let out = run("+79991234567");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Response: Error (Originate failed)"));
+
+    let out = run("123\r\nAction: Command");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        ami.actions_named("Originate").len(),
+        2,
+        "the bad number never reached AMI"
+    );
+}
+
+/// The whole way: our Originate, then the channels of a real click-to-call capture carrying
+/// our ChannelId as Uniqueid/Linkedid → card for the employee when they answer, finish 200.
+#[test]
+fn answered_click_to_call_shows_the_card_and_finishes_200() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let (daemon, addr) = start(&ami, &portal);
+    let call_id = register(&portal, "+79991234567");
+    let r = post(
+        &addr,
+        &event_body(&call_id, "19", "+79991234567", None, TOKEN),
+    );
+    assert_eq!(r.status, 200);
+    let o = ami.wait_action("Originate", WAIT).expect("Originate");
+    let channel_id = o.get("ChannelId").unwrap().to_string();
+
+    let capture = String::from_utf8(support::capture_tail("f_click2call_answered.ami")).unwrap();
+    let capture = capture
+        .replace("1795668405.23", &channel_id)
+        .replace("externalCall.test123", &call_id);
+    assert!(ami.push(capture.as_bytes()));
+
+    let finished = portal.wait_for(
+        |reqs| {
+            reqs.iter().any(|r| {
+                r.method == "telephony.externalcall.finish" && r.params["CALL_ID"] == call_id
+            })
+        },
+        WAIT,
+    );
+    assert!(finished, "no finish; log:\n{}", daemon.log());
+    let reqs = portal.requests();
+    let show = reqs
+        .iter()
+        .find(|r| r.method == "telephony.externalcall.show")
+        .unwrap_or_else(|| panic!("no show; log:\n{}", daemon.log()));
+    assert_eq!(show.params["CALL_ID"], call_id.as_str());
+    assert_eq!(show.params["USER_ID"], json!([19]));
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.method == "telephony.externalcall.register" && r.params["TYPE"] != 1),
+        "click-to-call is not registered again by us"
+    );
+    let fin = &portal.requests_for("telephony.externalcall.finish")[0].params;
+    assert_eq!(fin["STATUS_CODE"], "200", "{fin}");
+    assert_eq!(fin["USER_ID"], 19);
+    assert!(
+        wait_until(WAIT, || portal.open_cards().is_empty()),
+        "cards left: {:?}",
+        portal.open_cards()
+    );
+}
