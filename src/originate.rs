@@ -301,6 +301,7 @@ fn expect(shared: &Shared, call_id: &str, ids: &Ids, ext: &str, phone: &str) {
             action_id: ids.action_id.clone(),
             ext: ext.to_string(),
             phone: phone.to_string(),
+            callback_line: None,
         },
         expires_ms: now_ms() + timeout.as_millis() as u64,
     });

@@ -88,6 +88,7 @@ fn push_call(d: &mut Deliverer, key: &str, path: &str) {
             phone: "79991234567".into(),
             line: "8001231231".into(),
             started_ms: 1_795_668_455_000,
+            employee: None,
         },
         Action::Finish {
             user: FinishUser::Employee("219".into()),

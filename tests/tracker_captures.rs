@@ -60,7 +60,12 @@ fn assert_register(a: &Action, line: &str) -> u64 {
             phone,
             line: l,
             started_ms,
+            employee,
         } => {
+            assert_eq!(
+                *employee, None,
+                "inbound calls go to the CRM-responsible user"
+            );
             assert_eq!(*direction, Direction::Inbound);
             assert_eq!(phone, "79991234567");
             assert_eq!(l, line);

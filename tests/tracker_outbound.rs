@@ -44,6 +44,7 @@ fn c2c(call_id: &str, channel_id: &str, action_id: &str) -> Originate {
         action_id: action_id.into(),
         ext: "219".into(),
         phone: "79991234567".into(),
+        callback_line: None,
     }
 }
 
@@ -347,4 +348,69 @@ fn click_to_call_that_never_shows_up_expires() {
             ..
         }
     ));
+}
+
+/// A callback form (ONEXTERNALCALLBACKSTART): the same Originate flow as the f capture, but
+/// Bitrix24 has no call yet. It is registered as TYPE=4 under the employee once they answer,
+/// then shown and finished as usual.
+#[test]
+fn callback_form_registers_type_4_when_the_employee_answers() {
+    let msgs = capture("f_click2call_answered.ami");
+    let mut t = tracker();
+    t.expect_originate(
+        Originate {
+            callback_line: Some("8001231231".into()),
+            ..c2c("externalCall.test123", "not-in-this-capture", "x")
+        },
+        u64::MAX,
+    );
+    let v = run(&mut t, &msgs);
+    let a = actions(&v);
+    match &a[0] {
+        Action::Register {
+            direction,
+            phone,
+            line,
+            employee,
+            ..
+        } => {
+            assert_eq!(*direction, Direction::Callback);
+            assert_eq!(direction.bitrix_type(), 4);
+            assert_eq!(phone, "79991234567");
+            assert_eq!(line, "8001231231");
+            assert_eq!(employee.as_deref(), Some("219"));
+        }
+        other => panic!("expected register, got {other:?}"),
+    }
+    let t0 = msgs[0].1;
+    assert!(v[0].0 - t0 >= 2_400, "registered only once 219 answered");
+    assert_eq!(a[1], Action::Show { ext: "219".into() });
+    assert_eq!(
+        a[2],
+        Action::Finish {
+            user: FinishUser::Employee("219".into()),
+            duration: 5,
+            status: Status::ANSWERED
+        }
+    );
+    assert_eq!(
+        a.len(),
+        3,
+        "no Adopt: there was no Bitrix24 call to adopt: {a:?}"
+    );
+}
+
+#[test]
+fn callback_nobody_answers_leaves_nothing_to_close() {
+    let mut t = tracker();
+    t.expect_originate(
+        Originate {
+            callback_line: Some("8001231231".into()),
+            ..c2c("cb-1", "cb-chan-1", "a-cb")
+        },
+        u64::MAX,
+    );
+    let mut out = Vec::new();
+    t.originate_failed("cb-1", 1_000, &mut out);
+    assert!(out.is_empty(), "{out:?}");
 }

@@ -378,6 +378,7 @@ impl Deliverer {
                 phone: raw,
                 line,
                 started_ms,
+                employee,
             } => {
                 if let Some(id) = self.call_id(key) {
                     // Registered before a restart; the done record was not written.
@@ -393,7 +394,13 @@ impl Deliverer {
                         digits
                     }
                 });
-                let user_id = match self.responsible_for(t, &number, line)? {
+                // A callback belongs to the employee who called back; otherwise the CRM
+                // decides before the card opens.
+                let chosen = match employee {
+                    Some(ext) => self.directory.user_for(ext).or_else(|| self.default_user()),
+                    None => self.responsible_for(t, &number, line)?,
+                };
+                let user_id = match chosen {
                     Some(id) => id,
                     None => {
                         return Err(Error::Decode(

@@ -761,6 +761,7 @@ mod tests {
                 phone: "+79991234567".into(),
                 line: "8001".into(),
                 started_ms: 1,
+                employee: None,
             },
         }
     }

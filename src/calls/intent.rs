@@ -29,6 +29,8 @@ pub enum Direction {
     #[default]
     Inbound,
     Outbound,
+    /// A Bitrix24 callback form (ONEXTERNALCALLBACKSTART): we call the client back.
+    Callback,
 }
 
 impl Direction {
@@ -37,6 +39,7 @@ impl Direction {
         match self {
             Direction::Outbound => 1,
             Direction::Inbound => 2,
+            Direction::Callback => 4,
         }
     }
 
@@ -44,6 +47,7 @@ impl Direction {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
+            Direction::Callback => "callback",
         }
     }
 }
@@ -61,6 +65,10 @@ pub enum Action {
         line: String,
         /// Call start, milliseconds since the Unix epoch.
         started_ms: u64,
+        /// Register under this employee instead of looking the responsible one up (a
+        /// callback is registered once the employee who calls back has answered).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        employee: Option<String>,
     },
     /// Bitrix24 already registered this call (click-to-call: ONEXTERNALCALLSTART carried its
     /// CALL_ID). Nothing is sent; later steps use this CALL_ID, and `ext` is the employee.

@@ -136,6 +136,10 @@ pub struct Originate {
     pub ext: String,
     /// The client's number as dialled.
     pub phone: String,
+    /// A callback-form call (ONEXTERNALCALLBACKSTART) for this line: Bitrix24 has not
+    /// registered it, so it is registered (TYPE=4) once the employee answers. `None` for a
+    /// click-to-call, which Bitrix24 registered already.
+    pub callback_line: Option<String>,
 }
 
 struct Call {
@@ -153,6 +157,8 @@ struct Call {
     originate: Option<(String, String)>,
     /// `OriginateResponse` `Reason` of a failed Originate.
     originate_reason: Option<u32>,
+    /// A callback not registered yet: its line.
+    callback_line: Option<String>,
     /// Marked by our dialplan variables (IS_CALLME_ORIGINATE) but not matched to a request of
     /// ours: someone else's click-to-call. Excluded from desk-phone outbound detection.
     foreign_originate: bool,
@@ -195,6 +201,7 @@ impl Call {
             caller: None,
             originate: None,
             originate_reason: None,
+            callback_line: None,
             foreign_originate: false,
             live_channels: 0,
             shown: Vec::new(),
@@ -217,6 +224,9 @@ impl Call {
     fn direction(&self) -> Direction {
         match self.origin {
             Origin::Inbound => Direction::Inbound,
+            Origin::Outbound | Origin::ClickToCall if self.callback_line.is_some() => {
+                Direction::Callback
+            }
             Origin::Outbound | Origin::ClickToCall => Direction::Outbound,
         }
     }
@@ -469,6 +479,14 @@ impl Tracker {
         _now_ms: u64,
         out: &mut Vec<Intent>,
     ) {
+        if o.callback_line.is_some() {
+            log::warn!(
+                "callback to {} by {} failed before anyone answered",
+                o.phone,
+                o.ext
+            );
+            return; // never registered: nothing to close in Bitrix24
+        }
         let key = format!("{}-{}", self.cfg.system_name, o.channel_id);
         for action in [
             Action::Adopt {
@@ -503,6 +521,11 @@ impl Tracker {
         call.phone = o.phone.clone();
         call.caller = Some((uniqueid.to_string(), o.ext.clone()));
         call.originate = Some((o.call_id.clone(), o.action_id.clone()));
+        if o.callback_line.is_some() {
+            // Registered when the employee answers; nothing exists in Bitrix24 yet.
+            call.callback_line = o.callback_line;
+            return;
+        }
         call.push(
             Action::Adopt {
                 call_id: o.call_id,
@@ -764,6 +787,7 @@ impl Tracker {
                 phone: call.phone.clone(),
                 line,
                 started_ms: call.started_ms,
+                employee: None,
             },
         });
     }
@@ -871,6 +895,7 @@ impl Tracker {
                 phone: number,
                 line: String::new(),
                 started_ms: call.started_ms,
+                employee: None,
             },
             out,
         );
@@ -917,7 +942,20 @@ impl Tracker {
                 && src.is_none()
                 && call.caller_ext() == Some(ext.as_str())
             {
-                // The clicking employee answered our Originate: open their card.
+                // The clicking employee answered our Originate: open their card (a callback is
+                // registered first: it exists in Bitrix24 only from now on).
+                if let Some(line) = call.callback_line.take() {
+                    call.push(
+                        Action::Register {
+                            direction: Direction::Callback,
+                            phone: call.phone.clone(),
+                            line,
+                            started_ms: now_ms,
+                            employee: Some(ext.clone()),
+                        },
+                        out,
+                    );
+                }
                 if allowed {
                     show(call, &ext, out);
                 }
