@@ -293,6 +293,17 @@ fn now_ms() -> u64 {
 
 /// Tell the tracker about an Originate before it is sent.
 fn expect(shared: &Shared, call_id: &str, ids: &Ids, ext: &str, phone: &str) {
+    expect_as(shared, call_id, ids, ext, phone, None);
+}
+
+fn expect_as(
+    shared: &Shared,
+    call_id: &str,
+    ids: &Ids,
+    ext: &str,
+    phone: &str,
+    callback_line: Option<&str>,
+) {
     let timeout = shared.config.originate.timeout + EXPIRY_GRACE;
     let _ = shared.control.send(Control::Originate {
         originate: Originate {
@@ -301,7 +312,7 @@ fn expect(shared: &Shared, call_id: &str, ids: &Ids, ext: &str, phone: &str) {
             action_id: ids.action_id.clone(),
             ext: ext.to_string(),
             phone: phone.to_string(),
-            callback_line: None,
+            callback_line: callback_line.map(str::to_string),
         },
         expires_ms: now_ms() + timeout.as_millis() as u64,
     });
@@ -370,6 +381,105 @@ pub fn click_to_call(shared: &Shared, click: &Click) -> Outcome {
             Outcome::Unknown
         }
         Err(e) => failed(&e),
+    }
+}
+
+/// One callback-form request (ONEXTERNALCALLBACKSTART), validated.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    /// The client's number, as [`dial_number`] made it.
+    pub dial: String,
+    /// The form's `LINE_NUMBER` (may be empty).
+    pub line: String,
+    /// The form's CRM item (`CRM_ENTITY_TYPE`, `CRM_ENTITY_ID`), when given.
+    pub entity: Option<(String, u64)>,
+}
+
+/// Who is rung first for a callback: the line's target from `[originate] callback_targets`,
+/// else the responsible employee of the form's CRM item, else `[calls] default_user`.
+fn callback_target(shared: &Shared, cb: &Callback) -> Option<String> {
+    let cfg = &shared.config;
+    if let Some((_, ext)) = cfg
+        .originate
+        .callback_targets
+        .iter()
+        .find(|(line, _)| *line == cb.line)
+    {
+        return Some(ext.clone());
+    }
+    if let Some((ty, id)) = &cb.entity {
+        match api::crm_item_responsible(&*shared.transport, ty, *id) {
+            Ok(Some(user)) => {
+                if let Some(inner) = resolve_inner(shared, user) {
+                    return Some(inner);
+                }
+                log::warn!("callback: responsible user {user} of {ty} {id} has no internal number");
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("callback: could not read {ty} {id} from Bitrix24: {e}"),
+        }
+    }
+    cfg.calls.default_user.clone()
+}
+
+/// Run one callback: ring the target first, then dial the client. The tracker registers the
+/// call (TYPE 4) once the employee answers; until then nothing exists in Bitrix24.
+pub fn callback(shared: &Shared, cb: &Callback) -> Outcome {
+    let Some(inner) = callback_target(shared, cb) else {
+        log::error!(
+            "callback to {} (line {:?}): nobody to ring: set [originate] callback_targets for              this line or [calls] default_user",
+            cb.dial,
+            cb.line
+        );
+        return Outcome::NoUser;
+    };
+    let ids = new_ids();
+    // Our own id for the CallMeCALL_ID variable: there is no Bitrix24 CALL_ID yet.
+    let cb_id = format!("callback-{}", ids.channel_id);
+    let request = Request {
+        inner: &inner,
+        dial: &cb.dial,
+        call_id: Some(&cb_id),
+        ids: &ids,
+    };
+    let action = match build_action(&shared.config.originate, &request) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("callback to {}: cannot build the Originate: {e}", cb.dial);
+            return Outcome::Failed;
+        }
+    };
+    expect_as(shared, &cb_id, &ids, &inner, &cb.dial, Some(&cb.line));
+    log::info!(
+        "callback (line {:?}): ringing {inner}, then dialling {} ({})",
+        cb.line,
+        cb.dial,
+        ids.channel_id
+    );
+    match shared.ami.request(action, RESPONSE_TIMEOUT) {
+        Ok(resp) if is_success(&resp) => Outcome::Sent,
+        Ok(resp) => {
+            log::error!(
+                "callback to {}: {}",
+                cb.dial,
+                Error::Rejected(message_of(&resp))
+            );
+            let _ = shared
+                .control
+                .send(Control::OriginateFailed { call_id: cb_id });
+            Outcome::Failed
+        }
+        Err(e @ ami::Error::Timeout(_)) => {
+            log::warn!("callback to {}: {e}", cb.dial);
+            Outcome::Unknown
+        }
+        Err(e) => {
+            log::error!("callback to {}: {e}", cb.dial);
+            let _ = shared
+                .control
+                .send(Control::OriginateFailed { call_id: cb_id });
+            Outcome::Failed
+        }
     }
 }
 

@@ -188,9 +188,9 @@ fn click_to_call_dials_once_and_refuses_bad_requests() {
     assert_eq!(r.header("Allow"), Some("POST"));
     assert_eq!(http::request(&addr, "GET", "/nope", &[], b"").status, 404);
 
-    // An event we do not handle (yet) is acknowledged and ignored.
-    let callback = body.replace("ONEXTERNALCALLSTART", "ONEXTERNALCALLBACKSTART");
-    assert_eq!(post(&addr, &callback).status, 200);
+    // An event we do not handle is acknowledged and ignored.
+    let other = body.replace("ONEXTERNALCALLSTART", "ONAPPUNINSTALL");
+    assert_eq!(post(&addr, &other).status, 200);
 
     // Let any stray work finish: a Ping round trip after everything above.
     let pings = ami.actions_named("Ping").len();
@@ -401,4 +401,97 @@ fn answered_click_to_call_shows_the_card_and_finishes_200() {
         "cards left: {:?}",
         portal.open_cards()
     );
+}
+
+/// A callback form (ONEXTERNALCALLBACKSTART, bitrix24-api.md §5.3): no CALL_ID comes with it.
+/// callme rings the line's target first (`callback_targets = 7:219`), then the client; once
+/// 219 answers, the call is registered as TYPE 4 under 219's user, shown and finished. A
+/// duplicate form within the window dials once.
+#[test]
+fn callback_form_rings_the_target_then_registers_type_4() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let conf = config(&ami, &portal, "127.0.0.1:0")
+        .replace("[state]", "[originate]\ncallback_targets = 7:219\n[state]");
+    let daemon = Running::start(&conf, &["--debug"]);
+    let addr = daemon
+        .http_addr(WAIT)
+        .unwrap_or_else(|| panic!("no HTTP listening line; log:\n{}", daemon.log()));
+    assert!(ami.wait_accepted(1, WAIT), "no AMI login");
+
+    let body = http::form(&[
+        ("event", "ONEXTERNALCALLBACKSTART"),
+        ("data[PHONE_NUMBER]", "+79991234567"),
+        ("data[TEXT]", "A callback has been ordered from the website"),
+        ("data[VOICE]", "ruinternalfemale"),
+        ("data[CRM_ENTITY_TYPE]", "CONTACT"),
+        ("data[CRM_ENTITY_ID]", "5785"),
+        ("data[LINE_NUMBER]", "7"),
+        ("auth[domain]", "some-domain.bitrix24.com"),
+        ("auth[member_id]", "a223c6b9410f85df78e9377d6c4f7213"),
+        ("auth[application_token]", TOKEN),
+    ]);
+    assert_eq!(post(&addr, &body).status, 200);
+    assert_eq!(post(&addr, &body).status, 200, "duplicate answered too");
+    let o = ami.wait_action("Originate", WAIT).expect("Originate");
+    assert_eq!(
+        o.get("Channel"),
+        Some("Local/219@from-internal"),
+        "the line's target first"
+    );
+    assert_eq!(o.get("Exten"), Some("89991234567"));
+    let channel_id = o.get("ChannelId").unwrap().to_string();
+    let cb_id = o
+        .get_all("Variable")
+        .find_map(|v| v.strip_prefix("CallMeCALL_ID="))
+        .expect("CallMeCALL_ID")
+        .to_string();
+    assert!(
+        !portal
+            .requests()
+            .iter()
+            .any(|r| r.method.starts_with("telephony.")),
+        "nothing is registered before the employee answers"
+    );
+
+    // The f capture's events with our ChannelId: 219 answers, then the client.
+    let capture = String::from_utf8(support::capture_tail("f_click2call_answered.ami")).unwrap();
+    let capture = capture
+        .replace("1795668405.23", &channel_id)
+        .replace("externalCall.test123", &cb_id);
+    assert!(ami.push(capture.as_bytes()));
+    let done = portal.wait_for(
+        |reqs| {
+            reqs.iter()
+                .any(|r| r.method == "telephony.externalcall.finish")
+        },
+        WAIT,
+    );
+    assert!(done, "no finish; log:\n{}", daemon.log());
+    let calls: Vec<_> = portal
+        .requests()
+        .into_iter()
+        .filter(|r| r.method.starts_with("telephony."))
+        .collect();
+    let methods: Vec<&str> = calls.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(
+        methods,
+        vec![
+            "telephony.externalcall.register",
+            "telephony.externalcall.show",
+            "telephony.externalcall.finish"
+        ]
+    );
+    assert_eq!(calls[0].params["TYPE"], 4);
+    assert_eq!(calls[0].params["USER_ID"], 19);
+    assert_eq!(calls[0].params["PHONE_NUMBER"], "79991234567");
+    assert_eq!(calls[0].params["LINE_NUMBER"], "7");
+    assert_eq!(calls[2].params["STATUS_CODE"], "200");
+    assert_eq!(calls[2].params["USER_ID"], 19);
+    assert_eq!(
+        ami.actions_named("Originate").len(),
+        1,
+        "the duplicate did not dial"
+    );
+    assert!(wait_until(WAIT, || portal.open_cards().is_empty()));
 }

@@ -228,6 +228,23 @@ pub fn responsible_for(t: &dyn Transport, phone: &str) -> Result<Option<u64>, Er
     }))
 }
 
+/// The responsible employee (`ASSIGNED_BY_ID`) of one CRM item, by `crm.{contact,company,
+/// lead}.get` (§7.2, IDs come back as strings). `None` for another entity type or no owner.
+pub fn crm_item_responsible(
+    t: &dyn Transport,
+    entity_type: &str,
+    id: u64,
+) -> Result<Option<u64>, Error> {
+    let method = match entity_type.to_ascii_uppercase().as_str() {
+        "CONTACT" => "crm.contact.get",
+        "COMPANY" => "crm.company.get",
+        "LEAD" => "crm.lead.get",
+        _ => return Ok(None),
+    };
+    let reply = t.call(method, &json!({ "id": id }))?;
+    Ok(reply.result.get("ASSIGNED_BY_ID").and_then(json_u64))
+}
+
 /// A Bitrix24 employee as `user.get` returns them (§6.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {

@@ -97,6 +97,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "caller_id",
             "dial_national",
             "dial_prefix",
+            "callback_targets",
         ],
     ),
 ];
@@ -574,6 +575,10 @@ pub struct OriginateConfig {
     pub dial_national: bool,
     /// Digits prepended to every dialled number (an outside-line prefix such as `9`).
     pub dial_prefix: String,
+    /// Callback forms (ONEXTERNALCALLBACKSTART): `(LINE_NUMBER, internal number or queue)`
+    /// to ring first. A line not listed rings the CRM item's responsible employee, then
+    /// `[calls] default_user`.
+    pub callback_targets: Vec<(String, String)>,
 }
 
 impl Default for OriginateConfig {
@@ -587,6 +592,7 @@ impl Default for OriginateConfig {
             caller_id: "{number}".to_string(),
             dial_national: true,
             dial_prefix: String::new(),
+            callback_targets: Vec::new(),
         }
     }
 }
@@ -1171,6 +1177,12 @@ impl Validator<'_> {
                 Err("not a dial prefix (allowed: up to 4 digits, e.g. 9, or empty for none)".into())
             }
         });
+        let callback_targets = self.value(
+            S,
+            "callback_targets",
+            d.callback_targets,
+            parse_callback_targets,
+        );
         OriginateConfig {
             channel,
             context,
@@ -1178,6 +1190,7 @@ impl Validator<'_> {
             caller_id,
             dial_national,
             dial_prefix,
+            callback_targets,
         }
     }
 }
@@ -1482,6 +1495,41 @@ fn parse_static_responsible(v: &str) -> Result<Vec<(String, String)>, String> {
         };
         let (line, ext) = (line.trim(), ext.trim());
         check_phone(line).map_err(|e| format!("{e} ({ALLOWED})"))?;
+        check_internal(ext).map_err(|e| format!("{e} ({ALLOWED})"))?;
+        if pairs.iter().any(|(l, _)| l == line) {
+            return Err(format!(
+                "line {line} is listed twice (allowed: one EXT per LINE)"
+            ));
+        }
+        pairs.push((line.to_string(), ext.to_string()));
+    }
+    Ok(pairs)
+}
+
+/// `LINE:EXT` pairs for callback forms. Bitrix24's `LINE_NUMBER` is whatever the line was
+/// created with (often a short id such as `7`), so LINE is any short word, not a phone number.
+fn parse_callback_targets(v: &str) -> Result<Vec<(String, String)>, String> {
+    const ALLOWED: &str = "allowed: LINE:EXT pairs separated by commas, e.g. 7:219, 8001231231:400";
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for item in ini::split_list(v) {
+        let Some((line, ext)) = item.split_once(':') else {
+            return Err(format!(
+                "{:?} is not LINE:EXT ({ALLOWED})",
+                escape_short(&item)
+            ));
+        };
+        let (line, ext) = (line.trim(), ext.trim());
+        let line_ok = !line.is_empty()
+            && line.len() <= 50
+            && line
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'_' | b'-'));
+        if !line_ok {
+            return Err(format!(
+                "{:?} is not a line number ({ALLOWED})",
+                escape_short(line)
+            ));
+        }
         check_internal(ext).map_err(|e| format!("{e} ({ALLOWED})"))?;
         if pairs.iter().any(|(l, _)| l == line) {
             return Err(format!(

@@ -749,7 +749,8 @@ fn originate_defaults_and_values() {
     let text = with(
         "originate",
         "channel = PJSIP/{inner}\ncontext = outbound-allroutes\ntimeout = 45\n\
-         caller_id = \"CRM\" <{number}> {inner}\ndial_national = no\ndial_prefix = 9",
+         caller_id = \"CRM\" <{number}> {inner}\ndial_national = no\ndial_prefix = 9\n\
+         callback_targets = 7:219, 8001231231:400",
     );
     let o = parse_str(&text, "t.conf").unwrap().originate;
     assert_eq!(
@@ -761,8 +762,23 @@ fn originate_defaults_and_values() {
             caller_id: "\"CRM\" <{number}> {inner}".into(),
             dial_national: false,
             dial_prefix: "9".into(),
+            callback_targets: vec![
+                ("7".into(), "219".into()),
+                ("8001231231".into(), "400".into())
+            ],
         }
     );
+    for bad in [
+        "callback_targets = 7",
+        "callback_targets = 7:abc",
+        "callback_targets = 7:219, 7:220",
+        "callback_targets = a b:219",
+    ] {
+        assert!(
+            parse_str(&with("originate", bad), "t.conf").is_err(),
+            "{bad} must be refused"
+        );
+    }
 }
 
 #[test]

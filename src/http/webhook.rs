@@ -145,12 +145,7 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
     };
     match event.to_ascii_uppercase().as_str() {
         "ONEXTERNALCALLSTART" => start(ctx, req, &f, &from),
-        "ONEXTERNALCALLBACKSTART" => {
-            log::info!(
-                "Bitrix24 event ONEXTERNALCALLBACKSTART (callback form) ignored: not supported yet"
-            );
-            respond(req, reply(200, "ignored: not supported yet\n"));
-        }
+        "ONEXTERNALCALLBACKSTART" => callback_start(ctx, req, &f, &from),
         other => {
             log::debug!(
                 "Bitrix24 event {} ignored",
@@ -210,6 +205,45 @@ fn start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
     };
     let outcome = originate::click_to_call(shared, &click);
     ctx.count_click(outcome.as_str());
+}
+
+/// ONEXTERNALCALLBACKSTART (a callback form on the website): validate, answer 200, then ring
+/// the line's target and dial the client. Bitrix24 sends no CALL_ID: the same number on the
+/// same line within the dedup window is dialled once.
+fn callback_start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
+    let Some(number) = f.non_empty("data[PHONE_NUMBER]") else {
+        log::warn!("ONEXTERNALCALLBACKSTART from {from} refused: no data[PHONE_NUMBER]");
+        return respond(req, reply(400, "missing data[PHONE_NUMBER]\n"));
+    };
+    let shared = &ctx.shared;
+    let dial = match originate::dial_number(number, &shared.config.phone, &shared.config.originate)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            log::warn!("ONEXTERNALCALLBACKSTART from {from} refused: {e}");
+            return respond(req, reply(400, "bad phone number\n"));
+        }
+    };
+    let line = f.non_empty("data[LINE_NUMBER]").unwrap_or("").to_string();
+    let entity = match (
+        f.non_empty("data[CRM_ENTITY_TYPE]"),
+        f.non_empty("data[CRM_ENTITY_ID]")
+            .and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        (Some(ty), Some(id)) => Some((ty.to_string(), id)),
+        _ => None,
+    };
+    if !ctx
+        .dedup
+        .first(&format!("callback:{line}:{dial}"), Instant::now())
+    {
+        log::info!("ONEXTERNALCALLBACKSTART for {dial}: duplicate within 60 s, not dialling again");
+        return respond(req, reply(200, "ok (duplicate)\n"));
+    }
+    respond(req, reply(200, "ok\n"));
+    let cb = originate::Callback { dial, line, entity };
+    let outcome = originate::callback(shared, &cb);
+    log::debug!("callback to {}: {}", cb.dial, outcome.as_str());
 }
 
 #[cfg(test)]

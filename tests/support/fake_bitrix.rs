@@ -678,6 +678,9 @@ fn dispatch(st: &mut State, method: &str, p: &Map<String, Value>) -> Outcome {
         "telephony.externalcall.searchcrmentities" => search_crm_entities(st, p),
         "telephony.externalcall.attachrecord" => attach_record(st, p),
         "crm.duplicate.findbycomm" => find_by_comm(st, p),
+        "crm.contact.get" => crm_get(st, p, "CONTACT"),
+        "crm.company.get" => crm_get(st, p, "COMPANY"),
+        "crm.lead.get" => crm_get(st, p, "LEAD"),
         _ => Err(Fail {
             status: 404,
             code: "ERROR_METHOD_NOT_FOUND",
@@ -1011,6 +1014,24 @@ fn search_crm_entities(st: &mut State, p: &Map<String, Value>) -> Outcome {
 }
 
 /// `crm.duplicate.findbycomm` (§7.1): `{"CONTACT":[ids]}` per type found, or `[]`.
+/// `crm.{contact,company,lead}.get` (§7.2): a flat object, IDs as strings.
+fn crm_get(st: &mut State, p: &Map<String, Value>, entity_type: &str) -> Outcome {
+    let id: u64 = p
+        .get("ID")
+        .and_then(php_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| fail("ID is not defined or invalid."))?;
+    let item = st
+        .crm
+        .iter()
+        .find(|i| i.entity_type == entity_type && i.id == id)
+        .ok_or_else(|| fail("Not found"))?;
+    ok(json!({
+        "ID": item.id.to_string(),
+        "ASSIGNED_BY_ID": item.assigned_by.map(|a| a.to_string()),
+    }))
+}
+
 fn find_by_comm(st: &mut State, p: &Map<String, Value>) -> Outcome {
     let kind = p.get("TYPE").and_then(php_str).unwrap_or_default();
     if kind != "PHONE" && kind != "EMAIL" {
