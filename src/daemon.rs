@@ -538,7 +538,9 @@ fn delivery_loop(
     // Until the first successful load, retry every 30 s (or sooner if refresh is shorter).
     let retry_load = refresh.min(Duration::from_secs(30));
     let mut next_load = Instant::now();
-    let mut next_due: Option<Instant> = None;
+    // Steps left in the outbox by the last run are due at once: without this the first pass
+    // would wait for a new intent or the next user-directory refresh.
+    let mut next_due: Option<Instant> = Some(Instant::now());
     loop {
         let now = Instant::now();
         if now >= next_load {

@@ -173,3 +173,67 @@ fn a_call_that_ends_during_an_ami_outage_is_finished_after_the_reconnect() {
     assert!(portal.open_cards().is_empty(), "{:?}", portal.open_cards());
     assert!(daemon.log().contains("reconcile:"), "{}", daemon.log());
 }
+
+/// SIGTERM while the portal is down and the outbox holds a whole call's steps: the daemon
+/// exits 0 within the unit's stop timeout, the journal is intact (every line parses), and a
+/// restart delivers the call exactly once.
+#[test]
+fn sigterm_with_pending_steps_exits_0_and_the_journal_carries_on() {
+    let portal = FakeBitrix::start();
+    portal.set_down(true);
+    let ami = FakeAmi::start("callme", SECRET);
+    let dir = TempDir::new("callme-sigterm");
+    let state = dir.path().join("state");
+    ami.set_stream(support::capture_tail("a_inbound_answered.ami"));
+
+    let mut daemon = Running::start(&config(&ami, &portal, &state), &["--debug"]);
+    let outbox = state.join("outbox.jsonl");
+    let queued = |what: &str| {
+        fs::read_to_string(&outbox)
+            .map(|t| {
+                t.lines()
+                    .any(|l| l.contains("\"t\":\"step\"") && l.contains(what))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        support::fake_ami::wait_until(WAIT, || queued("\"finish\"")),
+        "the call's steps never reached the outbox; log:\n{}",
+        daemon.log()
+    );
+    daemon.terminate();
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("stopped in time");
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        daemon.log()
+    );
+    let journal = fs::read_to_string(&outbox).unwrap();
+    for line in journal.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("torn journal line {line:?}: {e}"));
+    }
+    assert_eq!(
+        count(&portal.commands(), "telephony.externalcall.register"),
+        0
+    );
+
+    // The portal is back; the PBX has nothing more to say about that call.
+    portal.set_down(false);
+    ami.set_stream(Vec::new());
+    let daemon = Running::start(&config(&ami, &portal, &state), &["--debug"]);
+    assert!(
+        portal.wait_for_commands(|c| count(c, "telephony.externalcall.finish") >= 1, WAIT),
+        "pending steps not delivered after the restart; log:\n{}",
+        daemon.log()
+    );
+    let cmds = portal.commands();
+    assert_eq!(count(&cmds, "telephony.externalcall.register"), 1);
+    assert_eq!(count(&cmds, "telephony.externalcall.finish"), 1);
+    let fin = portal.finished_calls();
+    assert_eq!(fin[0]["PORTAL_USER_ID"], 19);
+    assert_eq!(fin[0]["CALL_FAILED_CODE"], "200");
+    assert!(portal.open_cards().is_empty());
+}
