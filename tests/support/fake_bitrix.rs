@@ -253,10 +253,20 @@ impl FakeBitrix {
     /// Wait until `pred` holds for the requests so far, or `timeout` passes. Wakes up on
     /// every request, so there is no polling interval to tune.
     pub fn wait_for(&self, pred: impl Fn(&[Recorded]) -> bool, timeout: Duration) -> bool {
+        self.wait_on(|st| &st.requests, pred, timeout)
+    }
+
+    /// Wait until `pred` holds for the list `pick` chooses, waking on every request.
+    fn wait_on(
+        &self,
+        pick: impl Fn(&State) -> &Vec<Recorded>,
+        pred: impl Fn(&[Recorded]) -> bool,
+        timeout: Duration,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
         loop {
-            if pred(&st.requests) {
+            if pred(pick(&st)) {
                 return true;
             }
             let now = Instant::now();
@@ -344,23 +354,7 @@ impl FakeBitrix {
 
     /// Wait until `pred` holds for [`FakeBitrix::commands`].
     pub fn wait_for_commands(&self, pred: impl Fn(&[Recorded]) -> bool, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if pred(&st.commands) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_on(|st| &st.commands, pred, timeout)
     }
 
     /// While down, answer every request with HTTP 503 and an HTML page (see module docs).
