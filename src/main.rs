@@ -93,10 +93,16 @@ fn main() -> ExitCode {
                     dryrun::Format::JsonLines,
                 ))
             } else {
-                Box::new(WebhookClient::new(
-                    cfg.bitrix24.webhook_url.expose(),
-                    cfg.bitrix24.timeout,
-                ))
+                // A replay is a one-off tool; it does not take part in the daemon's token
+                // refresh (two refreshers of one refresh_token would log each other out).
+                let Some(url) = &cfg.bitrix24.webhook_url else {
+                    eprintln!(
+                        "error: replay without --dry-run needs [bitrix24] webhook_url \
+                         (not available with auth = app); add --dry-run"
+                    );
+                    return ExitCode::from(2);
+                };
+                Box::new(WebhookClient::new(url.expose(), cfg.bitrix24.timeout))
             };
             run_replay(&cfg, &cap, transport, None)
         }
@@ -143,7 +149,10 @@ fn init_logging(debug: bool) {
 }
 
 fn config_is_demo(cfg: &Config) -> bool {
-    cfg.bitrix24.webhook_url.expose().contains("demo.invalid")
+    cfg.bitrix24
+        .webhook_url
+        .as_ref()
+        .is_some_and(|u| u.expose().contains("demo.invalid"))
 }
 
 fn run_replay(
@@ -245,7 +254,11 @@ fn run_daemon(path: &Path) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         cfg.asterisk.host,
         cfg.asterisk.port,
-        cfg.bitrix24.webhook_url
+        match (&cfg.bitrix24.app, &cfg.bitrix24.webhook_url) {
+            (Some(app), _) => format!("app on {}", app.portal),
+            (None, Some(url)) => url.redacted(),
+            (None, None) => String::new(),
+        }
     );
     let daemon = match callme::daemon::Daemon::start(&cfg) {
         Ok(d) => d,
