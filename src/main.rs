@@ -127,7 +127,71 @@ fn main() -> ExitCode {
             init_logging(debug);
             originate_once(&config, &from, &to)
         }
+        Command::AppStatus { config } => {
+            init_logging(false);
+            app_status(&config)
+        }
     }
+}
+
+/// `callme app-status`: what app mode has stored, and what the portal has bound. Read-only:
+/// it never refreshes the token (that would rotate the pair under a running daemon).
+fn app_status(path: &Path) -> ExitCode {
+    use callme::bitrix::oauth::{self, AppClient};
+    let Some(cfg) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(app) = &cfg.bitrix24.app else {
+        eprintln!(
+            "{}: [bitrix24] auth is not app; nothing to show",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let client = AppClient::new(
+        app,
+        &cfg.state.dir,
+        cfg.bitrix24.timeout,
+        Default::default(),
+    )
+    .read_only();
+    println!("portal:        {}", app.portal);
+    println!("token file:    {}", client.store().path().display());
+    let Some(t) = client.tokens() else {
+        println!("tokens stored: no (install the application; see docs/app-mode.md)");
+        return ExitCode::FAILURE;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!("tokens stored: yes");
+    println!("domain:        {}", t.domain);
+    println!("member_id:     {}", t.member_id);
+    println!("endpoint:      {}", t.client_endpoint);
+    println!(
+        "access token:  {} ({})",
+        if t.expires > now {
+            "valid until"
+        } else {
+            "expired at"
+        },
+        callme::isotime::utc(t.expires.saturating_mul(1000))
+    );
+    match oauth::bound_events(&client) {
+        Ok(list) if list.is_empty() => println!("bound events:  none"),
+        Ok(list) => {
+            println!("bound events:");
+            for (event, handler) in list {
+                println!("  {event} -> {handler}");
+            }
+        }
+        Err(e) => {
+            println!("bound events:  unknown ({e})");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `RUST_LOG` wins when set. Otherwise `info`, or `debug` for our own modules with `--debug`.

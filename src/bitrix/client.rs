@@ -192,15 +192,34 @@ impl Transport for WebhookClient {
                 truncate(&params.to_string(), LOG_LIMIT)
             );
         }
-        self.send(method, params).map_err(|e| {
+        let result = self.send(method, params).map_err(|e| {
             let e = self.scrub_error(e);
             log::debug!("bitrix24 x {method}: {e}");
             if e.is_wrong_auth_type() {
                 self.note_wrong_auth_type();
             }
             e
-        })
+        });
+        // Inside a batch the refusal is a sub-result (`result_error`, §8), not our error.
+        if let Ok(reply) = &result {
+            if method == "batch" && batch_has_wrong_auth_type(&reply.result) {
+                self.note_wrong_auth_type();
+            }
+        }
+        result
     }
+}
+
+/// Whether a `batch` result holds a `WRONG_AUTH_TYPE` among its `result_error` entries.
+fn batch_has_wrong_auth_type(result: &Value) -> bool {
+    let errors = match result.get("result_error") {
+        Some(Value::Object(m)) => m.values().collect::<Vec<_>>(),
+        Some(Value::Array(a)) => a.iter().collect(),
+        _ => return false,
+    };
+    errors
+        .iter()
+        .any(|e| e.get("error").and_then(Value::as_str) == Some("WRONG_AUTH_TYPE"))
 }
 
 /// Decode a response body into a [`Reply`] or an [`Error`].
