@@ -47,6 +47,10 @@ pub enum Command {
         to: String,
         debug: bool,
     },
+    /// App mode: what is stored and bound (never a token or secret).
+    AppStatus {
+        config: PathBuf,
+    },
     Help,
     Version,
 }
@@ -76,6 +80,7 @@ Usage:
   callme demo         [--debug]
   callme ami-events   [-c FILE] [--debug]
   callme originate    [-c FILE] --from INNER --to NUMBER [--debug]
+  callme app-status   [-c FILE]
   callme help | -h | --help
   callme -V | --version
 
@@ -93,6 +98,9 @@ Subcommands:
                 the AMI events as they arrive (to check permissions/traffic).
   originate     Test click-to-call: ring the internal phone INNER first,
                 then dial NUMBER from it.
+  app-status    App mode ([bitrix24] auth = app): show the portal, member_id,
+                token expiry, whether tokens are stored and the bound events.
+                Never prints a token or secret.
 
 Options:
   -c, --config FILE  Config file. Default: ",
@@ -150,7 +158,8 @@ impl Flag {
     }
 }
 
-const SUBCOMMANDS: &str = "run, check-config, replay, demo, ami-events, originate, help";
+const SUBCOMMANDS: &str =
+    "run, check-config, replay, demo, ami-events, originate, app-status, help";
 
 /// Parse the arguments, without `argv[0]`.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageError> {
@@ -230,7 +239,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageEr
 
     let allowed: &[Flag] = match sub.as_str() {
         "run" | "ami-events" => &[Flag::Config, Flag::Debug],
-        "check-config" => &[Flag::Config],
+        "check-config" | "app-status" => &[Flag::Config],
         "replay" => &[Flag::Config, Flag::DryRun, Flag::Debug],
         "demo" => &[Flag::Debug],
         "originate" => &[Flag::Config, Flag::From, Flag::To, Flag::Debug],
@@ -310,6 +319,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageEr
             config: config(),
             debug,
         },
+        "app-status" => Command::AppStatus { config: config() },
         "originate" => {
             let (Some(from), Some(to)) = (get(Flag::From), get(Flag::To)) else {
                 return Err(UsageError(
@@ -544,6 +554,25 @@ mod tests {
     }
 
     #[test]
+    fn app_status() {
+        assert_eq!(
+            p(&["app-status"]).unwrap(),
+            Command::AppStatus {
+                config: default_config()
+            }
+        );
+        assert_eq!(
+            p(&["app-status", "-c", "x.conf"]).unwrap(),
+            Command::AppStatus {
+                config: PathBuf::from("x.conf")
+            }
+        );
+        assert!(err(&["app-status", "--debug"]).contains("--debug is not valid for `app-status`"));
+        assert!(err(&["app-status", "extra"]).contains("unexpected argument `extra`"));
+        assert!(USAGE.contains("callme app-status   [-c FILE]"));
+    }
+
+    #[test]
     fn help_and_version() {
         assert_eq!(p(&["help"]).unwrap(), Command::Help);
         assert_eq!(p(&["-h"]).unwrap(), Command::Help);
@@ -567,7 +596,7 @@ mod tests {
     fn unknown_things() {
         assert_eq!(
             err(&["rnu"]),
-            "unknown subcommand `rnu` (one of: run, check-config, replay, demo, ami-events, originate, help)"
+            "unknown subcommand `rnu` (one of: run, check-config, replay, demo, ami-events, originate, app-status, help)"
         );
         assert_eq!(err(&["run", "--dryrun"]), "unknown option `--dryrun`");
         assert_eq!(err(&["run", "-x"]), "unknown option `-x`");

@@ -30,9 +30,10 @@ use crate::ami::Message;
 use crate::bitrix::deliver::{DeliverConfig, Deliverer, Stats};
 use crate::bitrix::limiter::{Limited, Limiter};
 use crate::bitrix::outbox::{EventJournal, EventRecord, Outbox};
-use crate::bitrix::{api, Directory, Transport, WebhookClient};
+use crate::bitrix::{api, AppClient, AuthStatus, Directory, Transport, WebhookClient};
 use crate::calls::tracker::Originate;
 use crate::calls::{CallSummary, Intent, Tracker, TrackerConfig};
+use crate::config::AuthMode;
 use crate::config::Config;
 use crate::http;
 
@@ -43,6 +44,9 @@ pub struct Health {
     pub state_alive_ms: std::sync::atomic::AtomicU64,
     pub active_calls: Mutex<Vec<CallSummary>>,
     pub delivery: Mutex<DeliveryView>,
+    /// Why Bitrix24 refuses our credentials, if it does: app mode not installed or its
+    /// refresh refused, or a webhook on a portal that requires app mode. Makes `/healthz` 503.
+    pub auth_error: AuthStatus,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -84,6 +88,9 @@ pub struct Shared {
     /// The Bitrix24 transport, for the rare request outside the delivery queue (a user
     /// directory refresh when a click-to-call names an unknown user).
     pub transport: Arc<dyn Transport>,
+    /// App mode: the OAuth client, for the install endpoint and event checks. `None` in
+    /// webhook mode.
+    pub app: Option<Arc<AppClient>>,
 }
 
 pub fn ami_config(cfg: &Config) -> ClientConfig {
@@ -124,13 +131,43 @@ impl Daemon {
     /// in the background (and are retried), so a PBX or portal that is down does not stop us.
     /// Fails only if the HTTP listener cannot be bound (checked before any thread starts).
     pub fn start(cfg: &Config) -> Result<Daemon, http::Error> {
-        let transport = WebhookClient::new(cfg.bitrix24.webhook_url.expose(), cfg.bitrix24.timeout);
-        Self::start_with(cfg, Arc::new(transport))
+        let status = AuthStatus::default();
+        let b = &cfg.bitrix24;
+        match (b.auth, &b.app, &b.webhook_url) {
+            (AuthMode::App, Some(app), _) => {
+                let client = Arc::new(AppClient::new(
+                    app,
+                    &cfg.state.dir,
+                    b.timeout,
+                    status.clone(),
+                ));
+                Self::start_inner(cfg, client.clone(), Some(client), status)
+            }
+            (_, _, Some(url)) => {
+                let client =
+                    WebhookClient::new(url.expose(), b.timeout).with_status(status.clone());
+                Self::start_inner(cfg, Arc::new(client), None, status)
+            }
+            // The config validator guarantees one of the two.
+            _ => unreachable!("[bitrix24] has neither webhook_url nor app settings"),
+        }
     }
 
     pub fn start_with(cfg: &Config, transport: Arc<dyn Transport>) -> Result<Daemon, http::Error> {
+        Self::start_inner(cfg, transport, None, AuthStatus::default())
+    }
+
+    fn start_inner(
+        cfg: &Config,
+        transport: Arc<dyn Transport>,
+        app: Option<Arc<AppClient>>,
+        auth_error: AuthStatus,
+    ) -> Result<Daemon, http::Error> {
         let listener = http::bind(cfg.http.listen)?;
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health {
+            auth_error,
+            ..Health::default()
+        });
         let (ami_tx, ami_rx) = unbounded();
         let (wake_tx, wake_rx) = bounded::<()>(1);
         let (ctl_tx, ctl_rx) = unbounded::<Control>();
@@ -154,6 +191,7 @@ impl Daemon {
             control: ctl_tx.clone(),
             directory: directory.clone(),
             transport: transport.clone(),
+            app,
         };
 
         let h = health.clone();

@@ -93,10 +93,16 @@ fn main() -> ExitCode {
                     dryrun::Format::JsonLines,
                 ))
             } else {
-                Box::new(WebhookClient::new(
-                    cfg.bitrix24.webhook_url.expose(),
-                    cfg.bitrix24.timeout,
-                ))
+                // A replay is a one-off tool; it does not take part in the daemon's token
+                // refresh (two refreshers of one refresh_token would log each other out).
+                let Some(url) = &cfg.bitrix24.webhook_url else {
+                    eprintln!(
+                        "error: replay without --dry-run needs [bitrix24] webhook_url \
+                         (not available with auth = app); add --dry-run"
+                    );
+                    return ExitCode::from(2);
+                };
+                Box::new(WebhookClient::new(url.expose(), cfg.bitrix24.timeout))
             };
             run_replay(&cfg, &cap, transport, None)
         }
@@ -121,7 +127,71 @@ fn main() -> ExitCode {
             init_logging(debug);
             originate_once(&config, &from, &to)
         }
+        Command::AppStatus { config } => {
+            init_logging(false);
+            app_status(&config)
+        }
     }
+}
+
+/// `callme app-status`: what app mode has stored, and what the portal has bound. Read-only:
+/// it never refreshes the token (that would rotate the pair under a running daemon).
+fn app_status(path: &Path) -> ExitCode {
+    use callme::bitrix::oauth::{self, AppClient};
+    let Some(cfg) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(app) = &cfg.bitrix24.app else {
+        eprintln!(
+            "{}: [bitrix24] auth is not app; nothing to show",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let client = AppClient::new(
+        app,
+        &cfg.state.dir,
+        cfg.bitrix24.timeout,
+        Default::default(),
+    )
+    .read_only();
+    println!("portal:        {}", app.portal);
+    println!("token file:    {}", client.store().path().display());
+    let Some(t) = client.tokens() else {
+        println!("tokens stored: no (install the application; see docs/app-mode.md)");
+        return ExitCode::FAILURE;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!("tokens stored: yes");
+    println!("domain:        {}", t.domain);
+    println!("member_id:     {}", t.member_id);
+    println!("endpoint:      {}", t.client_endpoint);
+    println!(
+        "access token:  {} ({})",
+        if t.expires > now {
+            "valid until"
+        } else {
+            "expired at"
+        },
+        callme::isotime::utc(t.expires.saturating_mul(1000))
+    );
+    match oauth::bound_events(&client) {
+        Ok(list) if list.is_empty() => println!("bound events:  none"),
+        Ok(list) => {
+            println!("bound events:");
+            for (event, handler) in list {
+                println!("  {event} -> {handler}");
+            }
+        }
+        Err(e) => {
+            println!("bound events:  unknown ({e})");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `RUST_LOG` wins when set. Otherwise `info`, or `debug` for our own modules with `--debug`.
@@ -143,7 +213,10 @@ fn init_logging(debug: bool) {
 }
 
 fn config_is_demo(cfg: &Config) -> bool {
-    cfg.bitrix24.webhook_url.expose().contains("demo.invalid")
+    cfg.bitrix24
+        .webhook_url
+        .as_ref()
+        .is_some_and(|u| u.expose().contains("demo.invalid"))
 }
 
 fn run_replay(
@@ -245,7 +318,11 @@ fn run_daemon(path: &Path) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         cfg.asterisk.host,
         cfg.asterisk.port,
-        cfg.bitrix24.webhook_url
+        match (&cfg.bitrix24.app, &cfg.bitrix24.webhook_url) {
+            (Some(app), _) => format!("app on {}", app.portal),
+            (None, Some(url)) => url.redacted(),
+            (None, None) => String::new(),
+        }
     );
     let daemon = match callme::daemon::Daemon::start(&cfg) {
         Ok(d) => d,

@@ -55,7 +55,15 @@ pub struct WebhookClient {
     base: String,
     redacted_base: String,
     secrets: Vec<String>,
+    /// Where `WRONG_AUTH_TYPE` is reported for `/healthz` and `/status`.
+    status: Option<super::oauth::AuthStatus>,
+    /// `WRONG_AUTH_TYPE` is a configuration error: said once, not once per request.
+    wrong_auth_said: std::sync::atomic::AtomicBool,
 }
+
+/// What an operator must read when the portal refuses telephony methods to webhooks
+/// (bitrix24-api.md §1.4). README.md has a "§ App mode" section pointing to docs/app-mode.md.
+pub const APP_MODE_REQUIRED: &str = "this portal requires app mode; see README § App mode";
 
 impl WebhookClient {
     /// `webhook_url` may end with a slash or not. `timeout` bounds each request as a whole
@@ -79,6 +87,26 @@ impl WebhookClient {
             redacted_base: redact_url(&base),
             secrets: secrets_of(&base),
             base,
+            status: None,
+            wrong_auth_said: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Report `WRONG_AUTH_TYPE` into `status` (the daemon's health) as well as the log.
+    pub fn with_status(mut self, status: super::oauth::AuthStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Log [`APP_MODE_REQUIRED`] the first time, and publish it. The step itself is not
+    /// retried: `WRONG_AUTH_TYPE` is permanent ([`Error::is_retryable`]).
+    fn note_wrong_auth_type(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.wrong_auth_said.swap(true, Ordering::SeqCst) {
+            log::error!("{APP_MODE_REQUIRED}");
+        }
+        if let Some(s) = &self.status {
+            *s.lock().unwrap_or_else(|p| p.into_inner()) = Some(APP_MODE_REQUIRED.to_string());
         }
     }
 
@@ -164,12 +192,34 @@ impl Transport for WebhookClient {
                 truncate(&params.to_string(), LOG_LIMIT)
             );
         }
-        self.send(method, params).map_err(|e| {
+        let result = self.send(method, params).map_err(|e| {
             let e = self.scrub_error(e);
             log::debug!("bitrix24 x {method}: {e}");
+            if e.is_wrong_auth_type() {
+                self.note_wrong_auth_type();
+            }
             e
-        })
+        });
+        // Inside a batch the refusal is a sub-result (`result_error`, §8), not our error.
+        if let Ok(reply) = &result {
+            if method == "batch" && batch_has_wrong_auth_type(&reply.result) {
+                self.note_wrong_auth_type();
+            }
+        }
+        result
     }
+}
+
+/// Whether a `batch` result holds a `WRONG_AUTH_TYPE` among its `result_error` entries.
+fn batch_has_wrong_auth_type(result: &Value) -> bool {
+    let errors = match result.get("result_error") {
+        Some(Value::Object(m)) => m.values().collect::<Vec<_>>(),
+        Some(Value::Array(a)) => a.iter().collect(),
+        _ => return false,
+    };
+    errors
+        .iter()
+        .any(|e| e.get("error").and_then(Value::as_str) == Some("WRONG_AUTH_TYPE"))
 }
 
 /// Decode a response body into a [`Reply`] or an [`Error`].

@@ -7,6 +7,7 @@
 //! - [`error`]: the one error type, with its retry classification.
 //! - [`outbox`]: the durable journal of steps and the events journal.
 //! - [`limiter`]: the client-side leaky bucket shared by everything that calls Bitrix24.
+//! - [`oauth`]: app mode: OAuth tokens from the install event, refreshed and persisted.
 //! - [`deliver`]: outbox → requests, in order per call, batched when a backlog forms.
 //!
 //! Reference for every quirk cited in here: `bitrix24-api.md` (shared docs).
@@ -16,11 +17,15 @@ pub mod client;
 pub mod deliver;
 pub mod error;
 pub mod limiter;
+pub mod oauth;
 pub mod outbox;
 pub mod record;
 pub mod users;
 
 pub use api::User;
-pub use client::{redact_url, validate_webhook_url, Reply, Transport, WebhookClient};
+pub use client::{
+    redact_url, validate_webhook_url, Reply, Transport, WebhookClient, APP_MODE_REQUIRED,
+};
 pub use error::Error;
+pub use oauth::{AppClient, AuthStatus};
 pub use users::Directory;

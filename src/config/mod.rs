@@ -44,6 +44,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     (
         "bitrix24",
         &[
+            "auth",
             "webhook_url",
             "app_token",
             "domain",
@@ -52,6 +53,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "users_refresh",
             "rate",
             "burst",
+            "client_id",
+            "client_secret",
+            "portal",
+            "oauth_url",
         ],
     ),
     (
@@ -73,7 +78,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
         "phone",
         &["country_code", "national_prefix", "national_length"],
     ),
-    ("http", &["listen", "threads"]),
+    ("http", &["listen", "threads", "public_url"]),
     ("state", &["dir", "outbox_warn"]),
     (
         "recording",
@@ -385,7 +390,12 @@ pub struct AsteriskConfig {
 /// `[bitrix24]`: the REST side and the incoming event webhook.
 #[derive(Debug, Clone)]
 pub struct Bitrix24Config {
-    pub webhook_url: WebhookUrl,
+    /// How REST calls are authorised: an inbound webhook, or a local application (OAuth).
+    pub auth: AuthMode,
+    /// Required with `auth = webhook`; unused (and may be absent) with `auth = app`.
+    pub webhook_url: Option<WebhookUrl>,
+    /// `auth = app` only: the local application's credentials and portal.
+    pub app: Option<AppConfig>,
     /// Expected `auth[application_token]` of incoming events. `None` = not configured.
     pub app_token: Option<Secret>,
     /// If set, incoming events must carry this `auth[domain]`.
@@ -485,12 +495,43 @@ impl Default for PhoneConfig {
     }
 }
 
+/// `[bitrix24] auth`: which credentials REST calls carry (bitrix24-api.md §1.1, §1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// An inbound webhook URL (`/rest/{user}/{code}/`): the default, unchanged since 1.0.
+    #[default]
+    Webhook,
+    /// A local application: OAuth tokens from its install event, refreshed by us. Some portals
+    /// refuse telephony methods to webhooks (`WRONG_AUTH_TYPE`, §1.4).
+    App,
+}
+
+/// The OAuth default authorization server (bitrix24-api.md §1.3).
+pub const DEFAULT_OAUTH_URL: &str = "https://oauth.bitrix.info/oauth/token/";
+
+/// `[bitrix24]` keys of `auth = app`.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The local application's `client_id` ("Application code").
+    pub client_id: String,
+    /// The local application's `client_secret` ("Application key").
+    pub client_secret: Secret,
+    /// The portal's host name; the first install event must come from it (`auth[domain]`).
+    pub portal: String,
+    /// Where tokens are refreshed; configurable so tests can point it at a fake server.
+    pub oauth_url: String,
+}
+
 /// `[http]`: the webhook and ops endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Worker threads, 1..=64.
     pub threads: usize,
+    /// Where Bitrix24 reaches this server from outside (through the reverse proxy), ending
+    /// with `/`. In app mode the event handler bound with `event.bind` is
+    /// `{public_url}bitrix24/event`. `None`: events are not bound automatically.
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -498,6 +539,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             threads: 4,
+            public_url: None,
         }
     }
 }
@@ -701,13 +743,18 @@ pub fn parse_str(text: &str, file_name: &str) -> Result<Config, Error> {
 
 /// Settings that work but deserve a word in the journal.
 fn warn_risky(cfg: &Config, path: &Path) {
-    if cfg.bitrix24.webhook_url.is_plain_http() {
+    if cfg
+        .bitrix24
+        .webhook_url
+        .as_ref()
+        .is_some_and(WebhookUrl::is_plain_http)
+    {
         log::warn!(
             "{}: webhook_url uses http://, the webhook code is sent unencrypted",
             path.display()
         );
     }
-    if cfg.bitrix24.app_token.is_none() {
+    if cfg.bitrix24.auth == AuthMode::Webhook && cfg.bitrix24.app_token.is_none() {
         log::warn!(
             "{}: [bitrix24] app_token is empty, so incoming Bitrix24 events cannot be verified",
             path.display()
@@ -953,7 +1000,50 @@ impl<'a> Validator<'a> {
 
     fn bitrix24(&mut self) -> Option<Bitrix24Config> {
         const S: &str = "bitrix24";
-        let webhook_url = self.required(S, "webhook_url", WebhookUrl::parse);
+        let auth = self.value(S, "auth", AuthMode::Webhook, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "webhook" => Ok(AuthMode::Webhook),
+                "app" => Ok(AuthMode::App),
+                _ => Err("unknown mode (allowed: webhook, app)".to_string()),
+            }
+        });
+        let (webhook_url, app) = match auth {
+            AuthMode::Webhook => {
+                for key in ["client_id", "client_secret", "portal"] {
+                    if let Some(e) = self.entry(S, key).filter(|e| !e.value.is_empty()) {
+                        let line = e.line;
+                        self.error(
+                            line,
+                            format!("[{S}] {key} is only used with auth = app (allowed: empty, or set auth = app)"),
+                        );
+                    }
+                }
+                let url = self.required(S, "webhook_url", WebhookUrl::parse);
+                (url.map(Some), Some(None))
+            }
+            AuthMode::App => {
+                let url = self.optional(S, "webhook_url", WebhookUrl::parse);
+                let client_id = self.required(S, "client_id", parse_client_id);
+                let client_secret = self.required(S, "client_secret", |v| Ok(Secret::new(v)));
+                let portal = self.required(S, "portal", parse_domain);
+                let oauth_url = self.value(
+                    S,
+                    "oauth_url",
+                    DEFAULT_OAUTH_URL.to_string(),
+                    parse_oauth_url,
+                );
+                let app = match (client_id, client_secret, portal) {
+                    (Some(client_id), Some(client_secret), Some(portal)) => Some(AppConfig {
+                        client_id,
+                        client_secret,
+                        portal,
+                        oauth_url,
+                    }),
+                    _ => None,
+                };
+                (Some(url), app.map(Some))
+            }
+        };
         let app_token = self.optional(S, "app_token", |v| Ok(Secret::new(v)));
         let domain = self.optional(S, "domain", parse_domain);
         let member_id = self.optional(S, "member_id", parse_member_id);
@@ -961,8 +1051,12 @@ impl<'a> Validator<'a> {
         let users_refresh = self.value(S, "users_refresh", secs(300), parse_secs);
         let rate = self.value(S, "rate", 2.0, parse_rate);
         let burst = self.value(S, "burst", 50, parse_burst);
+        // Checked after every other key, so all problems are reported at once.
+        let (webhook_url, app) = (webhook_url?, app?);
         Some(Bitrix24Config {
-            webhook_url: webhook_url?,
+            auth,
+            webhook_url,
+            app,
             app_token,
             domain,
             member_id,
@@ -1089,7 +1183,12 @@ impl<'a> Validator<'a> {
             })
         });
         let threads = self.value(S, "threads", d.threads, |v| parse_number(v, 1, 64));
-        HttpConfig { listen, threads }
+        let public_url = self.optional(S, "public_url", parse_public_url);
+        HttpConfig {
+            listen,
+            threads,
+            public_url,
+        }
     }
 
     fn state(&mut self) -> StateConfig {
@@ -1414,6 +1513,38 @@ fn parse_domain(v: &str) -> Result<String, String> {
         Ok(v.to_string())
     } else {
         Err("not a domain (allowed: the portal's host name only, e.g. portal.bitrix24.ru, without https://)".to_string())
+    }
+}
+
+/// `[http] public_url`: like [`parse_base_url`], with a message about this key.
+fn parse_public_url(v: &str) -> Result<String, String> {
+    parse_base_url(v).map_err(|e| {
+        e.replace(
+            "URL of the recordings root, e.g. https://pbx.example.com/recordings/",
+            "URL where Bitrix24 reaches this server, e.g. https://pbx.example.com/callme/",
+        )
+    })
+}
+
+/// `[bitrix24] oauth_url`: an `http(s)://` URL without credentials, query or fragment.
+fn parse_oauth_url(v: &str) -> Result<String, String> {
+    parse_base_url(v).map_err(|e| {
+        e.replace(
+            "URL of the recordings root, e.g. https://pbx.example.com/recordings/",
+            "URL of the OAuth token endpoint, e.g. https://oauth.bitrix.info/oauth/token/",
+        )
+    })
+}
+
+/// `client_id` of a local application, e.g. `local.5f1a2b3c4d5e6.12345678`.
+fn parse_client_id(v: &str) -> Result<String, String> {
+    if v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Ok(v.to_string())
+    } else {
+        Err("not a client_id (allowed: the application code shown by Bitrix24, e.g. local.5f1a2b3c4d5e6.12345678)".to_string())
     }
 }
 

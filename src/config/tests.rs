@@ -35,7 +35,7 @@ fn example_loads() {
     assert_eq!(cfg.asterisk.username, "callme");
     assert_eq!(cfg.asterisk.port, 5038);
     assert_eq!(
-        cfg.bitrix24.webhook_url.expose(),
+        cfg.bitrix24.webhook_url.as_ref().unwrap().expose(),
         "https://portal.bitrix24.ru/rest/1/abcdef/"
     );
     assert!(cfg.bitrix24.app_token.is_none());
@@ -168,7 +168,10 @@ outbox_warn = 50
     assert_eq!(a.ping_timeout, Duration::from_millis(250));
     assert_eq!(a.reconnect_min, a.reconnect_max);
     let b = &cfg.bitrix24;
-    assert_eq!(b.webhook_url.expose(), "http://b24.local/rest/1/xyz/");
+    assert_eq!(
+        b.webhook_url.as_ref().unwrap().expose(),
+        "http://b24.local/rest/1/xyz/"
+    );
     assert_eq!(b.app_token.as_ref().unwrap().expose(), "tok");
     assert_eq!(b.domain.as_deref(), Some("b24.local"));
     assert_eq!(b.member_id.as_deref(), Some("abc123"));
@@ -235,7 +238,9 @@ fn unknown_section() {
 fn unknown_key_without_suggestion() {
     let e = err(&with("http", "colour = blue"));
     assert!(
-        e.starts_with("t.conf:7: unknown key `colour` in [http] (allowed keys: listen, threads)"),
+        e.starts_with(
+            "t.conf:7: unknown key `colour` in [http] (allowed keys: listen, threads, public_url)"
+        ),
         "{e}"
     );
 }
@@ -420,7 +425,7 @@ fn inline_comments() {
     assert_eq!(cfg.asterisk.username, "u");
     assert_eq!(cfg.asterisk.secret.expose(), "s3cr3t");
     assert_eq!(
-        cfg.bitrix24.webhook_url.expose(),
+        cfg.bitrix24.webhook_url.as_ref().unwrap().expose(),
         "https://p.bitrix24.ru/rest/1/abc/"
     );
 }
@@ -457,7 +462,7 @@ fn webhook_url_normalisation() {
     ] {
         let text = MINIMAL.replace("https://p.bitrix24.ru/rest/7/c0de/", input);
         let cfg = parse_str(&text, "t").unwrap_or_else(|e| panic!("{input}: {e}"));
-        assert_eq!(cfg.bitrix24.webhook_url.expose(), want);
+        assert_eq!(cfg.bitrix24.webhook_url.as_ref().unwrap().expose(), want);
     }
 }
 
@@ -674,7 +679,7 @@ fn demo_config_is_valid() {
     assert_eq!(cfg.asterisk.username, "demo");
     assert_eq!(cfg.asterisk.secret.expose(), "demo");
     assert_eq!(
-        cfg.bitrix24.webhook_url.expose(),
+        cfg.bitrix24.webhook_url.as_ref().unwrap().expose(),
         "https://demo.invalid/rest/1/demo/"
     );
     assert_eq!(cfg.calls, CallsConfig::default());
@@ -839,4 +844,54 @@ fn originate_values_checked() {
         assert!(e.starts_with("t.conf:7: [originate] "), "{line}: {e}");
         assert!(e.contains(why), "{line}: {e}");
     }
+}
+
+#[test]
+fn webhook_is_the_default_auth() {
+    let cfg = parse_str(MINIMAL, "t").unwrap();
+    assert_eq!(cfg.bitrix24.auth, AuthMode::Webhook);
+    assert!(cfg.bitrix24.app.is_none());
+    assert!(cfg.http.public_url.is_none());
+}
+
+#[test]
+fn app_mode_keys() {
+    let text = "[asterisk]\nusername = u\nsecret = s\n[bitrix24]\nauth = app\n\
+                client_id = local.5f1a.123\nclient_secret = topsecret\nportal = p.bitrix24.ru\n\
+                [http]\npublic_url = https://pbx.example.com/callme\n";
+    let cfg = parse_str(text, "t").unwrap();
+    assert_eq!(cfg.bitrix24.auth, AuthMode::App);
+    assert!(cfg.bitrix24.webhook_url.is_none());
+    let app = cfg.bitrix24.app.as_ref().unwrap();
+    assert_eq!(app.client_id, "local.5f1a.123");
+    assert_eq!(app.portal, "p.bitrix24.ru");
+    assert_eq!(app.oauth_url, DEFAULT_OAUTH_URL);
+    assert!(!format!("{cfg:?}").contains("topsecret"));
+    assert_eq!(
+        cfg.http.public_url.as_deref(),
+        Some("https://pbx.example.com/callme/")
+    );
+    // Missing app keys are all reported; the secret is never repeated.
+    let e = err(
+        "[asterisk]\nusername = u\nsecret = s\n[bitrix24]\nauth = app\nclient_secret = topsecret\n",
+    );
+    assert!(e.contains("[bitrix24] client_id is missing"), "{e}");
+    assert!(e.contains("[bitrix24] portal is missing"), "{e}");
+    assert!(!e.contains("webhook_url"), "{e}");
+    let e = err("[asterisk]\nusername = u\nsecret = s\n[bitrix24]\nauth = oauth\n");
+    assert!(e.contains("unknown mode (allowed: webhook, app)"), "{e}");
+}
+
+#[test]
+fn app_keys_rejected_in_webhook_mode() {
+    let e = err(&with(
+        "bitrix24",
+        "client_id = local.1\nclient_secret = topsecret",
+    ));
+    assert!(e.contains("client_id is only used with auth = app"), "{e}");
+    assert!(
+        e.contains("client_secret is only used with auth = app"),
+        "{e}"
+    );
+    assert!(!e.contains("topsecret"), "{e}");
 }

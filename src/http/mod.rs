@@ -1,4 +1,5 @@
-//! The HTTP server: Bitrix24 events (`POST /bitrix24/event`) and the ops endpoints
+//! The HTTP server: Bitrix24 events (`POST /bitrix24/event`), the app install event
+//! (`POST /bitrix24/install`, app mode) and the ops endpoints
 //! (`GET /healthz`, `/status`, `/metrics`), on `[http] listen`.
 //!
 //! tiny_http accepts connections on its own thread and hands complete requests to a queue;
@@ -10,6 +11,7 @@
 //! Tests find the port of `listen = 127.0.0.1:0` in the info line `HTTP listening on ADDR`
 //! (or from [`Server::addr`] / `Daemon::http_addr` in-process).
 
+mod install;
 mod ops;
 mod webhook;
 
@@ -29,6 +31,7 @@ use tiny_http::{Header, Method, Request, Response};
 use crate::daemon::Shared;
 use crate::originate::Dedup;
 
+pub use install::INSTALL_PATH;
 pub use ops::{metrics_text, Snapshot};
 
 /// The webhook path (a contract, mission.md).
@@ -185,6 +188,7 @@ fn handle(ctx: &Ctx, req: Request) {
     let path = req.url().split('?').next().unwrap_or("").to_string();
     match path.as_str() {
         EVENT_PATH => webhook::handle(ctx, req),
+        INSTALL_PATH => install::handle(ctx, req),
         "/healthz" | "/status" | "/metrics" => {
             if !matches!(req.method(), Method::Get | Method::Head) {
                 respond(

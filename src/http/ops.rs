@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub users: usize,
     pub users_age: Option<Duration>,
     pub clicks: Vec<(&'static str, u64)>,
+    /// Bitrix24 refuses our credentials (`Health::auth_error`).
+    pub auth_error: Option<String>,
 }
 
 fn snapshot(ctx: &Ctx) -> Snapshot {
@@ -70,6 +72,7 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
             .lock()
             .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default(),
+        auth_error: h.auth_error.lock().map(|e| e.clone()).unwrap_or_default(),
     }
 }
 
@@ -82,6 +85,10 @@ pub(super) fn healthz(ctx: &Ctx) -> Reply {
 }
 
 fn health_problem(s: &Snapshot) -> Option<String> {
+    // First: calls cannot reach Bitrix24 at all until an operator acts.
+    if let Some(e) = &s.auth_error {
+        return Some(format!("Bitrix24 authorization: {e}"));
+    }
     if !s.ami_logged_in {
         return Some("AMI is not logged in".to_string());
     }
@@ -137,6 +144,7 @@ fn status_json(s: &Snapshot) -> Value {
             "permanent_failures": d.stats.permanent_failures,
             "skipped": d.stats.skipped,
             "last_error": d.stats.last_error,
+            "auth_error": s.auth_error,
         },
         "users": {
             "count": s.users,
@@ -150,13 +158,17 @@ fn status_json(s: &Snapshot) -> Value {
 /// Secrets shorter than 6 characters are not searched for: replacing them would garble
 /// ordinary text, and such a secret is no secret anyway.
 fn scrub(mut text: String, cfg: &Config) -> String {
-    let url = cfg.bitrix24.webhook_url.expose();
-    text = text.replace(url, &cfg.bitrix24.webhook_url.redacted());
-    let code = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    let mut code = None;
+    if let Some(w) = &cfg.bitrix24.webhook_url {
+        let url = w.expose();
+        text = text.replace(url, &w.redacted());
+        code = url.trim_end_matches('/').rsplit('/').next();
+    }
     let secrets = [
-        Some(code),
+        code,
         Some(cfg.asterisk.secret.expose()),
         cfg.bitrix24.app_token.as_ref().map(|t| t.expose()),
+        cfg.bitrix24.app.as_ref().map(|a| a.client_secret.expose()),
     ];
     for s in secrets.into_iter().flatten() {
         if s.len() >= 6 {
@@ -364,7 +376,7 @@ mod tests {
         cfg.asterisk.secret = crate::config::Secret::new("amisecret");
         let text = format!(
             "{} / tok-123456 / amisecret / demo",
-            cfg.bitrix24.webhook_url.expose()
+            cfg.bitrix24.webhook_url.as_ref().unwrap().expose()
         );
         let out = scrub(text, &cfg);
         assert_eq!(out, "https://demo.invalid/rest/1/***/ / *** / *** / demo");

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use tiny_http::{Method, Request};
 
-use super::{form, header, reply, respond, Ctx};
-use crate::config::Bitrix24Config;
+use super::{form, header, reply, respond, Ctx, Reply};
+use crate::bitrix::oauth::Tokens;
+use crate::config::{Bitrix24Config, Secret};
 use crate::originate::{self, Click};
 
 /// Largest body accepted. A real ONEXTERNALCALLSTART is under 2 KiB.
@@ -85,23 +86,18 @@ fn content_type_ok(req: &Request) -> bool {
         })
 }
 
-pub(super) fn handle(ctx: &Ctx, mut req: Request) {
-    let from = req
-        .remote_addr()
-        .map_or_else(|| "?".to_string(), |a| a.to_string());
+/// Method, content type, size and encoding of a Bitrix24 form POST (events and installs):
+/// the decoded form, or the answer to send. `what` names the endpoint in log lines.
+pub(super) fn read_form(req: &mut Request, from: &str, what: &str) -> Result<form::Form, Reply> {
     if *req.method() != Method::Post {
-        let resp = reply(405, "method not allowed\n").with_header(header("Allow", "POST"));
-        return respond(req, resp);
+        return Err(reply(405, "method not allowed\n").with_header(header("Allow", "POST")));
     }
-    if !content_type_ok(&req) {
-        return respond(
-            req,
-            reply(415, "expected application/x-www-form-urlencoded\n"),
-        );
+    if !content_type_ok(req) {
+        return Err(reply(415, "expected application/x-www-form-urlencoded\n"));
     }
     if req.body_length().is_some_and(|n| n > BODY_LIMIT) {
-        log::warn!("Bitrix24 event from {from}: body over {BODY_LIMIT} bytes, refused");
-        return respond(req, reply(413, "body too large\n"));
+        log::warn!("{what} from {from}: body over {BODY_LIMIT} bytes, refused");
+        return Err(reply(413, "body too large\n"));
     }
     // Enforced while reading too: a chunked body has no length up front.
     let mut body = Vec::new();
@@ -110,20 +106,44 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
         .take(BODY_LIMIT as u64 + 1)
         .read_to_end(&mut body);
     if let Err(e) = read {
-        log::debug!("Bitrix24 event from {from}: could not read the body: {e}");
-        return respond(req, reply(400, "could not read the body\n"));
+        log::debug!("{what} from {from}: could not read the body: {e}");
+        return Err(reply(400, "could not read the body\n"));
     }
     if body.len() > BODY_LIMIT {
-        log::warn!("Bitrix24 event from {from}: body over {BODY_LIMIT} bytes, refused");
-        return respond(req, reply(413, "body too large\n"));
+        log::warn!("{what} from {from}: body over {BODY_LIMIT} bytes, refused");
+        return Err(reply(413, "body too large\n"));
     }
-    let f = match form::parse(&body) {
+    form::parse(&body).map_err(|e| {
+        log::warn!("{what} from {from}: bad form encoding: {e}");
+        reply(400, &format!("bad form encoding: {e}\n"))
+    })
+}
+
+pub(super) fn handle(ctx: &Ctx, mut req: Request) {
+    let from = req
+        .remote_addr()
+        .map_or_else(|| "?".to_string(), |a| a.to_string());
+    let f = match read_form(&mut req, &from, "Bitrix24 event") {
         Ok(f) => f,
-        Err(e) => {
-            log::warn!("Bitrix24 event from {from}: bad form encoding: {e}");
-            return respond(req, reply(400, &format!("bad form encoding: {e}\n")));
-        }
+        Err(resp) => return respond(req, resp),
     };
+    // App mode: the application token and member_id come from the install event.
+    if let Some(app) = &ctx.shared.app {
+        match check_app_auth(app.tokens().as_ref(), &f) {
+            Ok(()) => return dispatch(ctx, req, &f, &from),
+            Err(Reject::NoToken) => {
+                log::error!(
+                    "Bitrix24 event from {from} refused: the application is not installed yet, \
+                     so events cannot be verified (see docs/app-mode.md)"
+                );
+                return respond(req, reply(403, "forbidden\n"));
+            }
+            Err(Reject::Forbidden(why)) => {
+                log::warn!("Bitrix24 event from {from} refused: {why}");
+                return respond(req, reply(403, "forbidden\n"));
+            }
+        }
+    }
     let cfg = &ctx.shared.config.bitrix24;
     match check_auth(cfg, &f) {
         Ok(()) => {}
@@ -140,12 +160,33 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
             return respond(req, reply(403, "forbidden\n"));
         }
     }
+    dispatch(ctx, req, &f, &from)
+}
+
+/// App mode: `auth[application_token]` must equal the stored one (constant time) and
+/// `auth[member_id]` the stored one. No install yet: nothing to compare with, so refuse.
+fn check_app_auth(tokens: Option<&Tokens>, f: &form::Form) -> Result<(), Reject> {
+    let Some(t) = tokens else {
+        return Err(Reject::NoToken);
+    };
+    let sent = f.get("auth[application_token]").unwrap_or("");
+    if !Secret::new(t.application_token.clone()).ct_eq(sent) {
+        return Err(Reject::Forbidden("bad application_token"));
+    }
+    if f.get("auth[member_id]") != Some(t.member_id.as_str()) {
+        return Err(Reject::Forbidden("wrong member_id"));
+    }
+    Ok(())
+}
+
+/// An authenticated event: act on its name.
+fn dispatch(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
     let Some(event) = f.non_empty("event") else {
         return respond(req, reply(400, "missing event\n"));
     };
     match event.to_ascii_uppercase().as_str() {
-        "ONEXTERNALCALLSTART" => start(ctx, req, &f, &from),
-        "ONEXTERNALCALLBACKSTART" => callback_start(ctx, req, &f, &from),
+        "ONEXTERNALCALLSTART" => start(ctx, req, f, from),
+        "ONEXTERNALCALLBACKSTART" => callback_start(ctx, req, f, from),
         other => {
             log::debug!(
                 "Bitrix24 event {} ignored",
@@ -249,7 +290,6 @@ fn callback_start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
 
     fn cfg(token: Option<&str>) -> Bitrix24Config {
         let mut c = crate::config::Config::demo().bitrix24;
@@ -280,6 +320,36 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn app_mode_uses_the_stored_token_and_member_id() {
+        let t = Tokens {
+            access_token: "a".into(),
+            refresh_token: "r".into(),
+            expires: 0,
+            client_endpoint: "https://p/rest/".into(),
+            member_id: "m1".into(),
+            domain: "p.bitrix24.ru".into(),
+            application_token: "apptok".into(),
+        };
+        let ok = body("auth[application_token]=apptok&auth[member_id]=m1");
+        assert_eq!(check_app_auth(Some(&t), &ok), Ok(()));
+        assert_eq!(check_app_auth(None, &ok), Err(Reject::NoToken));
+        assert_eq!(
+            check_app_auth(
+                Some(&t),
+                &body("auth[application_token]=apptoK&auth[member_id]=m1")
+            ),
+            Err(Reject::Forbidden("bad application_token"))
+        );
+        assert_eq!(
+            check_app_auth(
+                Some(&t),
+                &body("auth[application_token]=apptok&auth[member_id]=m2")
+            ),
+            Err(Reject::Forbidden("wrong member_id"))
+        );
     }
 
     #[test]

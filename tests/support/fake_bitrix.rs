@@ -162,6 +162,43 @@ struct State {
     records: Vec<AttachedRecord>,
     /// Upload URL token → (CALL_ID, FILENAME) of an `attachRecord` without `FILE_CONTENT`.
     uploads: BTreeMap<String, (String, String)>,
+    /// App (OAuth) mode, when enabled with [`FakeBitrix::enable_app`].
+    app: Option<AppAuth>,
+    /// Answer `WRONG_AUTH_TYPE` to telephony methods called through the webhook (§1.4).
+    telephony_requires_app: bool,
+}
+
+/// Trades a refresh token for a new (access, refresh) pair; `None` if it is not valid.
+pub type Refresher = Arc<dyn Fn(&str) -> Option<(String, String)> + Send + Sync>;
+
+/// The portal's side of app mode (bitrix24-api.md §1.3): access tokens that expire after a
+/// number of requests, refresh tokens that are rotated on use.
+#[derive(Default)]
+struct AppAuth {
+    /// Requests each new access token is good for.
+    uses: u32,
+    /// Access token → requests left (0: expired).
+    access: BTreeMap<String, u32>,
+    /// Refresh tokens not used yet.
+    refresh: BTreeSet<String>,
+    serial: u64,
+    /// (access token sent, HTTP status) of every app-mode request, in order.
+    log: Vec<(String, u16)>,
+    /// `event.bind` calls: (event, handler).
+    bound: Vec<(String, String)>,
+}
+
+impl AppAuth {
+    fn issue(&mut self) -> (String, String) {
+        self.serial += 1;
+        let (a, r) = (
+            format!("access-{}", self.serial),
+            format!("refresh-{}", self.serial),
+        );
+        self.access.insert(a.clone(), self.uses);
+        self.refresh.insert(r.clone());
+        (a, r)
+    }
 }
 
 struct Shared {
@@ -219,6 +256,70 @@ impl FakeBitrix {
             thread: Some(thread),
             port,
         }
+    }
+
+    /// Turn on app mode: `/rest/{method}.json` with `auth=<access token>`. Each access token
+    /// works for `uses` requests, then gets 401 `expired_token`. Returns the first pair.
+    pub fn enable_app(&self, uses: u32) -> (String, String) {
+        let mut st = self.shared.lock();
+        let app = st.app.get_or_insert_with(AppAuth::default);
+        app.uses = uses;
+        app.issue()
+    }
+
+    /// Expire every access token issued so far (the next use gets 401 `expired_token`).
+    pub fn expire_all(&self) {
+        if let Some(app) = self.shared.lock().app.as_mut() {
+            app.access.values_mut().for_each(|n| *n = 0);
+        }
+    }
+
+    /// A fresh pair, as a new install event would bring (the old pairs stay valid).
+    pub fn issue_tokens(&self) -> (String, String) {
+        self.shared.lock().app.as_mut().expect("app mode").issue()
+    }
+
+    /// The OAuth server's side: trade an unused refresh token for a new pair.
+    pub fn refresher(&self) -> Refresher {
+        let shared = self.shared.clone();
+        Arc::new(move |refresh: &str| {
+            let mut st = shared.lock();
+            let app = st.app.as_mut()?;
+            if !app.refresh.remove(refresh) {
+                return None;
+            }
+            Some(app.issue())
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/rest/`: the `client_endpoint` of app mode.
+    pub fn client_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/rest/", self.port)
+    }
+
+    /// (access token, HTTP status) of every app-mode request.
+    pub fn token_log(&self) -> Vec<(String, u16)> {
+        self.shared
+            .lock()
+            .app
+            .as_ref()
+            .map(|a| a.log.clone())
+            .unwrap_or_default()
+    }
+
+    /// `event.bind` calls so far: (event, handler).
+    pub fn bound_events(&self) -> Vec<(String, String)> {
+        self.shared
+            .lock()
+            .app
+            .as_ref()
+            .map(|a| a.bound.clone())
+            .unwrap_or_default()
+    }
+
+    /// Answer `WRONG_AUTH_TYPE` (HTTP 403) to `telephony.*` through the webhook (§1.4).
+    pub fn set_telephony_requires_app(&self, on: bool) {
+        self.shared.lock().telephony_requires_app = on;
     }
 
     /// `http://127.0.0.1:PORT/rest/1/testcode/`.
@@ -483,6 +584,9 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
         )
     } else {
         let outcome = match &route {
+            Route::NoAuth(method) if st.app.is_some() && !method.is_empty() => {
+                app_call(&mut st, method, &mut params)
+            }
             Route::Method(method) if method == "upload" => {
                 upload_file(&mut st, &upper_keys(&params), upload.as_ref())
             }
@@ -590,6 +694,84 @@ fn route(path: &str) -> Route {
     }
 }
 
+/// An app-mode request `/rest/{method}.json`: check and spend `auth`, then run the method.
+fn app_call(st: &mut State, method: &str, params: &mut Value) -> Outcome {
+    let token = params
+        .as_object_mut()
+        .and_then(|m| m.remove("auth"))
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let app = st.app.as_mut().expect("app mode");
+    let left = app.access.get_mut(&token);
+    let failure = match left {
+        Some(0) => Some(Fail {
+            status: 401,
+            code: "expired_token",
+            description: "The access token provided has expired".into(),
+        }),
+        Some(n) => {
+            *n -= 1;
+            None
+        }
+        None => Some(Fail {
+            status: 401,
+            code: if token.is_empty() {
+                "NO_AUTH_FOUND"
+            } else {
+                "invalid_token"
+            },
+            description: "Wrong authorization data".into(),
+        }),
+    };
+    app.log
+        .push((token, failure.as_ref().map_or(200, |f| f.status)));
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    match method {
+        "event.get" => ok(Value::Array(
+            app.bound
+                .iter()
+                .map(|(e, h)| json!({"event": e, "handler": h, "auth_type": 0, "offline": 0}))
+                .collect(),
+        )),
+        "event.bind" => {
+            let p = upper_keys(params);
+            let ev = p
+                .get("EVENT")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            let h = p
+                .get("HANDLER")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            app.bound.push((ev, h));
+            ok(json!(true))
+        }
+        "batch" => {
+            let webhook_only = std::mem::take(&mut st.telephony_requires_app);
+            let outcome = batch(st, params);
+            st.telephony_requires_app = webhook_only;
+            outcome
+        }
+        _ => {
+            let p = upper_keys(params);
+            let webhook_only = std::mem::take(&mut st.telephony_requires_app);
+            let outcome = dispatch(st, method, &p);
+            st.telephony_requires_app = webhook_only;
+            let status = outcome.as_ref().map_or_else(|f| f.status, |_| 200);
+            st.commands.push(Recorded {
+                method: method.to_string(),
+                params: params.clone(),
+                status,
+            });
+            outcome
+        }
+    }
+}
+
 /// The leaky bucket, if on: false when this request overflows it (§9.4).
 fn take_token(st: &mut State) -> bool {
     let Some((rate, burst, level, last)) = st.bucket.as_mut() else {
@@ -663,6 +845,14 @@ fn batch(st: &mut State, params: &Value) -> Outcome {
 }
 
 fn dispatch(st: &mut State, method: &str, p: &Map<String, Value>) -> Outcome {
+    // Webhook context only; app calls clear the switch while they run (§1.4).
+    if st.telephony_requires_app && method.starts_with("telephony.") {
+        return Err(Fail {
+            status: 403,
+            code: "WRONG_AUTH_TYPE",
+            description: "Current authorization type is denied for this method".into(),
+        });
+    }
     match method {
         "user.get" => user_get(st, p),
         "telephony.externalcall.register" => register(st, p),

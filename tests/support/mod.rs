@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod fake_ami;
 pub mod fake_bitrix;
+pub mod fake_oauth;
 pub mod http;
 
 use std::path::PathBuf;

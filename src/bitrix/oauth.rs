@@ -1,0 +1,685 @@
+//! App mode (`[bitrix24] auth = app`): REST calls with OAuth tokens of a local application
+//! instead of an inbound webhook (bitrix24-api.md §1.3, §1.4).
+//!
+//! The tokens arrive with the application's install event (`POST /bitrix24/install`, see
+//! `http::install`), are kept in `[state] dir`/`oauth.json` (mode 0600, replaced atomically),
+//! and are refreshed against `oauth_url` when the portal answers `expired_token` or shortly
+//! before they expire. Bitrix24 rotates the refresh token on every refresh, so:
+//!
+//! - only one refresh runs at a time (`refresh_lock`): two refreshes of the same refresh token
+//!   would leave one of them holding a pair the server has already replaced;
+//! - the new pair is written to disk before any request uses it, so a crash right after a
+//!   refresh does not leave us with a refresh token the server no longer accepts;
+//! - a request that saw its access token expire never sends that token again: it waits for
+//!   the refresh (or takes the one another thread just made).
+//!
+//! A refresh the server refuses (`invalid_grant`: the app was removed, or the refresh token
+//! is older than 180 days) cannot heal by itself. It is logged once as an error, shown by
+//! `/healthz` and `/status`, and every call fails with a *retryable* error, so the outbox keeps
+//! the steps until an administrator reinstalls the app and new tokens arrive.
+//!
+//! No token and no client secret is ever logged or put in an error message.
+
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::client::{parse_envelope, Reply, Transport};
+use super::error::{truncate, Error};
+use crate::config::{AppConfig, Secret};
+
+/// The file in `[state] dir` that holds the tokens.
+pub const TOKEN_FILE: &str = "oauth.json";
+
+/// The events the daemon handles, bound after install (bitrix24-api.md §5.2).
+pub const EVENTS: &[&str] = &["ONEXTERNALCALLSTART", "ONEXTERNALCALLBACKSTART"];
+
+/// Refresh this long before `expires`: a request started a second before expiry would
+/// otherwise arrive with a dead token and cost a round trip.
+const EXPIRY_MARGIN: u64 = 60;
+
+/// Why app mode cannot call Bitrix24 right now (or `None`), shared with `/healthz` and
+/// `/status`. Also used by the webhook client for `WRONG_AUTH_TYPE`.
+pub type AuthStatus = Arc<Mutex<Option<String>>>;
+
+fn set_status(status: &AuthStatus, value: Option<String>) {
+    *status.lock().unwrap_or_else(|p| p.into_inner()) = value;
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What an install event gives us, as stored in `oauth.json`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Unix seconds when `access_token` stops working.
+    pub expires: u64,
+    /// `https://{portal}/rest/`: REST calls go to `{client_endpoint}{method}.json`.
+    pub client_endpoint: String,
+    /// The portal's identity; events and later installs must carry the same one.
+    pub member_id: String,
+    pub domain: String,
+    /// Sent by Bitrix24 with every event of this app (`auth[application_token]`).
+    pub application_token: String,
+}
+
+/// Secrets as `***`, so a `{:?}` can never leak a token.
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokens")
+            .field("access_token", &"***")
+            .field("refresh_token", &"***")
+            .field("expires", &self.expires)
+            .field("client_endpoint", &self.client_endpoint)
+            .field("member_id", &self.member_id)
+            .field("domain", &self.domain)
+            .field("application_token", &"***")
+            .finish()
+    }
+}
+
+/// A problem with `oauth.json`. The message names the file, never its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// `oauth.json` in the state directory.
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    path: PathBuf,
+}
+
+impl TokenStore {
+    pub fn new(dir: &Path) -> TokenStore {
+        TokenStore {
+            path: dir.join(TOKEN_FILE),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `Ok(None)` when there is no file yet (the app was never installed).
+    pub fn load(&self) -> Result<Option<Tokens>, StoreError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError(format!("{}: {e}", self.path.display()))),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            StoreError(format!(
+                "{}: not a token file ({}); reinstall the app",
+                self.path.display(),
+                e.classify_name()
+            ))
+        })
+    }
+
+    /// Write to a temporary file (0600), fsync it, rename it over `oauth.json` and fsync the
+    /// directory: a crash leaves either the old pair or the new one, never half a file.
+    pub fn save(&self, t: &Tokens) -> Result<(), StoreError> {
+        let err = |what: &str, e: std::io::Error| {
+            StoreError(format!("{}: {what}: {e}", self.path.display()))
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(|e| err("creating the directory", e))?;
+        let tmp = dir.join(format!(".{TOKEN_FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(t).map_err(|e| StoreError(e.to_string()))?;
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(|e| err("creating", e))?;
+        #[cfg(unix)]
+        {
+            // `mode` applies only when the file is created; a leftover may be wider.
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(|e| err("chmod", e))?;
+        }
+        f.write_all(&text).map_err(|e| err("writing", e))?;
+        f.sync_all().map_err(|e| err("fsync", e))?;
+        drop(f);
+        fs::rename(&tmp, &self.path).map_err(|e| err("renaming", e))?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    /// serde's message may quote the file's content (a token); say only what kind of error.
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "missing or wrong fields",
+            serde_json::error::Category::Eof => "truncated",
+        }
+    }
+}
+
+/// Why an install event was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallError {
+    /// Not from the portal we were installed on (wrong token, member_id or domain). The text
+    /// names the check, never a value.
+    Forbidden(&'static str),
+    /// The tokens could not be saved; the install is not taken.
+    Store(StoreError),
+}
+
+impl fmt::Display for InstallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstallError::Forbidden(why) => write!(f, "refused: {why}"),
+            InstallError::Store(e) => write!(f, "cannot save the tokens: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for InstallError {}
+
+/// What the client knows; guarded by one mutex.
+#[derive(Default)]
+struct State {
+    tokens: Option<Tokens>,
+    /// Set when the OAuth server refused a refresh for good; cleared by the next install.
+    broken: Option<String>,
+}
+
+/// A [`Transport`] that calls `{client_endpoint}{method}.json` with `auth=<access_token>` in
+/// the JSON body, refreshing the token as described in the module docs.
+pub struct AppClient {
+    agent: ureq::Agent,
+    client_id: String,
+    client_secret: Secret,
+    oauth_url: String,
+    portal: String,
+    store: TokenStore,
+    state: Mutex<State>,
+    /// Held for a whole refresh (and an install), so only one runs at a time.
+    refresh_lock: Mutex<()>,
+    status: AuthStatus,
+    /// A refresh failure is logged once, not once per request.
+    failure_logged: AtomicBool,
+    /// `false` for one-off tools (`callme app-status`): they must not rotate the pair under
+    /// a running daemon, which would then hold a refresh token the server no longer accepts.
+    may_refresh: bool,
+}
+
+impl AppClient {
+    /// Load the stored tokens, if any. A token file that cannot be read is logged and
+    /// treated as "not installed": the next install event replaces it.
+    pub fn new(cfg: &AppConfig, state_dir: &Path, timeout: Duration, status: AuthStatus) -> Self {
+        let store = TokenStore::new(state_dir);
+        let tokens = match store.load() {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("app mode: {e}");
+                None
+            }
+        };
+        let client = AppClient {
+            agent: agent(timeout),
+            client_id: cfg.client_id.clone(),
+            client_secret: cfg.client_secret.clone(),
+            oauth_url: cfg.oauth_url.clone(),
+            portal: cfg.portal.clone(),
+            store,
+            state: Mutex::new(State {
+                tokens,
+                broken: None,
+            }),
+            refresh_lock: Mutex::new(()),
+            status,
+            failure_logged: AtomicBool::new(false),
+            may_refresh: true,
+        };
+        if client.tokens().is_none() {
+            client.set_not_installed();
+        }
+        client
+    }
+
+    /// Never refresh: for tools that run next to the daemon.
+    pub fn read_only(mut self) -> Self {
+        self.may_refresh = false;
+        self
+    }
+
+    fn set_not_installed(&self) {
+        set_status(
+            &self.status,
+            Some(format!(
+                "app mode: the Bitrix24 application is not installed yet (no {})",
+                self.store.path().display()
+            )),
+        );
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current tokens (a copy).
+    pub fn tokens(&self) -> Option<Tokens> {
+        self.lock().tokens.clone()
+    }
+
+    pub fn store(&self) -> &TokenStore {
+        &self.store
+    }
+
+    /// Take the tokens of an install event. The first install must come from `[bitrix24]
+    /// portal`; every later one must carry the stored `application_token` (compared in
+    /// constant time) and `member_id`, so nobody else can swap our tokens for theirs.
+    /// The tokens are saved before they are used.
+    pub fn install(&self, new: Tokens) -> Result<(), InstallError> {
+        let _one = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.tokens();
+        match &old {
+            Some(old) => {
+                if !Secret::new(old.application_token.clone()).ct_eq(&new.application_token) {
+                    return Err(InstallError::Forbidden("bad application_token"));
+                }
+                if old.member_id != new.member_id {
+                    return Err(InstallError::Forbidden("wrong member_id"));
+                }
+            }
+            None => {
+                if !new.domain.eq_ignore_ascii_case(&self.portal) {
+                    return Err(InstallError::Forbidden("domain is not [bitrix24] portal"));
+                }
+            }
+        }
+        self.store.save(&new).map_err(InstallError::Store)?;
+        let mut st = self.lock();
+        st.tokens = Some(new);
+        st.broken = None;
+        drop(st);
+        self.failure_logged.store(false, Ordering::SeqCst);
+        set_status(&self.status, None);
+        log::info!(
+            "app mode: {} for portal {} (member_id {})",
+            if old.is_some() {
+                "tokens renewed by a new install"
+            } else {
+                "installed"
+            },
+            self.portal,
+            self.tokens().map(|t| t.member_id).unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// The tokens to send now, or why there are none.
+    fn current(&self) -> Result<Tokens, Error> {
+        let st = self.lock();
+        if let Some(why) = &st.broken {
+            return Err(Error::Transport(why.clone()));
+        }
+        st.tokens.clone().ok_or_else(|| {
+            Error::Transport(
+                "app mode: not installed yet; waiting for the install event".to_string(),
+            )
+        })
+    }
+
+    /// Refresh unless someone already replaced `seen` (the token that expired or is about
+    /// to). Returns tokens whose access token is not `seen`.
+    fn refresh(&self, seen: &str) -> Result<Tokens, Error> {
+        let _one = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current()?;
+        if old.access_token != seen {
+            return Ok(old);
+        }
+        if !self.may_refresh {
+            return Err(Error::Transport(
+                "the access token has expired; the daemon refreshes it on its next request"
+                    .to_string(),
+            ));
+        }
+        let started = Instant::now();
+        match self.request_refresh(&old) {
+            Ok(new) => {
+                if new.access_token == seen {
+                    return Err(Error::Transport(
+                        "OAuth server returned the expired access token again".to_string(),
+                    ));
+                }
+                // Saved before use. If saving fails the pair is still used: the server has
+                // already retired the old refresh token, so dropping the new one would lose
+                // the authorization for good. The problem is shown on /healthz instead.
+                let saved = self.store.save(&new);
+                self.lock().tokens = Some(new.clone());
+                match saved {
+                    Ok(()) => set_status(&self.status, None),
+                    Err(e) => {
+                        log::error!("app mode: refreshed tokens could not be saved: {e}");
+                        set_status(
+                            &self.status,
+                            Some(format!(
+                                "app mode: tokens could not be saved ({e}); a restart would lose them"
+                            )),
+                        );
+                    }
+                }
+                log::info!(
+                    "app mode: access token refreshed in {} ms, valid until unix time {}",
+                    started.elapsed().as_millis(),
+                    new.expires
+                );
+                Ok(new)
+            }
+            Err(Refresh::Temporary(e)) => {
+                log::warn!("app mode: token refresh failed, will retry: {e}");
+                Err(e)
+            }
+            Err(Refresh::Refused(why)) => {
+                let msg = format!(
+                    "app mode: Bitrix24 refused to refresh the OAuth token ({why}); calls wait \
+                     in the outbox until the application is reinstalled on {}",
+                    self.portal
+                );
+                if !self.failure_logged.swap(true, Ordering::SeqCst) {
+                    log::error!("{msg}");
+                }
+                self.lock().broken = Some(msg.clone());
+                set_status(&self.status, Some(msg.clone()));
+                Err(Error::Transport(msg))
+            }
+        }
+    }
+
+    /// `GET oauth_url?grant_type=refresh_token&client_id=…&client_secret=…&refresh_token=…`
+    /// (bitrix24-api.md §1.3).
+    fn request_refresh(&self, old: &Tokens) -> Result<Tokens, Refresh> {
+        let url = format!(
+            "{}?grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
+            self.oauth_url,
+            encode(&self.client_id),
+            encode(self.client_secret.expose()),
+            encode(&old.refresh_token)
+        );
+        let scrub = |s: String| {
+            s.replace(&url, &self.oauth_url)
+                .replace(self.client_secret.expose(), "***")
+                .replace(&old.refresh_token, "***")
+        };
+        let mut resp = match self
+            .agent
+            .get(&url)
+            .header("Accept", "application/json")
+            .call()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Refresh::Temporary(Error::Transport(scrub(format!(
+                    "OAuth server: {e}"
+                )))))
+            }
+        };
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(|e| {
+            Refresh::Temporary(Error::Transport(scrub(format!("OAuth server: {e}"))))
+        })?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let field = |k: &str| match v.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        if !field("error").is_empty() || v.get("error").is_some() {
+            let (code, desc) = (field("error"), field("error_description"));
+            let why = scrub(format!("{code}: {desc}"));
+            if status >= 500 || status == 429 {
+                return Err(Refresh::Temporary(Error::Http {
+                    status,
+                    body: truncate(&why, 200),
+                }));
+            }
+            return Err(Refresh::Refused(truncate(&why, 200)));
+        }
+        let (access, refresh) = (field("access_token"), field("refresh_token"));
+        if status != 200 || access.is_empty() || refresh.is_empty() {
+            return Err(Refresh::Temporary(Error::Http {
+                status,
+                body: "OAuth server answered without tokens".to_string(),
+            }));
+        }
+        let now = now_secs();
+        let expires = field("expires")
+            .parse::<u64>()
+            .ok()
+            .or_else(|| field("expires_in").parse::<u64>().ok().map(|s| now + s))
+            .unwrap_or(now + 3600);
+        let endpoint = field("client_endpoint");
+        Ok(Tokens {
+            access_token: access,
+            refresh_token: refresh,
+            expires,
+            client_endpoint: if endpoint.is_empty() {
+                old.client_endpoint.clone()
+            } else {
+                endpoint
+            },
+            member_id: old.member_id.clone(),
+            domain: old.domain.clone(),
+            application_token: old.application_token.clone(),
+        })
+    }
+
+    /// One POST with `auth` in the JSON body (never in the URL, which could reach a log).
+    fn send(&self, t: &Tokens, method: &str, params: &Value) -> Result<Reply, Error> {
+        let mut body = match params {
+            Value::Object(m) => m.clone(),
+            Value::Null => serde_json::Map::new(),
+            other => {
+                return Err(Error::Decode(format!(
+                    "params of {method} are not an object: {}",
+                    truncate(&other.to_string(), 100)
+                )))
+            }
+        };
+        body.insert("auth".into(), json!(t.access_token));
+        let bytes = serde_json::to_vec(&body).map_err(|e| Error::Decode(e.to_string()))?;
+        let mut base = t.client_endpoint.clone();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let url = format!("{base}{method}.json");
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(
+                "bitrix24 -> POST {url} {}",
+                truncate(&params.to_string(), 2048)
+            );
+        }
+        let scrub = |s: String| s.replace(&t.access_token, "***");
+        let mut resp = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .send(&bytes[..])
+            .map_err(|e| Error::Transport(scrub(e.to_string())))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Error::Transport(scrub(format!("reading response body: {e}"))))?;
+        log::debug!(
+            "bitrix24 <- {method} HTTP {status}: {}",
+            truncate(&scrub(text.clone()), 2048)
+        );
+        parse_envelope(status, &text)
+    }
+}
+
+/// Why a refresh failed.
+enum Refresh {
+    /// The OAuth server was unreachable or overloaded: try again later, same refresh token.
+    Temporary(Error),
+    /// The OAuth server said no (`invalid_grant`, `invalid_client`…): only a reinstall helps.
+    Refused(String),
+}
+
+/// The access token is dead: refresh and try again (bitrix24-api.md §1.3, §9.3).
+fn is_expired(e: &Error) -> bool {
+    matches!(e, Error::Api { code, .. } if code == "expired_token" || code == "invalid_token")
+}
+
+impl Transport for AppClient {
+    fn call(&self, method: &str, params: &Value) -> Result<Reply, Error> {
+        let mut t = self.current()?;
+        if t.expires <= now_secs() + EXPIRY_MARGIN {
+            t = self.refresh(&t.access_token)?;
+        }
+        match self.send(&t, method, params) {
+            Err(e) if is_expired(&e) => {
+                log::debug!("bitrix24 x {method}: access token expired, refreshing");
+                let fresh = self.refresh(&t.access_token)?;
+                match self.send(&fresh, method, params) {
+                    // Twice in a row: do not loop; the outbox retries the step later.
+                    Err(e) if is_expired(&e) => Err(Error::Transport(format!(
+                        "app mode: {method}: access token expired again right after a refresh"
+                    ))),
+                    r => r,
+                }
+            }
+            r => r,
+        }
+    }
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(concat!("callme/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// Percent-encode a query value (RFC 3986 unreserved characters pass).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The handlers bound for `events` (upper-cased event → handler URLs), from `event.get`.
+pub fn bound_events(t: &dyn Transport) -> Result<Vec<(String, String)>, Error> {
+    let reply = t.call("event.get", &json!({}))?;
+    let mut out = Vec::new();
+    if let Value::Array(items) = reply.result {
+        for it in items {
+            let ev = it.get("event").and_then(Value::as_str).unwrap_or("");
+            let h = it.get("handler").and_then(Value::as_str).unwrap_or("");
+            out.push((ev.to_ascii_uppercase(), h.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Bind [`EVENTS`] to `handler` unless already bound there (`event.get`, then `event.bind`;
+/// bitrix24-api.md §5.2). Returns the events it bound.
+pub fn bind_events(t: &dyn Transport, handler: &str) -> Result<Vec<&'static str>, Error> {
+    let bound = bound_events(t)?;
+    let mut done = Vec::new();
+    for ev in EVENTS {
+        if bound.iter().any(|(e, h)| e == ev && h == handler) {
+            continue;
+        }
+        t.call("event.bind", &json!({"event": ev, "handler": handler}))?;
+        done.push(*ev);
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens {
+            access_token: "acc-secret".into(),
+            refresh_token: "ref-secret".into(),
+            expires: 100,
+            client_endpoint: "https://p.bitrix24.ru/rest/".into(),
+            member_id: "m1".into(),
+            domain: "p.bitrix24.ru".into(),
+            application_token: "app-secret".into(),
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let d = format!("{:?}", tokens());
+        assert!(!d.contains("secret"), "{d}");
+        assert!(d.contains("m1"));
+    }
+
+    #[test]
+    fn store_round_trip_is_private_and_atomic() {
+        let dir = std::env::temp_dir().join(format!("callme-oauth-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = TokenStore::new(&dir);
+        assert_eq!(s.load(), Ok(None));
+        s.save(&tokens()).unwrap();
+        assert_eq!(s.load(), Ok(Some(tokens())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(s.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(!dir.join(".oauth.json.tmp").exists());
+        fs::write(s.path(), "{\"access_token\":\"leak\"").unwrap();
+        let e = s.load().unwrap_err().to_string();
+        assert!(!e.contains("leak"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn encodes_query_values() {
+        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(encode("local.1-2_3~"), "local.1-2_3~");
+    }
+}

@@ -1,0 +1,520 @@
+//! App mode (`[bitrix24] auth = app`) and `WRONG_AUTH_TYPE` in webhook mode, against the fake
+//! portal, the fake OAuth server and (for the daemon tests) the fake AMI, all on loopback.
+mod support;
+
+use std::collections::HashMap;
+use std::fs;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use callme::ami::Message;
+use callme::bitrix::deliver::{DeliverConfig, Deliverer};
+use callme::bitrix::oauth::{AppClient, AuthStatus, TokenStore, Tokens};
+use callme::bitrix::{api, Directory, Transport};
+use callme::calls::{Tracker, TrackerConfig};
+use serde_json::Value;
+use support::daemon::{Running, TempDir};
+use support::fake_ami::FakeAmi;
+use support::fake_bitrix::FakeBitrix;
+use support::fake_oauth::{FakeOAuth, CLIENT_ID, CLIENT_SECRET};
+use support::http::{form, request};
+
+const DOMAIN: &str = "test.bitrix24.ru";
+const MEMBER: &str = "member-1";
+const APP_TOKEN: &str = "application-token-1";
+const SECRET: &str = "amisecret-app";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn app_config_text(oauth: &FakeOAuth, state: &str, ami_port: u16) -> String {
+    format!(
+        "[asterisk]\nhost = 127.0.0.1\nport = {ami_port}\nusername = callme\nsecret = {SECRET}\n\
+         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
+         [bitrix24]\nauth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
+         portal = {DOMAIN}\noauth_url = {}\ntimeout = 5\nusers_refresh = 1\n\
+         [calls]\ndefault_user = 201\n\
+         [http]\nlisten = 127.0.0.1:0\npublic_url = https://pbx.example.com/callme/\n\
+         [state]\ndir = {state}\n",
+        oauth.url()
+    )
+}
+
+fn tokens(portal: &FakeBitrix, (access, refresh): (String, String)) -> Tokens {
+    Tokens {
+        access_token: access,
+        refresh_token: refresh,
+        expires: 4_000_000_000,
+        client_endpoint: portal.client_endpoint(),
+        member_id: MEMBER.into(),
+        domain: DOMAIN.into(),
+        application_token: APP_TOKEN.into(),
+    }
+}
+
+/// The install event's form body.
+fn install_body(t: &Tokens) -> String {
+    form(&[
+        ("event", "ONAPPINSTALL"),
+        ("data[VERSION]", "1"),
+        ("auth[access_token]", &t.access_token),
+        ("auth[refresh_token]", &t.refresh_token),
+        ("auth[expires_in]", "3600"),
+        ("auth[client_endpoint]", &t.client_endpoint),
+        ("auth[member_id]", &t.member_id),
+        ("auth[domain]", &t.domain),
+        ("auth[application_token]", &t.application_token),
+    ])
+}
+
+fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    let r = request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    );
+    (r.status, r.body)
+}
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let r = request(addr, "GET", path, &[], b"");
+    (r.status, r.body)
+}
+
+fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// A capture's messages made unique to copy `n` (as in tests/outbox_delivery.rs).
+fn renumbered(capture: &str, n: usize) -> Vec<(Message, u64)> {
+    let bytes = fs::read(support::fixture_path(capture)).expect("capture");
+    let cap = callme::replay::parse_bytes(&bytes);
+    cap.messages
+        .iter()
+        .map(|t| {
+            let mut m = Message::new();
+            for (k, v) in t.msg.iter() {
+                let key = k.to_ascii_lowercase();
+                if key.ends_with("uniqueid")
+                    || key.ends_with("linkedid")
+                    || (key.ends_with("channel") && v.contains('-'))
+                {
+                    m.push(k, &format!("{v}x{n}"));
+                } else {
+                    m.push(k, v);
+                }
+            }
+            (m, t.at_ms)
+        })
+        .collect()
+}
+
+fn app_client(oauth: &FakeOAuth, dir: &TempDir, status: AuthStatus) -> AppClient {
+    let text = app_config_text(oauth, &dir.path().display().to_string(), 1);
+    let cfg = callme::config::parse_str(&text, "t").expect("config");
+    AppClient::new(
+        cfg.bitrix24.app.as_ref().unwrap(),
+        dir.path(),
+        Duration::from_secs(5),
+        status,
+    )
+}
+
+/// 20 calls through a `Deliverer` on an `AppClient` while access tokens die every 15
+/// requests: every call is registered and finished, the newest pair is on disk, and no
+/// request sends a token after that token was refused.
+#[test]
+fn twenty_calls_cross_token_expiries() {
+    let portal = FakeBitrix::start();
+    let first = portal.enable_app(15);
+    let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
+    let dir = TempDir::new("callme-app-expiry");
+    let status = AuthStatus::default();
+    let app = Arc::new(app_client(&oauth, &dir, status.clone()));
+    app.install(tokens(&portal, first)).expect("install");
+
+    let directory = Directory::from_users(api::users_all(&*app).expect("user.get"), Instant::now());
+    let employees: Vec<String> = directory.inners().map(String::from).collect();
+    let mut cfg = DeliverConfig::from_config(
+        &callme::config::parse_str(
+            &app_config_text(&oauth, &dir.path().display().to_string(), 1),
+            "t",
+        )
+        .unwrap(),
+    );
+    cfg.retry_min = Duration::from_millis(20);
+    cfg.retry_max = Duration::from_millis(200);
+    let mut d = Deliverer::new(cfg, Box::new(app.clone()), directory);
+    let mut tracker = Tracker::new(TrackerConfig::default());
+    tracker.set_employees(employees);
+    let mut out = Vec::new();
+    for n in 0..20 {
+        let capture = if n % 2 == 0 {
+            "a_inbound_answered.ami"
+        } else {
+            "b_inbound_noanswer.ami"
+        };
+        for (msg, at) in renumbered(capture, n) {
+            tracker.handle(&msg, at, &mut out);
+        }
+        for intent in out.drain(..) {
+            d.push(intent);
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while d.pending() > 0 && Instant::now() < deadline {
+        d.run_due(Instant::now());
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(d.pending(), 0, "steps left: {:?}", d.stats());
+
+    let ok = |m: &str| {
+        portal
+            .commands()
+            .iter()
+            .filter(|r| r.method == m && r.status == 200)
+            .count()
+    };
+    assert_eq!(ok("telephony.externalcall.register"), 20);
+    assert_eq!(portal.finished_calls().len(), 20);
+    assert!(
+        oauth.refreshes() >= 2,
+        "only {} refreshes: the run must cross two expiries",
+        oauth.refreshes()
+    );
+    assert_eq!(status.lock().unwrap().clone(), None);
+
+    // No token is sent again once it was refused, and only the newest token is in use.
+    let log = portal.token_log();
+    let mut refused: HashMap<&str, usize> = HashMap::new();
+    for (i, (tok, st)) in log.iter().enumerate() {
+        if let Some(at) = refused.get(tok.as_str()) {
+            panic!("token refused at request {at} was sent again at request {i}");
+        }
+        if *st == 401 {
+            refused.insert(tok, i);
+        }
+    }
+    assert_eq!(refused.len(), oauth.refreshes(), "one 401 per refresh");
+    let disk = TokenStore::new(dir.path()).load().unwrap().unwrap();
+    assert_eq!(
+        &disk.access_token,
+        &log.last().unwrap().0,
+        "newest token on disk"
+    );
+    assert_eq!(disk, app.tokens().unwrap());
+    assert!(
+        (portal.refresher())(&disk.refresh_token).is_some(),
+        "the refresh token on disk is the live one"
+    );
+}
+
+/// Four threads calling at once while tokens die every 5 requests: a refresh token is never
+/// spent twice (that would be `invalid_grant`), so every call succeeds.
+#[test]
+fn concurrent_calls_refresh_once_at_a_time() {
+    let portal = FakeBitrix::start();
+    let first = portal.enable_app(5);
+    let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
+    let dir = TempDir::new("callme-app-concurrent");
+    let status = AuthStatus::default();
+    let app = Arc::new(app_client(&oauth, &dir, status.clone()));
+    app.install(tokens(&portal, first)).unwrap();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let app = app.clone();
+            thread::spawn(move || {
+                for _ in 0..10 {
+                    // A fresh token may be used up by the other threads before this one
+                    // sends it (the fake's tokens live 5 requests): that is a retryable
+                    // error, retried here as the outbox would.
+                    let mut tries = 0;
+                    while let Err(e) = app.call("event.get", &Value::Null) {
+                        assert!(e.is_retryable() && tries < 5, "{e}");
+                        tries += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(oauth.refreshes() >= 7, "{}", oauth.refreshes());
+    assert_eq!(status.lock().unwrap().clone(), None);
+    assert_eq!(
+        TokenStore::new(dir.path()).load().unwrap().unwrap(),
+        app.tokens().unwrap()
+    );
+}
+
+/// The daemon in app mode: a refused refresh keeps the call in the outbox and turns
+/// `/healthz` to 503; a new install event brings delivery back.
+#[test]
+fn refused_refresh_waits_for_a_new_install() {
+    let portal = FakeBitrix::start();
+    let first = portal.enable_app(1000);
+    let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
+    let ami = FakeAmi::start("callme", SECRET);
+    let mut d = Running::start(&app_config_text(&oauth, "{state}", ami.port()), &[]);
+    let addr = d.http_addr(WAIT).expect("HTTP address");
+    assert!(ami.wait_accepted(1, WAIT), "AMI login");
+
+    // Not installed yet: unhealthy, and says why.
+    let (code, text) = get(&addr, "/healthz");
+    assert_eq!(code, 503);
+    assert!(text.contains("not installed"), "{text}");
+
+    let t1 = tokens(&portal, first);
+    assert_eq!(post(&addr, "/bitrix24/install", &install_body(&t1)).0, 200);
+    assert!(
+        wait(WAIT, || portal.bound_events().len() == 2),
+        "events bound"
+    );
+    let bound = portal.bound_events();
+    assert!(bound.contains(&(
+        "ONEXTERNALCALLSTART".to_string(),
+        "https://pbx.example.com/callme/bitrix24/event".to_string()
+    )));
+    assert!(
+        wait(WAIT, || get(&addr, "/healthz").0 == 200),
+        "healthy after install"
+    );
+    // The user directory loads once the app is installed (retried every users_refresh).
+    assert!(wait(WAIT, || {
+        let s: Value = serde_json::from_str(&get(&addr, "/status").1).unwrap();
+        s["users"]["count"].as_u64().unwrap_or(0) > 0
+    }));
+
+    // The app is removed: its tokens die and the OAuth server refuses the refresh.
+    oauth.set_refuse(true);
+    portal.expire_all();
+    assert!(ami.push(&support::capture_tail("a_inbound_answered.ami")));
+    assert!(
+        wait(WAIT, || get(&addr, "/healthz")
+            .1
+            .contains("refused to refresh")),
+        "healthz: {:?}\n{}",
+        get(&addr, "/healthz"),
+        d.log()
+    );
+    assert_eq!(get(&addr, "/healthz").0, 503);
+    thread::sleep(Duration::from_millis(500));
+    let status: Value = serde_json::from_str(&get(&addr, "/status").1).unwrap();
+    assert!(
+        status["bitrix24"]["queue_depth"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(portal.finished_calls().is_empty());
+    let log = d.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.starts_with("[ERROR") && l.contains("refused to refresh"))
+            .count(),
+        1,
+        "logged once:\n{log}"
+    );
+    assert!(!log.contains(CLIENT_SECRET) && !log.contains(&t1.refresh_token));
+
+    // A reinstall brings new tokens: the call goes through.
+    let t2 = tokens(&portal, portal.issue_tokens());
+    assert_eq!(post(&addr, "/bitrix24/install", &install_body(&t2)).0, 200);
+    assert!(
+        wait(Duration::from_secs(30), || portal.finished_calls().len()
+            == 1),
+        "not delivered after reinstall:\n{}",
+        d.log()
+    );
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    let disk = TokenStore::new(&d.dir.path().join("state"))
+        .load()
+        .unwrap()
+        .unwrap();
+    assert_eq!(disk.access_token, t2.access_token);
+    d.terminate();
+    d.wait_exit(WAIT);
+}
+
+/// The install endpoint: the first install must name our portal; later ones must carry the
+/// stored application_token and member_id; oversized and malformed bodies are refused.
+/// Events in app mode are checked against the stored token too.
+#[test]
+fn install_endpoint_checks() {
+    let portal = FakeBitrix::start();
+    let first = portal.enable_app(1000);
+    let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
+    let ami = FakeAmi::start("callme", SECRET);
+    let d = Running::start(&app_config_text(&oauth, "{state}", ami.port()), &[]);
+    let addr = d.http_addr(WAIT).expect("HTTP address");
+    let t1 = tokens(&portal, first);
+
+    // Events before any install cannot be verified.
+    let event = form(&[
+        ("event", "ONEXTERNALCALLSTART"),
+        ("auth[application_token]", APP_TOKEN),
+        ("auth[member_id]", MEMBER),
+    ]);
+    assert_eq!(post(&addr, "/bitrix24/event", &event).0, 403);
+    // The first install must come from [bitrix24] portal.
+    let stranger = Tokens {
+        domain: "evil.bitrix24.ru".into(),
+        ..t1.clone()
+    };
+    assert_eq!(
+        post(&addr, "/bitrix24/install", &install_body(&stranger)).0,
+        403
+    );
+    assert_eq!(post(&addr, "/bitrix24/install", &install_body(&t1)).0, 200);
+    let path = d.dir.path().join("state/oauth.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let stored = fs::read_to_string(&path).unwrap();
+
+    // Later installs: wrong token or member_id → 403, tokens unchanged.
+    let (a, r) = portal.issue_tokens();
+    let bad_token = Tokens {
+        access_token: a.clone(),
+        refresh_token: r.clone(),
+        application_token: "application-token-2".into(),
+        ..t1.clone()
+    };
+    assert_eq!(
+        post(&addr, "/bitrix24/install", &install_body(&bad_token)).0,
+        403
+    );
+    let bad_member = Tokens {
+        access_token: a,
+        refresh_token: r,
+        member_id: "member-2".into(),
+        ..t1.clone()
+    };
+    assert_eq!(
+        post(&addr, "/bitrix24/install", &install_body(&bad_member)).0,
+        403
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), stored);
+
+    // Oversized, malformed, incomplete, wrong method.
+    let big = format!("{}&pad={}", install_body(&t1), "x".repeat(70 * 1024));
+    assert_eq!(post(&addr, "/bitrix24/install", &big).0, 413);
+    assert_eq!(post(&addr, "/bitrix24/install", "auth%zz=1").0, 400);
+    let (code, text) = post(&addr, "/bitrix24/install", "auth[access_token]=x");
+    assert_eq!(code, 400, "{text}");
+    assert_eq!(get(&addr, "/bitrix24/install").0, 405);
+    assert_eq!(fs::read_to_string(&path).unwrap(), stored);
+
+    // Events: the stored token and member_id, not the webhook's app_token.
+    let wrong = form(&[
+        ("event", "ONAPPTEST"),
+        ("auth[application_token]", "nope"),
+        ("auth[member_id]", MEMBER),
+    ]);
+    assert_eq!(post(&addr, "/bitrix24/event", &wrong).0, 403);
+    let other_member = form(&[
+        ("event", "ONAPPTEST"),
+        ("auth[application_token]", APP_TOKEN),
+        ("auth[member_id]", "member-2"),
+    ]);
+    assert_eq!(post(&addr, "/bitrix24/event", &other_member).0, 403);
+    let good = form(&[
+        ("event", "ONAPPTEST"),
+        ("auth[application_token]", APP_TOKEN),
+        ("auth[member_id]", MEMBER),
+    ]);
+    assert_eq!(
+        post(&addr, "/bitrix24/event", &good),
+        (200, "ignored\n".to_string())
+    );
+    let log = d.log();
+    for secret in [
+        APP_TOKEN,
+        &t1.access_token,
+        &t1.refresh_token,
+        CLIENT_SECRET,
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+
+    // app-status: what is stored and bound, no secrets.
+    assert!(wait(WAIT, || portal.bound_events().len() == 2));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callme"))
+        .args(["app-status", "-c"])
+        .arg(d.dir.path().join("callme.conf"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        DOMAIN,
+        MEMBER,
+        "tokens stored: yes",
+        "valid until",
+        "ONEXTERNALCALLSTART -> https://pbx.example.com/callme/bitrix24/event",
+        "ONEXTERNALCALLBACKSTART",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    for secret in [
+        APP_TOKEN,
+        &t1.access_token,
+        &t1.refresh_token,
+        CLIENT_SECRET,
+    ] {
+        assert!(!text.contains(secret), "{secret} printed");
+    }
+}
+
+/// Webhook mode on a portal that refuses telephony methods to webhooks: the clear message
+/// once, in `/status` and `/healthz`, and no step retried.
+#[test]
+fn webhook_wrong_auth_type_is_said_once_and_not_retried() {
+    let portal = FakeBitrix::start();
+    portal.set_telephony_requires_app(true);
+    let ami = FakeAmi::start("callme", SECRET);
+    let cfg = support::daemon::e2e_config(ami.port(), SECRET, &portal.webhook_url());
+    let d = Running::start(&cfg, &[]);
+    let addr = d.http_addr(WAIT).expect("HTTP address");
+    assert!(ami.wait_accepted(1, WAIT));
+    assert!(ami.push(&support::capture_tail("a_inbound_answered.ami")));
+    assert!(ami.push(&support::capture_tail("b_inbound_noanswer.ami")));
+    let refused = || portal.commands().iter().filter(|r| r.status == 403).count();
+    assert!(wait(WAIT, || refused() >= 2), "{}", d.log());
+    // Long enough for the first retries of a retryable error (1 s, 2 s).
+    thread::sleep(Duration::from_secs(4));
+    let registers = portal
+        .commands()
+        .iter()
+        .filter(|r| r.method == "telephony.externalcall.register")
+        .count();
+    assert_eq!(registers, 2, "one attempt per call, no retries");
+    let log = d.log();
+    assert_eq!(
+        log.matches("this portal requires app mode; see README § App mode")
+            .count(),
+        1,
+        "{log}"
+    );
+    let status: Value = serde_json::from_str(&get(&addr, "/status").1).unwrap();
+    assert_eq!(
+        status["bitrix24"]["auth_error"],
+        "this portal requires app mode; see README § App mode"
+    );
+    let (code, text) = get(&addr, "/healthz");
+    assert_eq!(code, 503);
+    assert!(text.contains("requires app mode"), "{text}");
+}
