@@ -386,8 +386,9 @@ fn php_query(out: &mut String, key: &str, v: &Value) {
 }
 
 /// Percent-encoding of everything but RFC 3986 unreserved characters (`+` becomes `%2B`, so
-/// a phone number survives `parse_str`).
-fn url_encode(s: &str) -> String {
+/// a phone number survives `parse_str`). Shared by batch commands, OAuth refresh queries and
+/// recording URLs.
+pub(crate) fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

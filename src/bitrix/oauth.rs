@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::api::url_encode;
 use super::client::{parse_envelope, Reply, Transport};
 use super::error::{truncate, Error};
 use crate::config::{AppConfig, Secret};
@@ -427,9 +428,9 @@ impl AppClient {
         let url = format!(
             "{}?grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
             self.oauth_url,
-            encode(&self.client_id),
-            encode(self.client_secret.expose()),
-            encode(&old.refresh_token)
+            url_encode(&self.client_id),
+            url_encode(self.client_secret.expose()),
+            url_encode(&old.refresh_token)
         );
         let scrub = |s: String| {
             s.replace(&url, &self.oauth_url)
@@ -591,19 +592,6 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-/// Percent-encode a query value (RFC 3986 unreserved characters pass).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The handlers bound for `events` (upper-cased event → handler URLs), from `event.get`.
 pub fn bound_events(t: &dyn Transport) -> Result<Vec<(String, String)>, Error> {
     let reply = t.call("event.get", &json!({}))?;
@@ -679,7 +667,7 @@ mod tests {
 
     #[test]
     fn encodes_query_values() {
-        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-        assert_eq!(encode("local.1-2_3~"), "local.1-2_3~");
+        assert_eq!(url_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(url_encode("local.1-2_3~"), "local.1-2_3~");
     }
 }

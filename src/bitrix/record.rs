@@ -21,6 +21,7 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use super::api::url_encode;
 use super::api::{self, Attached, RecordParams};
 use super::client::Transport;
 use super::error::Error;
@@ -255,23 +256,10 @@ impl Target {
     pub fn url_path(&self) -> String {
         self.segments
             .iter()
-            .map(|s| percent_encode(s))
+            .map(|s| url_encode(s))
             .collect::<Vec<_>>()
             .join("/")
     }
-}
-
-/// RFC 3986 unreserved characters stay, every other byte becomes `%XX`.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
