@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::ami::{self, Message};
 use crate::bitrix::{api, Directory};
 use crate::calls::tracker::Originate;
-use crate::config::{OriginateConfig, PhoneConfig};
+use crate::config::OriginateConfig;
 use crate::daemon::{Control, Shared};
-use crate::phone;
+use crate::phone::{self, PhoneConfig};
 
 /// How long we wait for Asterisk's `Response` to the Originate. With `Async: true` it comes at
 /// once (`Originate successfully queued`); the call's outcome comes later as an event.

@@ -11,7 +11,29 @@
 
 use std::fmt;
 
-use crate::config::PhoneConfig;
+/// `[phone]` in the config: how numbers are normalised (see [`normalize`]). Defined here, not
+/// in `config`, so that this module depends on nothing: the config validator calls
+/// [`validate`], and the config re-exports this type as `config::PhoneConfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhoneConfig {
+    /// 1-3 digits, e.g. `7`.
+    pub country_code: String,
+    /// National trunk prefix, digits, may be empty; e.g. `8`.
+    pub national_prefix: String,
+    /// Length of the national significant number, 4-15; e.g. 10.
+    pub national_length: usize,
+}
+
+impl Default for PhoneConfig {
+    /// Russia: `8XXXXXXXXXX` / `+7XXXXXXXXXX`, where most of our users are.
+    fn default() -> Self {
+        PhoneConfig {
+            country_code: "7".to_string(),
+            national_prefix: "8".to_string(),
+            national_length: 10,
+        }
+    }
+}
 
 /// Fewest digits accepted: short internal numbers like `219` are legal, `12` is not a phone.
 pub const MIN_DIGITS: usize = 3;

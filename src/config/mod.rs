@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use ini::{Entry, Ini, SECRET_KEYS};
 
+pub use crate::phone::PhoneConfig;
+
 /// Where the RPM installs the config; the default of `-c` for the daemon subcommands.
 pub const DEFAULT_PATH: &str = "/etc/callme/callme.conf";
 
@@ -471,28 +473,6 @@ pub enum MissedUser {
     LastRang,
     /// `default_user`.
     Default,
-}
-
-/// `[phone]`: how numbers are normalised (see [`crate::phone::normalize`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PhoneConfig {
-    /// 1-3 digits, e.g. `7`.
-    pub country_code: String,
-    /// National trunk prefix, digits, may be empty; e.g. `8`.
-    pub national_prefix: String,
-    /// Length of the national significant number, 4-15; e.g. 10.
-    pub national_length: usize,
-}
-
-impl Default for PhoneConfig {
-    /// Russia: `8XXXXXXXXXX` / `+7XXXXXXXXXX`, where most of our users are.
-    fn default() -> Self {
-        PhoneConfig {
-            country_code: "7".to_string(),
-            national_prefix: "8".to_string(),
-            national_length: 10,
-        }
-    }
 }
 
 /// `[bitrix24] auth`: which credentials REST calls carry (bitrix24-api.md §1.1, §1.3).
