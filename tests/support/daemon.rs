@@ -165,15 +165,7 @@ impl Drop for Running {
 }
 
 /// A config for an end-to-end test against the fake AMI server on `ami_port` and the fake
-/// portal at `webhook_url`: fast keepalive and reconnects, `default_user = 201` (user 1 of the
-/// fake portal), the HTTP server on a free port, and `{state}` for [`Running::start`].
+/// portal at `webhook_url` ([`super::configs::webhook`]; `{state}` for [`Running::start`]).
 pub fn e2e_config(ami_port: u16, secret: &str, webhook_url: &str) -> String {
-    format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {ami_port}\nusername = callme\nsecret = {secret}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nwebhook_url = {webhook_url}\ntimeout = 5\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\n\
-         [state]\ndir = {{state}}\n"
-    )
+    super::configs::webhook(ami_port, secret, webhook_url)
 }

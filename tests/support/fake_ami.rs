@@ -21,20 +21,8 @@ use callme::ami::{Frame, Message, Reader};
 
 pub const BANNER: &str = "Asterisk Call Manager/9.0.0";
 
-/// Polls `cond` every few milliseconds until it holds or `timeout` passes. Tests wait on
-/// conditions with a deadline; they never sleep "long enough".
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
+/// Kept here too because many tests import it from the fake AMI.
+pub use super::wait::wait_until;
 
 pub struct FakeAmi {
     addr: SocketAddr,

@@ -1,0 +1,73 @@
+//! Real captures (`tests/fixtures/*.ami`) reshaped for the fake AMI server and for load:
+//! the part after login, the same with Asterisk's `Timestamp:` headers, and copies made
+//! into independent calls.
+
+use callme::ami::Message;
+
+use super::fixture_path;
+
+/// A capture after its first `FullyBooted`: what Asterisk sent once the capture session was up
+/// (its banner, Login response and FullyBooted are the fake server's job). It still ends with
+/// the `Response: Goodbye` of the capture's Logoff, a response nobody waits for.
+pub fn capture_tail(name: &str) -> Vec<u8> {
+    let bytes = std::fs::read(fixture_path(name)).expect("read capture");
+    let start = find(&bytes, b"Event: FullyBooted").expect("capture has FullyBooted");
+    let end = start + find(&bytes[start..], b"\r\n\r\n").expect("end of FullyBooted") + 4;
+    bytes[end..].to_vec()
+}
+
+/// [`capture_tail`] as Asterisk sends it with `timestampevents = yes` (manager.conf): every
+/// event after `FullyBooted` carries `Timestamp: SECONDS.MICROS`, its time on the capture's own
+/// clock (the `.timing.tsv` sidecar). The daemon then times the call on that clock, so the
+/// durations and dates it sends are the capture's, whatever the wall clock says.
+/// `callme::replay::parse_bytes` reads the times back from the headers.
+pub fn timestamped_tail(name: &str) -> Vec<u8> {
+    let cap = callme::replay::load(&fixture_path(name)).expect("capture loads");
+    assert_eq!(cap.clock, "timing sidecar", "{name}: needs its sidecar");
+    let booted = cap
+        .messages
+        .iter()
+        .position(|t| t.msg.event() == Some("FullyBooted"))
+        .expect("capture has FullyBooted");
+    let mut bytes = Vec::new();
+    for t in &cap.messages[booted + 1..] {
+        for (k, v) in t.msg.iter() {
+            bytes.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        if t.msg.event().is_some() {
+            let stamp = format!("Timestamp: {}.{:03}000\r\n", t.at_ms / 1000, t.at_ms % 1000);
+            bytes.extend_from_slice(stamp.as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes
+}
+
+/// A capture's messages with every Uniqueid, Linkedid, bridge id and channel name made
+/// unique to copy `n`, so that `n` copies are `n` independent calls.
+pub fn renumbered(capture: &str, n: usize) -> Vec<(Message, u64)> {
+    let bytes = std::fs::read(fixture_path(capture)).expect("capture");
+    let cap = callme::replay::parse_bytes(&bytes);
+    cap.messages
+        .iter()
+        .map(|t| {
+            let mut m = Message::new();
+            for (k, v) in t.msg.iter() {
+                let key = k.to_ascii_lowercase();
+                let renumber = key.ends_with("uniqueid")
+                    || key.ends_with("linkedid")
+                    || (key.ends_with("channel") && v.contains('-'));
+                if renumber {
+                    m.push(k, &format!("{v}x{n}"));
+                } else {
+                    m.push(k, v);
+                }
+            }
+            (m, t.at_ms)
+        })
+        .collect()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
