@@ -2,7 +2,10 @@
 //! portal, both on loopback. Asserts the HTTP requests the portal received.
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use callme::isotime;
+use callme::replay::Timed;
 
 use serde_json::{json, Value};
 use support::daemon::Running;
@@ -18,6 +21,21 @@ fn config(ami: &FakeAmi, portal: &FakeBitrix) -> String {
 
 fn methods(reqs: &[Recorded]) -> Vec<&str> {
     reqs.iter().map(|r| r.method.as_str()).collect()
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// The capture-clock time of the first message that `pred` picks.
+fn time_of(msgs: &[Timed], what: &str, pred: impl Fn(&Timed) -> bool) -> u64 {
+    msgs.iter()
+        .find(|t| pred(t))
+        .unwrap_or_else(|| panic!("the capture has no {what}"))
+        .at_ms
 }
 
 /// Wait until the portal has seen `n` finish requests, whatever it answered.
@@ -42,7 +60,23 @@ fn inbound_calls_reach_the_portal_in_order() {
     // portal's `{"error":""}` "Call is not found" as "already done".
     portal.lose_next_response("telephony.externalcall.finish");
     let ami = FakeAmi::start("callme", SECRET);
-    ami.set_stream(support::capture_tail("a_inbound_answered.ami"));
+    // The first call comes with Asterisk's `Timestamp:` headers, so the daemon times it on
+    // the capture's clock; what it must send follows from those times.
+    let first = support::captures::timestamped_tail("a_inbound_answered.ami");
+    let cap = callme::replay::parse_bytes(&first);
+    assert_eq!(cap.clock, "Timestamp headers");
+    let call_start = time_of(&cap.messages, "Newchannel", |t| {
+        t.msg.event() == Some("Newchannel")
+    });
+    let answered = time_of(&cap.messages, "answer", |t| {
+        t.msg.event() == Some("DialEnd") && t.msg.get("DialStatus") == Some("ANSWER")
+    });
+    let hung_up = time_of(&cap.messages, "Hangup", |t| t.msg.event() == Some("Hangup"));
+    // a_inbound_answered.md: 219 answered at +2.51 s, the caller hung up at +7.51 s. Bitrix24
+    // takes whole seconds; the daemon rounds to the nearest.
+    let talk_s = (hung_up - answered + 500) / 1000;
+    assert_eq!(talk_s, 5, "the capture's 5 s of talk");
+    ami.set_stream(first);
 
     let mut daemon = Running::start(&config(&ami, &portal), &["--debug"]);
     // The lost one and its retry.
@@ -86,16 +120,9 @@ fn inbound_calls_reach_the_portal_in_order() {
     assert_eq!(reg["PHONE_NUMBER"], "79991234567");
     assert_eq!(reg["LINE_NUMBER"], "8001231231");
     assert_eq!(reg["EXTERNAL_CALL_ID"], "callme-1795668285.0");
-    // Live, with no `Timestamp:` headers, the call starts when its first event arrives.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let start = reg["CALL_START_DATE"].as_str().unwrap();
-    assert_eq!(start.len(), "2026-11-26T04:44:45+00:00".len(), "{start}");
-    assert!(start.ends_with("+00:00"), "{start}");
-    let today = &callme::isotime::utc(now_ms)[..10];
-    assert!(start.starts_with(today), "{start} vs {today}");
+    // The call starts with the trunk channel's Newchannel, on the capture's clock.
+    assert_eq!(reg["CALL_START_DATE"], isotime::utc(call_start));
+    assert_eq!(reg["CALL_START_DATE"], "2026-11-26T04:44:45+00:00");
     assert_eq!(reg["SHOW"], 0);
     assert_eq!(reg["CRM_CREATE"], 0);
     assert_eq!(
@@ -107,9 +134,9 @@ fn inbound_calls_reach_the_portal_in_order() {
     assert_eq!(fin["USER_ID"], 19);
     assert_eq!(fin["STATUS_CODE"], "200");
     assert_eq!(fin["ADD_TO_CHAT"], 1);
-    // Live timing: the events arrive within milliseconds, so the talk time measured from the
-    // arrival clock is 0 s (the capture's own clock gives 5 s; see tracker tests and replay).
-    assert!(fin["DURATION"].as_u64().is_some());
+    assert_eq!(fin["DURATION"], talk_s, "talk time on the capture's clock");
+    // Both finishes (the lost one and its retry) say the same.
+    assert_eq!(call[4].params["DURATION"], talk_s);
     assert_eq!(call[3].status, 504, "the lost response");
     assert_eq!(
         call[4].status, 400,
@@ -118,13 +145,17 @@ fn inbound_calls_reach_the_portal_in_order() {
     assert_eq!(portal.finished_calls().len(), 1, "finished once");
     assert!(portal.active_calls().is_empty());
 
-    // A second call (no answer) on the same connection: the daemon was not wedged.
-    ami.push(&support::capture_tail("b_inbound_noanswer.ami"));
+    // A second call (no answer) on the same connection: the daemon was not wedged. This one
+    // has no `Timestamp:` headers, as with `timestampevents = no`: the daemon's own clock
+    // times it, from when its first event arrives.
+    let pushed_ms = wall_clock_ms();
+    assert!(ami.push(&support::capture_tail("b_inbound_noanswer.ami")));
     assert!(
         finish_requests(&portal, 3),
         "no second finish; log:\n{}",
         daemon.log()
     );
+    let finished_ms = wall_clock_ms();
     let reqs = portal.requests();
     let tail: Vec<&Recorded> = reqs
         .iter()
@@ -138,6 +169,14 @@ fn inbound_calls_reach_the_portal_in_order() {
             "telephony.externalcall.hide",
             "telephony.externalcall.finish",
         ]
+    );
+    // Between the push and the finish, by the wall clock. The ISO dates sort as the times
+    // do, so this holds across midnight too.
+    let start = tail[0].params["CALL_START_DATE"].as_str().unwrap();
+    let (earliest, latest) = (isotime::utc(pushed_ms), isotime::utc(finished_ms));
+    assert!(
+        earliest.as_str() <= start && start <= latest.as_str(),
+        "{start} not within {earliest} ..= {latest}"
     );
     let fin = &tail[3].params;
     assert_eq!(
