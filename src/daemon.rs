@@ -564,7 +564,13 @@ fn apply_control(
     }
 }
 
-fn delivery_loop(
+/// The delivery thread: loads the user directory (every `refresh`; until the first load
+/// succeeds, every 30 s at most) and sends it to the state thread as
+/// [`Control::Employees`] and to `published`; runs the steps that are due when `wake` says
+/// new intents are in the outbox or the next retry is due; mirrors its progress into
+/// `health.delivery`. Ends when `stop` (or `wake`) is closed, leaving undelivered steps in
+/// the outbox. Public so that tests drive this very loop rather than a copy of it.
+pub fn delivery_loop(
     mut d: Deliverer,
     wake: Receiver<()>,
     ctl: Sender<Control>,
