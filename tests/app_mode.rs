@@ -8,17 +8,19 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use callme::ami::Message;
 use callme::bitrix::deliver::{DeliverConfig, Deliverer};
 use callme::bitrix::oauth::{AppClient, AuthStatus, TokenStore, Tokens};
 use callme::bitrix::{api, Directory, Transport};
 use callme::calls::{Tracker, TrackerConfig};
 use serde_json::Value;
+use support::captures::renumbered;
+use support::configs;
 use support::daemon::{Running, TempDir};
 use support::fake_ami::FakeAmi;
 use support::fake_bitrix::FakeBitrix;
 use support::fake_oauth::{FakeOAuth, CLIENT_ID, CLIENT_SECRET};
 use support::http::{form, request};
+use support::wait::{wait_for, wait_until};
 
 const DOMAIN: &str = "test.bitrix24.ru";
 const MEMBER: &str = "member-1";
@@ -27,16 +29,19 @@ const SECRET: &str = "amisecret-app";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn app_config_text(oauth: &FakeOAuth, state: &str, ami_port: u16) -> String {
-    format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {ami_port}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nauth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
-         portal = {DOMAIN}\noauth_url = {}\ntimeout = 5\nusers_refresh = 1\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\npublic_url = https://pbx.example.com/callme/\n\
-         [state]\ndir = {state}\n",
+    let bitrix24 = format!(
+        "auth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
+         portal = {DOMAIN}\noauth_url = {}\ntimeout = 5\nusers_refresh = 1\n",
         oauth.url()
-    )
+    );
+    let text = configs::daemon(ami_port, SECRET, &bitrix24);
+    let text = configs::set(
+        &text,
+        "http",
+        "public_url",
+        "https://pbx.example.com/callme/",
+    );
+    configs::set(&text, "state", "dir", state)
 }
 
 fn tokens(portal: &FakeBitrix, (access, refresh): (String, String)) -> Tokens {
@@ -82,44 +87,14 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (r.status, r.body)
 }
 
-fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    cond()
-}
-
-/// A capture's messages made unique to copy `n` (as in tests/outbox_delivery.rs).
-fn renumbered(capture: &str, n: usize) -> Vec<(Message, u64)> {
-    let bytes = fs::read(support::fixture_path(capture)).expect("capture");
-    let cap = callme::replay::parse_bytes(&bytes);
-    cap.messages
-        .iter()
-        .map(|t| {
-            let mut m = Message::new();
-            for (k, v) in t.msg.iter() {
-                let key = k.to_ascii_lowercase();
-                if key.ends_with("uniqueid")
-                    || key.ends_with("linkedid")
-                    || (key.ends_with("channel") && v.contains('-'))
-                {
-                    m.push(k, &format!("{v}x{n}"));
-                } else {
-                    m.push(k, v);
-                }
-            }
-            (m, t.at_ms)
-        })
-        .collect()
+/// The daemon's `/status` document.
+fn status(addr: &str) -> Value {
+    serde_json::from_str(&get(addr, "/status").1).expect("/status is JSON")
 }
 
 fn app_client(oauth: &FakeOAuth, dir: &TempDir, status: AuthStatus) -> AppClient {
     let text = app_config_text(oauth, &dir.path().display().to_string(), 1);
-    let cfg = callme::config::parse_str(&text, "t").expect("config");
+    let cfg = configs::parse(&text);
     AppClient::new(
         cfg.bitrix24.app.as_ref().unwrap(),
         dir.path(),
@@ -143,13 +118,11 @@ fn twenty_calls_cross_token_expiries() {
 
     let directory = Directory::from_users(api::users_all(&*app).expect("user.get"), Instant::now());
     let employees: Vec<String> = directory.inners().map(String::from).collect();
-    let mut cfg = DeliverConfig::from_config(
-        &callme::config::parse_str(
-            &app_config_text(&oauth, &dir.path().display().to_string(), 1),
-            "t",
-        )
-        .unwrap(),
-    );
+    let mut cfg = DeliverConfig::from_config(&configs::parse(&app_config_text(
+        &oauth,
+        &dir.path().display().to_string(),
+        1,
+    )));
     cfg.retry_min = Duration::from_millis(20);
     cfg.retry_max = Duration::from_millis(200);
     let mut d = Deliverer::new(cfg, Box::new(app.clone()), directory);
@@ -276,7 +249,7 @@ fn refused_refresh_waits_for_a_new_install() {
     let t1 = tokens(&portal, first);
     assert_eq!(post(&addr, "/bitrix24/install", &install_body(&t1)).0, 200);
     assert!(
-        wait(WAIT, || portal.bound_events().len() == 2),
+        wait_until(WAIT, || portal.bound_events().len() == 2),
         "events bound"
     );
     let bound = portal.bound_events();
@@ -285,21 +258,20 @@ fn refused_refresh_waits_for_a_new_install() {
         "https://pbx.example.com/callme/bitrix24/event".to_string()
     )));
     assert!(
-        wait(WAIT, || get(&addr, "/healthz").0 == 200),
+        wait_until(WAIT, || get(&addr, "/healthz").0 == 200),
         "healthy after install"
     );
     // The user directory loads once the app is installed (retried every users_refresh).
-    assert!(wait(WAIT, || {
-        let s: Value = serde_json::from_str(&get(&addr, "/status").1).unwrap();
-        s["users"]["count"].as_u64().unwrap_or(0) > 0
-    }));
+    assert!(wait_until(WAIT, || status(&addr)["users"]["count"]
+        .as_u64()
+        .is_some_and(|n| n > 0)));
 
     // The app is removed: its tokens die and the OAuth server refuses the refresh.
     oauth.set_refuse(true);
     portal.expire_all();
     assert!(ami.push(&support::capture_tail("a_inbound_answered.ami")));
     assert!(
-        wait(WAIT, || get(&addr, "/healthz")
+        wait_until(WAIT, || get(&addr, "/healthz")
             .1
             .contains("refused to refresh")),
         "healthz: {:?}\n{}",
@@ -307,11 +279,21 @@ fn refused_refresh_waits_for_a_new_install() {
         d.log()
     );
     assert_eq!(get(&addr, "/healthz").0, 503);
-    thread::sleep(Duration::from_millis(500));
-    let status: Value = serde_json::from_str(&get(&addr, "/status").1).unwrap();
+    // The delivery thread has met the refusal once it counts a retry; the call must then
+    // still be waiting in the outbox, not dropped.
+    let held = wait_for(WAIT, || {
+        let s = status(&addr);
+        (s["bitrix24"]["retries"].as_u64()? > 0).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no retry after the refusal: {}", status(&addr)));
+    let b = &held["bitrix24"];
+    assert!(b["queue_depth"].as_u64().unwrap() > 0, "{held}");
+    assert_eq!(b["permanent_failures"], 0, "{held}");
     assert!(
-        status["bitrix24"]["queue_depth"].as_u64().unwrap() > 0,
-        "{status}"
+        b["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused to refresh")),
+        "{held}"
     );
     assert!(portal.finished_calls().is_empty());
     let log = d.log();
@@ -328,7 +310,7 @@ fn refused_refresh_waits_for_a_new_install() {
     let t2 = tokens(&portal, portal.issue_tokens());
     assert_eq!(post(&addr, "/bitrix24/install", &install_body(&t2)).0, 200);
     assert!(
-        wait(Duration::from_secs(30), || portal.finished_calls().len()
+        wait_until(Duration::from_secs(30), || portal.finished_calls().len()
             == 1),
         "not delivered after reinstall:\n{}",
         d.log()
@@ -450,7 +432,7 @@ fn install_endpoint_checks() {
     }
 
     // app-status: what is stored and bound, no secrets.
-    assert!(wait(WAIT, || portal.bound_events().len() == 2));
+    assert!(wait_until(WAIT, || portal.bound_events().len() == 2));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_callme"))
         .args(["app-status", "-c"])
         .arg(d.dir.path().join("callme.conf"))
@@ -493,9 +475,17 @@ fn webhook_wrong_auth_type_is_said_once_and_not_retried() {
     assert!(ami.push(&support::capture_tail("a_inbound_answered.ami")));
     assert!(ami.push(&support::capture_tail("b_inbound_noanswer.ami")));
     let refused = || portal.commands().iter().filter(|r| r.status == 403).count();
-    assert!(wait(WAIT, || refused() >= 2), "{}", d.log());
-    // Long enough for the first retries of a retryable error (1 s, 2 s).
-    thread::sleep(Duration::from_secs(4));
+    assert!(wait_until(WAIT, || refused() >= 2), "{}", d.log());
+    // Both registers fail for good and take their calls' later steps with them: the queue
+    // empties with nothing left to retry. A retryable error would keep it non-empty.
+    let settled = wait_for(WAIT, || {
+        let s = status(&addr);
+        let b = &s["bitrix24"];
+        (b["permanent_failures"].as_u64()? >= 2 && b["queue_depth"].as_u64()? == 0).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("steps still queued: {}\n{}", status(&addr), d.log()));
+    assert_eq!(settled["bitrix24"]["permanent_failures"], 2, "{settled}");
+    assert_eq!(settled["bitrix24"]["retries"], 0, "{settled}");
     let registers = portal
         .commands()
         .iter()
@@ -509,9 +499,8 @@ fn webhook_wrong_auth_type_is_said_once_and_not_retried() {
         1,
         "{log}"
     );
-    let status: Value = serde_json::from_str(&get(&addr, "/status").1).unwrap();
     assert_eq!(
-        status["bitrix24"]["auth_error"],
+        status(&addr)["bitrix24"]["auth_error"],
         "this portal requires app mode; see README § App mode"
     );
     let (code, text) = get(&addr, "/healthz");
