@@ -1,24 +1,16 @@
 //! Every real capture replayed through the codec and the pure tracker, with the exact intents
 //! expected from what happened on the PBX (see the `.md` beside each capture).
 
-use std::path::Path;
+mod support;
 
-use callme::calls::{Action, Direction, FinishUser, Intent, Status, Tracker, TrackerConfig};
+use callme::calls::{Action, Direction, Intent, Status, Tracker, TrackerConfig};
+use support::configs;
+use support::events::{actions, finish, finish_responsible, hide, show, tracker, tracker_with};
 
 fn fixture(name: &str) -> callme::replay::Capture {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.ami"));
-    let cap = callme::replay::load(&path).expect("capture loads");
+    let cap = support::events::load_capture(&format!("{name}.ami"));
     assert_eq!(cap.clock, "timing sidecar");
-    assert_eq!(cap.dropped, 0);
     cap
-}
-
-fn tracker() -> Tracker {
-    let mut t = Tracker::new(TrackerConfig::default());
-    t.set_employees(["219", "220", "221"].map(String::from));
-    t
 }
 
 /// Replay, returning each intent with the capture-relative time (ms) it was produced at.
@@ -38,18 +30,6 @@ fn replay_with(t: &mut Tracker, name: &str) -> Vec<(u64, Intent)> {
 
 fn replay(name: &str) -> Vec<(u64, Intent)> {
     replay_with(&mut tracker(), name)
-}
-
-fn actions(v: &[(u64, Intent)]) -> Vec<Action> {
-    v.iter().map(|(_, i)| i.action.clone()).collect()
-}
-
-fn show(ext: &str) -> Action {
-    Action::Show { ext: ext.into() }
-}
-
-fn hide(ext: &str) -> Action {
-    Action::Hide { ext: ext.into() }
 }
 
 /// Check a register, return its start time.
@@ -75,26 +55,6 @@ fn assert_register(a: &Action, line: &str) -> u64 {
     }
 }
 
-fn assert_finish(
-    a: &Action,
-    user: FinishUser,
-    status: Status,
-    duration: std::ops::RangeInclusive<u64>,
-) {
-    match a {
-        Action::Finish {
-            user: u,
-            duration: d,
-            status: s,
-        } => {
-            assert_eq!(*u, user);
-            assert_eq!(*s, status);
-            assert!(duration.contains(d), "duration {d} not in {duration:?}");
-        }
-        other => panic!("expected finish, got {other:?}"),
-    }
-}
-
 fn all_same_call(v: &[(u64, Intent)], key: &str) {
     for (_, i) in v {
         assert_eq!(i.call, key);
@@ -113,20 +73,7 @@ fn a_inbound_answered() {
     );
     assert_eq!(a[1], show("219"));
     // 219 answered at +2.51 s, the caller hung up at +7.51 s: 5 s of talk.
-    assert_finish(
-        &a[2],
-        FinishUser::Employee("219".into()),
-        Status::ANSWERED,
-        4..=6,
-    );
-    assert_eq!(
-        a[2],
-        Action::Finish {
-            user: FinishUser::Employee("219".into()),
-            duration: 5,
-            status: Status::ANSWERED
-        }
-    );
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     all_same_call(&v, "callme-1795668285.0");
     // The card opens while 219 rings, right at the call start (+0.50 s), not at the answer.
     assert!(
@@ -143,14 +90,7 @@ fn b_inbound_noanswer() {
     assert_register(&a[0], "8001231231");
     assert_eq!(a[1], show("219"));
     assert_eq!(a[2], hide("219"), "the phone stopped ringing unanswered");
-    assert_eq!(
-        a[3],
-        Action::Finish {
-            user: FinishUser::Responsible,
-            duration: 0,
-            status: Status::MISSED
-        }
-    );
+    assert_eq!(a[3], finish_responsible(0, Status::MISSED));
     assert_eq!(a.len(), 4);
 }
 
@@ -161,14 +101,7 @@ fn c_inbound_busy() {
     assert_register(&a[0], "8001231231");
     assert_eq!(a[1], show("219"));
     assert_eq!(a[2], hide("219"));
-    assert_eq!(
-        a[3],
-        Action::Finish {
-            user: FinishUser::Responsible,
-            duration: 0,
-            status: Status::BUSY
-        }
-    );
+    assert_eq!(a[3], finish_responsible(0, Status::BUSY));
     assert_eq!(a.len(), 4);
 }
 
@@ -179,12 +112,7 @@ fn k_queue_ringall_one_register_cards_for_all_hide_for_loser() {
     assert_register(&a[0], "8001231234");
     assert_eq!(&a[1..4], &[show("220"), show("221"), hide("220")]);
     // 221 answered at +3.51 s, caller hung up at +7.71 s (AgentComplete TalkTime=4).
-    assert_finish(
-        &a[4],
-        FinishUser::Employee("221".into()),
-        Status::ANSWERED,
-        4..=4,
-    );
+    assert_eq!(a[4], finish("221", 4, Status::ANSWERED));
     assert_eq!(a.len(), 5, "{a:?}");
     assert_eq!(
         a.iter()
@@ -209,12 +137,7 @@ fn d_blind_transfer_moves_the_card_and_last_one_wins() {
     at_transfer.sort_by_key(|x| format!("{x:?}"));
     assert_eq!(at_transfer, vec![hide("219"), show("220")]);
     // First answer +2.51 s to the end +12.52 s.
-    assert_finish(
-        &a[4],
-        FinishUser::Employee("220".into()),
-        Status::ANSWERED,
-        9..=11,
-    );
+    assert_eq!(a[4], finish("220", 10, Status::ANSWERED));
     assert_eq!(a.len(), 5, "no show or hide after the finish: {a:?}");
 }
 
@@ -228,12 +151,8 @@ fn e_attended_transfer_consultation_is_not_a_transfer_until_it_completes() {
     assert_eq!(a[3], hide("219"), "219 is out once the transfer completes");
     // 219 hung up at +10.90 s: the hide comes then, not when 220 answered the consultation.
     assert!(v[3].0 >= 10_000, "hide at {} ms", v[3].0);
-    assert_finish(
-        &a[4],
-        FinishUser::Employee("220".into()),
-        Status::ANSWERED,
-        12..=14,
-    );
+    // 219 answered at +2.51 s (the first answer counts), the caller hung up at +15.90 s.
+    assert_eq!(a[4], finish("220", 13, Status::ANSWERED));
     assert_eq!(a.len(), 5, "{a:?}");
 }
 
@@ -242,12 +161,8 @@ fn h_recording_is_attached_after_finish() {
     let a = actions(&replay("h_inbound_recorded_mixmonitor"));
     assert_register(&a[0], "8001231232");
     assert_eq!(a[1], show("219"));
-    assert_finish(
-        &a[2],
-        FinishUser::Employee("219".into()),
-        Status::ANSWERED,
-        4..=6,
-    );
+    // 219 answered at +2.51 s, the caller hung up at +7.51 s.
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(
         a[3],
         Action::Attach {
@@ -281,12 +196,7 @@ fn show_cards_to_limits_cards_but_not_the_finish_user() {
     let a = actions(&replay_with(&mut t, "k_inbound_queue_ringall"));
     assert_register(&a[0], "8001231234");
     assert_eq!(a[1], show("221"));
-    assert_finish(
-        &a[2],
-        FinishUser::Employee("221".into()),
-        Status::ANSWERED,
-        4..=4,
-    );
+    assert_eq!(a[2], finish("221", 4, Status::ANSWERED));
     assert_eq!(a.len(), 3, "{a:?}");
 }
 
@@ -297,12 +207,7 @@ fn missed_user_last_rang() {
         ..TrackerConfig::default()
     });
     let a = actions(&replay_with(&mut t, "b_inbound_noanswer"));
-    assert_finish(
-        &a[3],
-        FinishUser::Employee("219".into()),
-        Status::MISSED,
-        0..=0,
-    );
+    assert_eq!(a[3], finish("219", 0, Status::MISSED));
 }
 
 #[test]
@@ -330,15 +235,9 @@ fn peers_outside_the_directory_get_no_card() {
 fn h_source_freepbx_attaches_mixmonitor_filename_after_finish() {
     // `[recording] source = freepbx` maps to MIXMONITOR_FILENAME only, so CallMeFULLFNAME
     // (set earlier in the capture) is ignored.
-    let cfg = callme::config::parse_str(
-        "[asterisk]\nusername = u\nsecret = s\n\
-         [bitrix24]\nwebhook_url = https://p.bitrix24.ru/rest/1/c/\n\
-         [recording]\nsource = freepbx\n",
-        "t.conf",
-    )
-    .unwrap();
-    let mut t = Tracker::new(TrackerConfig::from_config(&cfg));
-    t.set_employees(["219", "220", "221"].map(String::from));
+    let text = configs::offline("https://p.bitrix24.ru/rest/1/c/");
+    let cfg = configs::parse(&configs::set(&text, "recording", "source", "freepbx"));
+    let mut t = tracker_with(TrackerConfig::from_config(&cfg));
     let a = actions(&replay_with(&mut t, "h_inbound_recorded_mixmonitor"));
     let finish = a
         .iter()

@@ -1,41 +1,12 @@
 //! Outbound calls in the tracker: click-to-call (our Originate) and calls dialled from a desk
 //! phone, plus the ways a click-to-call can fail.
 
-use std::path::Path;
+mod support;
 
 use callme::ami::Message;
 use callme::calls::tracker::Originate;
-use callme::calls::{Action, Direction, FinishUser, Intent, Status, Tracker, TrackerConfig};
-
-fn capture(name: &str) -> Vec<(Message, u64)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}"));
-    callme::replay::load(&path)
-        .expect("capture")
-        .messages
-        .into_iter()
-        .map(|t| (t.msg, t.at_ms))
-        .collect()
-}
-
-fn tracker() -> Tracker {
-    let mut t = Tracker::new(TrackerConfig::default());
-    t.set_employees(["219", "220", "221"].map(String::from));
-    t
-}
-
-fn run(t: &mut Tracker, msgs: &[(Message, u64)]) -> Vec<(u64, Intent)> {
-    let mut out = Vec::new();
-    for (m, at) in msgs {
-        for i in t.handle_vec(m, *at) {
-            out.push((*at, i));
-        }
-    }
-    out
-}
-
-fn actions(v: &[(u64, Intent)]) -> Vec<Action> {
-    v.iter().map(|(_, i)| i.action.clone()).collect()
-}
+use callme::calls::{Action, Direction, Status};
+use support::events::{actions, capture, ev, finish, run, show, tracker, Chan};
 
 fn c2c(call_id: &str, channel_id: &str, action_id: &str) -> Originate {
     Originate {
@@ -67,7 +38,7 @@ fn f_click_to_call_answered() {
             ext: "219".into()
         }
     );
-    assert_eq!(a[1], Action::Show { ext: "219".into() });
+    assert_eq!(a[1], show("219"));
     // 219 answered the Originate at +2.51 s: that is when the card opens.
     let t0 = msgs[0].1;
     assert!(
@@ -76,14 +47,7 @@ fn f_click_to_call_answered() {
         v[1].0 - t0
     );
     // The client answered at +5.51 s, 219 hung up at +10.51 s.
-    assert_eq!(
-        a[2],
-        Action::Finish {
-            user: FinishUser::Employee("219".into()),
-            duration: 5,
-            status: Status::ANSWERED
-        }
-    );
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(a.len(), 3, "no register: Bitrix24 registered it: {a:?}");
     assert!(t.is_empty());
 }
@@ -135,88 +99,52 @@ fn desk_phone_outbound_registers_type_1_under_the_caller() {
         }
         other => panic!("expected register, got {other:?}"),
     }
-    assert_eq!(a[1], Action::Show { ext: "219".into() });
-    assert_eq!(
-        a[2],
-        Action::Finish {
-            user: FinishUser::Employee("219".into()),
-            duration: 5,
-            status: Status::ANSWERED
-        }
-    );
+    assert_eq!(a[1], show("219"));
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(a.len(), 3, "{a:?}");
-}
-
-fn ev(fields: &[(&str, &str)]) -> Message {
-    Message::from_pairs(fields)
 }
 
 /// A busy carrier: every event within milliseconds, no ringing, no bridge, cause 17 on both
 /// channels (the shape described in the captures' README, "Desk-phone outbound").
 #[test]
 fn desk_phone_outbound_busy() {
-    let caller = [
-        ("Channel", "SIP/219-00000100"),
-        ("Uniqueid", "1800000000.100"),
-        ("Linkedid", "1800000000.100"),
-        ("Context", "from-internal"),
-        ("Exten", "89991234567"),
-        ("CallerIDNum", "219"),
-    ];
-    let trunk = [
-        ("Channel", "SIP/trunk-00000101"),
-        ("Uniqueid", "1800000000.101"),
-        ("Linkedid", "1800000000.100"),
-        ("Context", "from-trunk"),
-        ("Exten", "s"),
-        ("CallerIDNum", "<unknown>"),
-    ];
-    let with = |name: &str, base: &[(&str, &str)], extra: &[(&str, &str)]| {
-        let mut f = vec![("Event", name)];
-        f.extend_from_slice(base);
-        f.extend_from_slice(extra);
-        ev(&f)
+    let caller = Chan {
+        name: "SIP/219-00000100",
+        uid: "1800000000.100",
+        linked: "1800000000.100",
+        context: "from-internal",
+        exten: "89991234567",
+        cid: "219",
     };
-    let dest: Vec<(&str, &str)> = trunk
-        .iter()
-        .map(|(k, v)| {
-            let k: &str = match *k {
-                "Channel" => "DestChannel",
-                "Uniqueid" => "DestUniqueid",
-                "Linkedid" => "DestLinkedid",
-                "Context" => "DestContext",
-                "Exten" => "DestExten",
-                _ => "DestCallerIDNum",
-            };
-            (k, *v)
-        })
-        .collect();
-    let mut begin = dest.clone();
-    begin.push(("DialString", "trunk/89991234567"));
-    let mut end = dest.clone();
-    end.push(("DialStatus", "BUSY"));
+    let trunk = Chan {
+        name: "SIP/trunk-00000101",
+        uid: "1800000000.101",
+        linked: "1800000000.100",
+        context: "from-trunk",
+        exten: "s",
+        cid: "<unknown>",
+    };
     let msgs = vec![
-        (with("Newchannel", &caller, &[]), 1_000),
-        (with("Newchannel", &trunk, &[]), 1_001),
-        (with("DialBegin", &caller, &begin), 1_001),
-        (with("DialEnd", &caller, &end), 1_002),
-        (with("Hangup", &trunk, &[("Cause", "17")]), 1_002),
-        (with("Hangup", &caller, &[("Cause", "17")]), 1_003),
+        (caller.ev("Newchannel", &[]), 1_000),
+        (trunk.ev("Newchannel", &[]), 1_001),
+        (
+            caller.dial("DialBegin", &trunk, &[("DialString", "trunk/89991234567")]),
+            1_001,
+        ),
+        (
+            caller.dial("DialEnd", &trunk, &[("DialStatus", "BUSY")]),
+            1_002,
+        ),
+        (trunk.ev("Hangup", &[("Cause", "17")]), 1_002),
+        (caller.ev("Hangup", &[("Cause", "17")]), 1_003),
     ];
     let a = actions(&run(&mut tracker(), &msgs));
     assert!(matches!(
         &a[0],
         Action::Register { direction: Direction::Outbound, phone, .. } if phone == "89991234567"
     ));
-    assert_eq!(a[1], Action::Show { ext: "219".into() });
-    assert_eq!(
-        a[2],
-        Action::Finish {
-            user: FinishUser::Employee("219".into()),
-            duration: 0,
-            status: Status::BUSY
-        }
-    );
+    assert_eq!(a[1], show("219"));
+    assert_eq!(a[2], finish("219", 0, Status::BUSY));
 }
 
 #[test]
@@ -233,11 +161,7 @@ fn refused_originate_is_finished() {
                 call_id: "externalCall.r1".into(),
                 ext: "219".into()
             },
-            Action::Finish {
-                user: FinishUser::Employee("219".into()),
-                duration: 0,
-                status: Status::OTHER
-            }
+            finish("219", 0, Status::OTHER)
         ]
     );
     // Once only.
@@ -263,14 +187,7 @@ fn failing_originate_response_without_channels_maps_the_reason() {
         .into_iter()
         .map(|i| i.action)
         .collect();
-    assert_eq!(
-        a[1],
-        Action::Finish {
-            user: FinishUser::Employee("219".into()),
-            duration: 0,
-            status: Status::BUSY
-        }
-    );
+    assert_eq!(a[1], finish("219", 0, Status::BUSY));
 }
 
 /// The employee never answers: the originated channel (Uniqueid = our ChannelId) rings and
@@ -279,18 +196,14 @@ fn failing_originate_response_without_channels_maps_the_reason() {
 fn employee_never_answers_click_to_call() {
     let mut t = tracker();
     t.expect_originate(c2c("externalCall.r3", "c2c-3", "a-3"), u64::MAX);
-    let chan = [
-        ("Channel", "SIP/219-00000200"),
-        ("Uniqueid", "c2c-3"),
-        ("Linkedid", "c2c-3"),
-        ("Context", "from-internal"),
-        ("Exten", "s"),
-    ];
-    let mk = |name: &str, extra: &[(&str, &str)]| {
-        let mut f = vec![("Event", name)];
-        f.extend_from_slice(&chan);
-        f.extend_from_slice(extra);
-        ev(&f)
+    // The originated channel has no caller ID of its own yet.
+    let chan = Chan {
+        name: "SIP/219-00000200",
+        uid: "c2c-3",
+        linked: "c2c-3",
+        context: "from-internal",
+        exten: "s",
+        cid: "",
     };
     let dial = ev(&[
         ("Event", "DialBegin"),
@@ -306,9 +219,9 @@ fn employee_never_answers_click_to_call() {
         ("Uniqueid", "<unknown>"),
     ]);
     let msgs = vec![
-        (mk("Newchannel", &[]), 1_000),
+        (chan.ev("Newchannel", &[]), 1_000),
         (dial, 1_001),
-        (mk("Hangup", &[("Cause", "19")]), 31_000),
+        (chan.ev("Hangup", &[("Cause", "19")]), 31_000),
         (resp, 31_001),
     ];
     let v = run(&mut t, &msgs);
@@ -320,11 +233,7 @@ fn employee_never_answers_click_to_call() {
                 call_id: "externalCall.r3".into(),
                 ext: "219".into()
             },
-            Action::Finish {
-                user: FinishUser::Employee("219".into()),
-                duration: 0,
-                status: Status::MISSED
-            }
+            finish("219", 0, Status::MISSED)
         ],
         "no card: the employee never answered"
     );
@@ -384,15 +293,8 @@ fn callback_form_registers_type_4_when_the_employee_answers() {
     }
     let t0 = msgs[0].1;
     assert!(v[0].0 - t0 >= 2_400, "registered only once 219 answered");
-    assert_eq!(a[1], Action::Show { ext: "219".into() });
-    assert_eq!(
-        a[2],
-        Action::Finish {
-            user: FinishUser::Employee("219".into()),
-            duration: 5,
-            status: Status::ANSWERED
-        }
-    );
+    assert_eq!(a[1], show("219"));
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(
         a.len(),
         3,

@@ -1,46 +1,15 @@
 //! Linkedid changes and merges, concatenated and interleaved replays, and the Asterisk
 //! 1.4/1.8/11 legacy event set.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use callme::ami::Message;
-use callme::calls::{Action, FinishUser, Intent, Status, Tracker, TrackerConfig};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn load(path: &Path) -> Vec<(Message, u64)> {
-    callme::replay::load(path)
-        .expect("capture")
-        .messages
-        .into_iter()
-        .map(|t| (t.msg, t.at_ms))
-        .collect()
-}
-
-fn capture(name: &str) -> Vec<(Message, u64)> {
-    load(&fixtures().join(name))
-}
-
-fn tracker() -> Tracker {
-    let mut t = Tracker::new(TrackerConfig::default());
-    t.set_employees(["219", "220", "221"].map(String::from));
-    t
-}
-
-fn run(t: &mut Tracker, msgs: &[(Message, u64)]) -> Vec<Intent> {
-    let mut out = Vec::new();
-    for (m, at) in msgs {
-        t.handle(m, *at, &mut out);
-    }
-    out
-}
-
-fn actions(v: &[Intent]) -> Vec<Action> {
-    v.iter().map(|i| i.action.clone()).collect()
-}
+use callme::calls::{Action, Intent, Status};
+use support::events::{
+    actions, capture, finish, finish_responsible, hide, run, show, tracker, Chan,
+};
 
 /// Copy of `m` with every `…Linkedid` field rewritten by `f`.
 fn relink(m: &Message, f: impl Fn(&str) -> String) -> Message {
@@ -84,61 +53,8 @@ fn linkedid_change_mid_call_keeps_one_call() {
         "same intents as the original"
     );
     assert_eq!(v.len(), 3);
-    assert!(v.iter().all(|i| i.call == "callme-1795668285.0"));
+    assert!(v.iter().all(|(_, i)| i.call == "callme-1795668285.0"));
     assert!(t.is_empty(), "nothing orphaned");
-}
-
-/// Builds channel events in the Asterisk 20 shapes of the captures.
-struct Ch {
-    name: &'static str,
-    uid: &'static str,
-    linked: &'static str,
-    context: &'static str,
-    exten: &'static str,
-    cid: &'static str,
-}
-
-impl Ch {
-    fn block(&self, prefix: &str, linked: &str) -> Vec<(String, String)> {
-        [
-            ("Channel", self.name),
-            ("Uniqueid", self.uid),
-            ("Linkedid", linked),
-            ("Context", self.context),
-            ("Exten", self.exten),
-            ("CallerIDNum", self.cid),
-        ]
-        .iter()
-        .map(|(k, v)| (format!("{prefix}{k}"), v.to_string()))
-        .collect()
-    }
-
-    fn ev(&self, event: &str, extra: &[(&str, &str)]) -> Message {
-        self.ev_linked(event, self.linked, extra)
-    }
-
-    fn ev_linked(&self, event: &str, linked: &str, extra: &[(&str, &str)]) -> Message {
-        let mut m = Message::new();
-        m.push("Event", event);
-        for (k, v) in self.block("", linked) {
-            m.push(&k, &v);
-        }
-        for (k, v) in extra {
-            m.push(k, v);
-        }
-        m
-    }
-
-    fn dial(&self, event: &str, dest: &Ch, extra: &[(&str, &str)]) -> Message {
-        let mut m = self.ev(event, &[]);
-        for (k, v) in dest.block("Dest", dest.linked) {
-            m.push(&k, &v);
-        }
-        for (k, v) in extra {
-            m.push(k, v);
-        }
-        m
-    }
 }
 
 /// A transfer done on the phone itself: 219 holds the client, places a *separate* call to
@@ -147,7 +63,7 @@ impl Ch {
 /// Linkedid. The consultation folds into the client call: no second register, the card moves.
 #[test]
 fn consultation_call_merges_into_the_client_call() {
-    let client = Ch {
+    let client = Chan {
         name: "SIP/trunk-00000100",
         uid: "1800000100.1",
         linked: "1800000100.1",
@@ -155,7 +71,7 @@ fn consultation_call_merges_into_the_client_call() {
         exten: "8001231231",
         cid: "79991234567",
     };
-    let p219 = Ch {
+    let p219 = Chan {
         name: "SIP/219-00000101",
         uid: "1800000100.2",
         linked: "1800000100.1",
@@ -163,7 +79,7 @@ fn consultation_call_merges_into_the_client_call() {
         exten: "s",
         cid: "219",
     };
-    let consult = Ch {
+    let consult = Chan {
         name: "SIP/219-00000102",
         uid: "1800000110.3",
         linked: "1800000110.3",
@@ -171,7 +87,7 @@ fn consultation_call_merges_into_the_client_call() {
         exten: "220",
         cid: "219",
     };
-    let p220 = Ch {
+    let p220 = Chan {
         name: "SIP/220-00000103",
         uid: "1800000110.4",
         linked: "1800000110.3",
@@ -250,52 +166,38 @@ fn consultation_call_merges_into_the_client_call() {
     v.extend(run(&mut t, &msgs[cut..]));
     let a = actions(&v);
     assert!(matches!(a[0], Action::Register { .. }));
-    assert_eq!(a[1], Action::Show { ext: "219".into() });
+    assert_eq!(a[1], show("219"));
     let mut moved = a[2..4].to_vec();
     moved.sort_by_key(|x| format!("{x:?}"));
-    assert_eq!(
-        moved,
-        vec![
-            Action::Hide { ext: "219".into() },
-            Action::Show { ext: "220".into() }
-        ]
-    );
-    assert_eq!(
-        a[4],
-        Action::Finish {
-            user: FinishUser::Employee("220".into()),
-            duration: 23,
-            status: Status::ANSWERED
-        }
-    );
+    assert_eq!(moved, vec![hide("219"), show("220")]);
+    assert_eq!(a[4], finish("220", 23, Status::ANSWERED));
     assert_eq!(a.len(), 5, "{a:?}");
-    assert!(v.iter().all(|i| i.call == "callme-1800000100.1"));
+    assert!(v.iter().all(|(_, i)| i.call == "callme-1800000100.1"));
     assert!(t.is_empty(), "the consultation call was not orphaned");
 }
 
 fn all_captures() -> Vec<(String, Vec<(Message, u64)>)> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(fixtures())
+    let mut names: Vec<String> = std::fs::read_dir(support::fixture_path(""))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "ami"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names
-        .iter()
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                load(p),
-            )
+        .into_iter()
+        .map(|name| {
+            let msgs = capture(&name);
+            (name, msgs)
         })
         .collect()
 }
 
 /// Intents grouped per call. Register start times are left out: the interleaving test shifts
 /// the clock on purpose (durations, which are differences, must still match).
-fn by_call(v: &[Intent]) -> BTreeMap<String, Vec<Action>> {
+fn by_call(v: &[(u64, Intent)]) -> BTreeMap<String, Vec<Action>> {
     let mut m: BTreeMap<String, Vec<Action>> = BTreeMap::new();
-    for i in v {
+    for (_, i) in v {
         let mut a = i.action.clone();
         if let Action::Register { started_ms, .. } = &mut a {
             *started_ms = 0;
@@ -356,12 +258,12 @@ fn interleaved_captures_do_not_cross_talk() {
 }
 
 fn legacy(name: &str) -> Vec<Action> {
-    let msgs = load(&fixtures().join("legacy").join(name));
+    let msgs = capture(&format!("legacy/{name}"));
     let mut t = tracker();
     let v = run(&mut t, &msgs);
     assert!(t.is_empty(), "{name}: purged");
     assert!(
-        v.iter().all(|i| i.call == "callme-1800000000.1"),
+        v.iter().all(|(_, i)| i.call == "callme-1800000000.1"),
         "{name}: {v:?}"
     );
     actions(&v)
@@ -372,15 +274,8 @@ fn answered_219(a: &[Action]) {
         matches!(&a[0], Action::Register { line, .. } if line == "8001231231"),
         "{a:?}"
     );
-    assert_eq!(a[1], Action::Show { ext: "219".into() });
-    assert_eq!(
-        a[2],
-        Action::Finish {
-            user: FinishUser::Employee("219".into()),
-            duration: 5,
-            status: Status::ANSWERED
-        }
-    );
+    assert_eq!(a[1], show("219"));
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(a.len(), 3, "{a:?}");
 }
 
@@ -403,14 +298,7 @@ fn asterisk_14_dial_and_link() {
 #[test]
 fn asterisk_11_no_answer() {
     let a = legacy("ast11_noanswer.ami");
-    assert_eq!(a[1], Action::Show { ext: "219".into() });
-    assert_eq!(a[2], Action::Hide { ext: "219".into() });
-    assert_eq!(
-        a[3],
-        Action::Finish {
-            user: FinishUser::Responsible,
-            duration: 0,
-            status: Status::MISSED
-        }
-    );
+    assert_eq!(a[1], show("219"));
+    assert_eq!(a[2], hide("219"));
+    assert_eq!(a[3], finish_responsible(0, Status::MISSED));
 }
