@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::configs;
 use support::daemon::{Running, TempDir};
 use support::fake_ami::{wait_until, FakeAmi};
 use support::fake_bitrix::FakeBitrix;
@@ -19,16 +20,10 @@ const TOKEN: &str = "51610fefc120afg4b628cc82d6298cce";
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
 fn config(ami: &FakeAmi, portal: &FakeBitrix, listen: &str) -> String {
-    format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nwebhook_url = {}\napp_token = {TOKEN}\ntimeout = 5\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = {listen}\nthreads = 2\n\
-         [state]\ndir = {{state}}\n",
-        ami.port(),
-        portal.webhook_url()
-    )
+    let text = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
+    let text = configs::set(&text, "bitrix24", "app_token", TOKEN);
+    let text = configs::set(&text, "http", "listen", listen);
+    configs::set(&text, "http", "threads", "2")
 }
 
 /// Start the daemon and wait until it serves HTTP and is logged in to AMI.
@@ -100,6 +95,18 @@ fn event_body(
         ("auth[application_token]", token),
     ]);
     http::form(&pairs)
+}
+
+/// Wait until the portal has seen a finish for `call_id`, whatever it answered.
+fn finished(portal: &FakeBitrix, call_id: &str) -> bool {
+    portal.wait_for(
+        |reqs| {
+            reqs.iter().any(|r| {
+                r.method == "telephony.externalcall.finish" && r.params["CALL_ID"] == call_id
+            })
+        },
+        WAIT,
+    )
 }
 
 fn post(addr: &str, body: &str) -> Reply {
@@ -222,15 +229,11 @@ fn refused_originate_finishes_the_call() {
         &event_body(&call_id, "19", "+79991234567", None, TOKEN),
     );
     assert_eq!(r.status, 200);
-    let finished = portal.wait_for(
-        |reqs| {
-            reqs.iter().any(|r| {
-                r.method == "telephony.externalcall.finish" && r.params["CALL_ID"] == call_id
-            })
-        },
-        WAIT,
+    assert!(
+        finished(&portal, &call_id),
+        "no finish; log:\n{}",
+        daemon.log()
     );
-    assert!(finished, "no finish; log:\n{}", daemon.log());
     let fin = portal.requests_for("telephony.externalcall.finish");
     let fin = &fin.last().unwrap().params;
     assert_ne!(fin["STATUS_CODE"], "200", "{fin}");
@@ -260,15 +263,11 @@ fn user_without_internal_number_still_finishes_the_call() {
         &event_body(&call_id, "7", "+79991234567", None, TOKEN),
     );
     assert_eq!(r.status, 200);
-    let finished = portal.wait_for(
-        |reqs| {
-            reqs.iter().any(|r| {
-                r.method == "telephony.externalcall.finish" && r.params["CALL_ID"] == call_id
-            })
-        },
-        WAIT,
+    assert!(
+        finished(&portal, &call_id),
+        "no finish; log:\n{}",
+        daemon.log()
     );
-    assert!(finished, "no finish; log:\n{}", daemon.log());
     assert!(ami.actions_named("Originate").is_empty());
     let log = daemon.log();
     assert!(
@@ -304,7 +303,12 @@ fn originate_subcommand() {
     let conf = dir.path().join("callme.conf");
     std::fs::write(
         &conf,
-        config(&ami, &portal, "127.0.0.1:0").replace("{state}", "/tmp"),
+        configs::set(
+            &config(&ami, &portal, "127.0.0.1:0"),
+            "state",
+            "dir",
+            &dir.path().display().to_string(),
+        ),
     )
     .unwrap();
     let run = |to: &str| {
@@ -371,15 +375,11 @@ fn answered_click_to_call_shows_the_card_and_finishes_200() {
         .replace("externalCall.test123", &call_id);
     assert!(ami.push(capture.as_bytes()));
 
-    let finished = portal.wait_for(
-        |reqs| {
-            reqs.iter().any(|r| {
-                r.method == "telephony.externalcall.finish" && r.params["CALL_ID"] == call_id
-            })
-        },
-        WAIT,
+    assert!(
+        finished(&portal, &call_id),
+        "no finish; log:\n{}",
+        daemon.log()
     );
-    assert!(finished, "no finish; log:\n{}", daemon.log());
     let reqs = portal.requests();
     let show = reqs
         .iter()
@@ -411,8 +411,12 @@ fn answered_click_to_call_shows_the_card_and_finishes_200() {
 fn callback_form_rings_the_target_then_registers_type_4() {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
-    let conf = config(&ami, &portal, "127.0.0.1:0")
-        .replace("[state]", "[originate]\ncallback_targets = 7:219\n[state]");
+    let conf = configs::set(
+        &config(&ami, &portal, "127.0.0.1:0"),
+        "originate",
+        "callback_targets",
+        "7:219",
+    );
     let daemon = Running::start(&conf, &["--debug"]);
     let addr = daemon
         .http_addr(WAIT)

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::configs;
 use support::daemon::Running;
 use support::fake_ami::{wait_until, FakeAmi};
 use support::fake_bitrix::FakeBitrix;
@@ -15,16 +16,9 @@ const SECRET: &str = "amisecret-ops";
 const TOKEN: &str = "app-token-ops-123";
 
 fn config(ami: &FakeAmi, portal: &FakeBitrix) -> String {
-    format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 0.5\n\
-         [bitrix24]\nwebhook_url = {}\napp_token = {TOKEN}\ntimeout = 5\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\n\
-         [state]\ndir = {{state}}\n",
-        ami.port(),
-        portal.webhook_url()
-    )
+    let text = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
+    let text = configs::set(&text, "asterisk", "reconnect_max", "0.5");
+    configs::set(&text, "bitrix24", "app_token", TOKEN)
 }
 
 /// Check Prometheus text format 0.0.4 the way a scraper would: every sample line is

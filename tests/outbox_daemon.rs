@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use callme::ami::event::Event;
+use support::configs;
 use support::daemon::{Running, TempDir};
 use support::fake_ami::FakeAmi;
 use support::fake_bitrix::{FakeBitrix, Recorded};
@@ -15,17 +16,8 @@ const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &str = "amisecret-outbox";
 
 fn config(ami: &FakeAmi, portal: &FakeBitrix, state: &Path) -> String {
-    format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nwebhook_url = {}\ntimeout = 5\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\n\
-         [state]\ndir = {}\n",
-        ami.port(),
-        portal.webhook_url(),
-        state.display()
-    )
+    let text = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
+    configs::set(&text, "state", "dir", &state.display().to_string())
 }
 
 /// The answered inbound capture cut before its first Hangup: (first half, rest).

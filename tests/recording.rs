@@ -6,7 +6,6 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,33 +14,9 @@ use callme::bitrix::deliver::{DeliverConfig, Deliverer};
 use callme::bitrix::{Directory, Transport, WebhookClient};
 use callme::calls::{Action, Direction, FinishUser, Intent, Status};
 use callme::config::RecordingMode;
+use support::configs;
+use support::daemon::TempDir;
 use support::fake_bitrix::FakeBitrix;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "callme-rec-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Setup {
     fake: FakeBitrix,
@@ -53,16 +28,21 @@ struct Setup {
 /// `wait` seconds, calls registered under default user 219.
 fn setup(mode: &str, wait: &str, extra: &str) -> Setup {
     let fake = FakeBitrix::start();
-    let root = TempDir::new(mode);
-    let text = format!(
-        "[asterisk]\nusername = u\nsecret = s\n\
-         [bitrix24]\nwebhook_url = {}\n\
-         [calls]\ndefault_user = 219\n\
-         [recording]\nmode = {mode}\npbx_root = {}\nwait = {wait}\n{extra}\n",
-        fake.webhook_url(),
-        root.0.display()
+    let root = TempDir::new(&format!("callme-rec-{mode}"));
+    let mut text = configs::set(
+        &configs::offline(&fake.webhook_url()),
+        "calls",
+        "default_user",
+        "219",
     );
-    let cfg = callme::config::parse_str(&text, "t.conf").unwrap_or_else(|e| panic!("{e}"));
+    for (key, value) in [
+        ("mode", mode),
+        ("pbx_root", &root.path().display().to_string()),
+        ("wait", wait),
+    ] {
+        text = configs::set(&text, "recording", key, value);
+    }
+    let cfg = configs::parse(&format!("{text}{extra}\n"));
     let client = WebhookClient::new(&fake.webhook_url(), Duration::from_secs(5));
     let users = api::users_all(&client).unwrap();
     let mut dcfg = DeliverConfig::from_config(&cfg);
@@ -141,7 +121,7 @@ fn write(path: &Path, bytes: &[u8]) {
 #[test]
 fn mp3_converted_after_hangup_is_attached_once_as_base64() {
     let mut s = setup("upload", "3", "");
-    let dir = s.root.0.join("continuous/2025/10/26");
+    let dir = s.root.path().join("continuous/2025/10/26");
     let wav = dir.join("call-1761855304.108488.wav");
     let mp3 = dir.join("call-1761855304.108488.mp3");
     // The call has ended: MixMonitor left the WAV, lame is about to convert it.
@@ -150,19 +130,20 @@ fn mp3_converted_after_hangup_is_attached_once_as_base64() {
     let converter = {
         let (wav, mp3, want) = (wav.clone(), mp3.clone(), want.clone());
         std::thread::spawn(move || {
+            // The conversion taking its time is the scenario, not a wait.
             std::thread::sleep(Duration::from_secs(2));
             fs::write(&mp3, &want).unwrap();
+            let converted = Instant::now();
             fs::remove_file(&wav).unwrap();
+            converted
         })
     };
     push_call(&mut s.deliverer, "c1", mp3.to_str().unwrap());
-    let took = drain(&mut s.deliverer, Duration::from_secs(10));
-    converter.join().unwrap();
+    drain(&mut s.deliverer, Duration::from_secs(10));
+    let drained = Instant::now();
+    let converted = converter.join().unwrap();
 
-    assert!(
-        took >= Duration::from_secs(2),
-        "attached before the MP3 existed"
-    );
+    assert!(drained >= converted, "attached before the MP3 existed");
     let records = s.fake.records();
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];
@@ -190,7 +171,7 @@ fn mp3_converted_after_hangup_is_attached_once_as_base64() {
 #[test]
 fn a_file_that_never_appears_is_given_up_after_wait() {
     let mut s = setup("upload", "0.4", "");
-    let path = s.root.0.join("continuous/2025/10/26/call-9.9.mp3");
+    let path = s.root.path().join("continuous/2025/10/26/call-9.9.mp3");
     push_call(&mut s.deliverer, "c1", path.to_str().unwrap());
     let took = drain(&mut s.deliverer, Duration::from_secs(5));
     assert!(took >= Duration::from_millis(400), "{took:?}");
@@ -206,12 +187,16 @@ fn a_file_that_never_appears_is_given_up_after_wait() {
 #[test]
 fn the_wav_is_sent_when_the_mp3_never_comes() {
     let mut s = setup("upload", "0.3", "");
-    let wav = s.root.0.join("continuous/x/call-2.2.wav");
+    let wav = s.root.path().join("continuous/x/call-2.2.wav");
     write(&wav, &audio(999));
     push_call(
         &mut s.deliverer,
         "c1",
-        s.root.0.join("continuous/x/call-2.2.mp3").to_str().unwrap(),
+        s.root
+            .path()
+            .join("continuous/x/call-2.2.mp3")
+            .to_str()
+            .unwrap(),
     );
     drain(&mut s.deliverer, Duration::from_secs(5));
     let records = s.fake.records();
@@ -224,7 +209,10 @@ fn the_wav_is_sent_when_the_mp3_never_comes() {
 fn a_freepbx_wav_is_attached_at_once_with_a_lower_case_name() {
     let mut s = setup("upload", "60", "");
     // Relative names are relative to pbx_root.
-    write(&s.root.0.join("monitor/2026/11/26/IN-1.WAV"), &audio(10));
+    write(
+        &s.root.path().join("monitor/2026/11/26/IN-1.WAV"),
+        &audio(10),
+    );
     push_call(&mut s.deliverer, "c1", "monitor/2026/11/26/IN-1.WAV");
     let took = drain(&mut s.deliverer, Duration::from_secs(5));
     assert!(took < Duration::from_secs(2), "{took:?}");
@@ -236,16 +224,20 @@ fn a_freepbx_wav_is_attached_at_once_with_a_lower_case_name() {
 #[test]
 fn paths_outside_the_root_are_refused() {
     let mut s = setup("upload", "0.2", "");
-    let outside = TempDir::new("outside");
-    write(&outside.0.join("secret.mp3"), b"not yours");
-    write(&outside.0.join("passwd.wav"), b"not yours");
-    std::os::unix::fs::symlink(&outside.0, s.root.0.join("escape")).unwrap();
-    std::os::unix::fs::symlink(outside.0.join("passwd.wav"), s.root.0.join("linked.wav")).unwrap();
-    let outside_abs = outside.0.join("secret.mp3");
+    let outside = TempDir::new("callme-rec-outside");
+    write(&outside.path().join("secret.mp3"), b"not yours");
+    write(&outside.path().join("passwd.wav"), b"not yours");
+    std::os::unix::fs::symlink(outside.path(), s.root.path().join("escape")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("passwd.wav"),
+        s.root.path().join("linked.wav"),
+    )
+    .unwrap();
+    let outside_abs = outside.path().join("secret.mp3");
     let bad = [
         "../../etc/passwd".to_string(),
         "../../etc/passwd.wav".to_string(),
-        format!("{}/../../etc/passwd.mp3", s.root.0.display()),
+        format!("{}/../../etc/passwd.mp3", s.root.path().display()),
         outside_abs.display().to_string(),
         "escape/secret.mp3".to_string(),
         "linked.wav".to_string(),
@@ -266,7 +258,7 @@ fn paths_outside_the_root_are_refused() {
 #[test]
 fn a_large_file_goes_through_the_upload_url() {
     let mut s = setup("upload", "5", "upload_max = 0.001");
-    let mp3 = s.root.0.join("continuous/big/call-3.3.mp3");
+    let mp3 = s.root.path().join("continuous/big/call-3.3.mp3");
     let want = audio(5000); // over 0.001 MiB = 1048 bytes
     write(&mp3, &want);
     push_call(&mut s.deliverer, "c1", mp3.to_str().unwrap());
@@ -306,12 +298,12 @@ fn serve_dir(root: PathBuf) -> (String, Arc<tiny_http::Server>) {
 fn url_mode_sends_the_public_url_once_the_file_is_there() {
     // The PBX's web server publishes the recordings root; callme checks the public URL (no
     // fetch_url, no local directory) and Bitrix24 downloads it.
-    let published = TempDir::new("pub");
-    let (base, server) = serve_dir(published.0.clone());
+    let published = TempDir::new("callme-rec-pub");
+    let (base, server) = serve_dir(published.path().to_path_buf());
     let mut s = setup("url", "5", &format!("public_url = {base}"));
     let rel = "continuous/a b/call-4.4.mp3";
     let writer = {
-        let file = published.0.join(rel);
+        let file = published.path().join(rel);
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(700));
             write(&file, &audio(700));
@@ -342,10 +334,10 @@ fn url_mode_sends_the_public_url_once_the_file_is_there() {
 #[test]
 fn upload_mode_can_fetch_from_the_pbx_over_http() {
     let mut s = setup("upload", "5", "");
-    let (base, server) = serve_dir(s.root.0.clone());
+    let (base, server) = serve_dir(s.root.path().to_path_buf());
     let mut cfg = DeliverConfig::from_config(&callme::config::Config::demo());
     cfg.recording.mode = RecordingMode::Upload;
-    cfg.recording.pbx_root = s.root.0.clone();
+    cfg.recording.pbx_root = s.root.path().to_path_buf();
     cfg.recording.path_base = PathBuf::from("/nonexistent");
     cfg.recording.fetch_url = Some(base);
     cfg.default_user = Some("219".into());
@@ -356,7 +348,7 @@ fn upload_mode_can_fetch_from_the_pbx_over_http() {
         Box::new(client),
         Directory::from_users(users, Instant::now()),
     );
-    write(&s.root.0.join("c/call-5.5.mp3"), &audio(1234));
+    write(&s.root.path().join("c/call-5.5.mp3"), &audio(1234));
     push_call(&mut d, "c1", "c/call-5.5.mp3");
     drain(&mut d, Duration::from_secs(5));
     let records = s.fake.records();
@@ -371,7 +363,7 @@ fn upload_mode_can_fetch_from_the_pbx_over_http() {
 #[test]
 fn mode_off_sends_nothing() {
     let mut s = setup("off", "1", "");
-    write(&s.root.0.join("a.mp3"), b"x");
+    write(&s.root.path().join("a.mp3"), b"x");
     push_call(&mut s.deliverer, "c1", "a.mp3");
     drain(&mut s.deliverer, Duration::from_secs(2));
     assert!(s
