@@ -13,7 +13,7 @@ use callme::bitrix::oauth::{AppClient, AuthStatus, TokenStore, Tokens};
 use callme::bitrix::{api, Directory, Transport};
 use callme::calls::{Tracker, TrackerConfig};
 use serde_json::Value;
-use support::captures::renumbered;
+use support::captures::alternating_call;
 use support::configs;
 use support::daemon::{Running, TempDir};
 use support::fake_ami::FakeAmi;
@@ -128,17 +128,8 @@ fn twenty_calls_cross_token_expiries() {
     let mut d = Deliverer::new(cfg, Box::new(app.clone()), directory);
     let mut tracker = Tracker::new(TrackerConfig::default());
     tracker.set_employees(employees);
-    let mut out = Vec::new();
     for n in 0..20 {
-        let capture = if n % 2 == 0 {
-            "a_inbound_answered.ami"
-        } else {
-            "b_inbound_noanswer.ami"
-        };
-        for (msg, at) in renumbered(capture, n) {
-            tracker.handle(&msg, at, &mut out);
-        }
-        for intent in out.drain(..) {
+        for intent in alternating_call(&mut tracker, n) {
             d.push(intent);
         }
     }

@@ -97,6 +97,18 @@ fn event_body(
     http::form(&pairs)
 }
 
+/// What Bitrix24 does when user `user_id` clicks a number: register the call, then post
+/// ONEXTERNALCALLSTART to the daemon at `addr` (answered 200). Returns the CALL_ID.
+fn click(portal: &FakeBitrix, addr: &str, user_id: &str) -> String {
+    let call_id = register(portal, "+79991234567");
+    let r = post(
+        addr,
+        &event_body(&call_id, user_id, "+79991234567", None, TOKEN),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    call_id
+}
+
 /// Wait until the portal has seen a finish for `call_id`, whatever it answered.
 fn finished(portal: &FakeBitrix, call_id: &str) -> bool {
     portal.wait_for(
@@ -256,13 +268,8 @@ fn user_without_internal_number_still_finishes_the_call() {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
     let (daemon, addr) = start(&ami, &portal);
-    let call_id = register(&portal, "+79991234567");
     // User 7 has UF_PHONE_INNER = null in the fake portal.
-    let r = post(
-        &addr,
-        &event_body(&call_id, "7", "+79991234567", None, TOKEN),
-    );
-    assert_eq!(r.status, 200);
+    let call_id = click(&portal, &addr, "7");
     assert!(
         finished(&portal, &call_id),
         "no finish; log:\n{}",
@@ -360,12 +367,7 @@ fn answered_click_to_call_shows_the_card_and_finishes_200() {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
     let (daemon, addr) = start(&ami, &portal);
-    let call_id = register(&portal, "+79991234567");
-    let r = post(
-        &addr,
-        &event_body(&call_id, "19", "+79991234567", None, TOKEN),
-    );
-    assert_eq!(r.status, 200);
+    let call_id = click(&portal, &addr, "19");
     let o = ami.wait_action("Originate", WAIT).expect("Originate");
     let channel_id = o.get("ChannelId").unwrap().to_string();
 

@@ -18,7 +18,7 @@ use callme::calls::{Tracker, TrackerConfig};
 use callme::daemon::{delivery_loop, Control, Health};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde_json::Value;
-use support::captures::renumbered;
+use support::captures::alternating_call;
 use support::daemon::TempDir;
 use support::fake_bitrix::{closed_port_url, FakeBitrix, Recorded};
 use support::wait::{wait_for, wait_until};
@@ -120,19 +120,11 @@ fn feed_calls(
 ) -> usize {
     let mut tracker = Tracker::new(TrackerConfig::default());
     tracker.set_employees(employees);
-    let mut out = Vec::new();
     let mut registers = 0;
     for n in 0..CALLS {
-        let capture = if n % 2 == 0 {
-            "a_inbound_answered.ami"
-        } else {
-            "b_inbound_noanswer.ami"
-        };
-        for (msg, at) in renumbered(capture, n) {
-            tracker.handle(&msg, at, &mut out);
-        }
+        let intents = alternating_call(&mut tracker, n);
         let mut ob = outbox.lock().unwrap();
-        for intent in out.drain(..) {
+        for intent in intents {
             if matches!(intent.action, callme::calls::Action::Register { .. }) {
                 registers += 1;
             }

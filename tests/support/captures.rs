@@ -3,6 +3,7 @@
 //! into independent calls.
 
 use callme::ami::Message;
+use callme::calls::{Intent, Tracker};
 
 use super::fixture_path;
 
@@ -66,6 +67,21 @@ pub fn renumbered(capture: &str, n: usize) -> Vec<(Message, u64)> {
             (m, t.at_ms)
         })
         .collect()
+}
+
+/// Call `n` of a stream of independent calls, answered (capture a) for even `n` and missed
+/// (capture b) for odd `n`, fed through `tracker`: the intents it produced.
+pub fn alternating_call(tracker: &mut Tracker, n: usize) -> Vec<Intent> {
+    let capture = if n % 2 == 0 {
+        "a_inbound_answered.ami"
+    } else {
+        "b_inbound_noanswer.ami"
+    };
+    let mut out = Vec::new();
+    for (msg, at) in renumbered(capture, n) {
+        tracker.handle(&msg, at, &mut out);
+    }
+    out
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
