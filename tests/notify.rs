@@ -62,11 +62,21 @@ fn ready_after_login_watchdog_and_clean_stop_on_sigterm() {
         "no denied login; log:\n{}",
         daemon.log()
     );
-    // Whatever arrived while the login was refused (STATUS, WATCHDOG) must not be READY.
-    let quiet_until = Instant::now() + Duration::from_millis(1500);
+    // Whatever arrives while the login is refused (STATUS, WATCHDOG) must not be READY.
+    // Collected until the daemon has been refused twice more and has fed the watchdog: by
+    // then a daemon that claimed READY without a login would have said so.
+    let denied = ami.logins();
+    let deadline = Instant::now() + WAIT;
     let mut early = Vec::new();
-    while let Some(d) = next_datagram(&sock, quiet_until) {
-        early.extend(d);
+    while ami.logins() < denied + 2 || !early.iter().any(|l| l == "WATCHDOG=1") {
+        assert!(
+            Instant::now() < deadline,
+            "no more logins or no WATCHDOG=1 while AMI is down: {early:?}; log:\n{}",
+            daemon.log()
+        );
+        if let Some(d) = next_datagram(&sock, Instant::now() + Duration::from_millis(100)) {
+            early.extend(d);
+        }
     }
     assert_eq!(ami.accepted_logins(), 0);
     assert!(
