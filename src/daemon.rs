@@ -15,7 +15,7 @@
 //! replayed through a fresh tracker (its intents are dropped: they are in the outbox), and
 //! after every AMI login the tracked channels are reconciled with `CoreShowChannels`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,71 +27,15 @@ use std::collections::{HashMap, HashSet};
 use crate::ami::client::{self, ClientConfig, Incoming};
 use crate::ami::event::{timestamp_ms, Event};
 use crate::ami::Message;
-use crate::bitrix::deliver::{DeliverConfig, Deliverer, Stats};
+use crate::bitrix::deliver::{DeliverConfig, Deliverer};
 use crate::bitrix::limiter::{Limited, Limiter};
 use crate::bitrix::outbox::{EventJournal, EventRecord, Outbox};
 use crate::bitrix::{api, AppClient, AuthStatus, Directory, Transport, WebhookClient};
-use crate::calls::tracker::Originate;
-use crate::calls::{CallSummary, Intent, Tracker, TrackerConfig};
+use crate::calls::{Intent, Tracker, TrackerConfig};
 use crate::config::AuthMode;
 use crate::config::Config;
+use crate::context::{Context, Control, DeliveryView, Health};
 use crate::http;
-
-/// Shared, read-mostly view of the daemon for the ops endpoints and the watchdog.
-#[derive(Debug, Default)]
-pub struct Health {
-    pub ami_logged_in: AtomicBool,
-    pub state_alive_ms: std::sync::atomic::AtomicU64,
-    pub active_calls: Mutex<Vec<CallSummary>>,
-    pub delivery: Mutex<DeliveryView>,
-    /// Why Bitrix24 refuses our credentials, if it does: app mode not installed or its
-    /// refresh refused, or a webhook on a portal that requires app mode. Makes `/healthz` 503.
-    pub auth_error: AuthStatus,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct DeliveryView {
-    pub pending: usize,
-    /// How long the oldest undelivered Bitrix24 step has been waiting.
-    pub oldest_pending_age: Option<Duration>,
-    pub stats: Stats,
-    pub users: usize,
-    pub users_loaded: Option<Instant>,
-}
-
-/// Messages to the state thread besides AMI traffic. The state thread owns the tracker, so
-/// anything that changes call state (the HTTP webhook included) goes through here.
-#[derive(Debug)]
-pub enum Control {
-    /// The internal numbers of active Bitrix24 users (after each directory load).
-    Employees(Vec<String>),
-    /// A click-to-call Originate was sent; expect its channels until `expires_ms`.
-    Originate {
-        originate: Originate,
-        expires_ms: u64,
-    },
-    /// The Originate for this CALL_ID was refused (`Response: Error`) or could not be sent.
-    OriginateFailed { call_id: String },
-}
-
-/// What other parts of the daemon (the HTTP server) share with it.
-#[derive(Clone)]
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub health: Arc<Health>,
-    /// The mutex-guarded AMI writer (Originate, requests).
-    pub ami: client::Handle,
-    /// Into the state thread.
-    pub control: Sender<Control>,
-    /// The latest Bitrix24 user directory, published by the delivery thread.
-    pub directory: Arc<RwLock<Arc<Directory>>>,
-    /// The Bitrix24 transport, for the rare request outside the delivery queue (a user
-    /// directory refresh when a click-to-call names an unknown user).
-    pub transport: Arc<dyn Transport>,
-    /// App mode: the OAuth client, for the install endpoint and event checks. `None` in
-    /// webhook mode.
-    pub app: Option<Arc<AppClient>>,
-}
 
 pub fn ami_config(cfg: &Config) -> ClientConfig {
     let a = &cfg.asterisk;
@@ -120,7 +64,7 @@ fn now_ms() -> u64 {
 pub struct Daemon {
     pub health: Arc<Health>,
     pub ami: client::Handle,
-    pub shared: Shared,
+    pub context: Context,
     stop: Sender<()>,
     threads: Vec<thread::JoinHandle<()>>,
     http: http::Server,
@@ -184,7 +128,7 @@ impl Daemon {
             Vec::new(),
             Instant::now(),
         ))));
-        let shared = Shared {
+        let context = Context {
             config: Arc::new(cfg.clone()),
             health: health.clone(),
             ami: ami.clone(),
@@ -230,12 +174,12 @@ impl Daemon {
             })
             .expect("spawn delivery thread");
 
-        let http = listener.serve(shared.clone(), cfg.http.threads);
+        let http = listener.serve(context.clone(), cfg.http.threads);
 
         Ok(Daemon {
             health,
             ami,
-            shared,
+            context,
             stop: stop_tx,
             threads: vec![ami_thread, state, delivery],
             http,

@@ -9,6 +9,7 @@ pub mod bitrix;
 pub mod calls;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod daemon;
 pub mod dryrun;
 pub mod http;

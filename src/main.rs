@@ -16,7 +16,7 @@ use callme::bitrix::{Directory, Transport, WebhookClient};
 use callme::calls::Tracker;
 use callme::cli::{self, Command};
 use callme::config::{self, Config};
-use callme::daemon::Health;
+use callme::context::Health;
 use callme::dryrun::{self, DryRun};
 use callme::notify;
 use callme::replay;

@@ -20,7 +20,7 @@ use crate::ami::{self, Message};
 use crate::bitrix::{api, Directory};
 use crate::calls::tracker::Originate;
 use crate::config::OriginateConfig;
-use crate::daemon::{Control, Shared};
+use crate::context::{Context, Control};
 use crate::phone::{self, PhoneConfig};
 
 /// How long we wait for Asterisk's `Response` to the Originate. With `Async: true` it comes at
@@ -257,8 +257,8 @@ impl Outcome {
 /// The internal number of Bitrix24 user `user_id`. On a miss the directory is loaded again
 /// once (a new employee, or one whose `UF_PHONE_INNER` was just set) and published for
 /// everybody.
-pub fn resolve_inner(shared: &Shared, user_id: u64) -> Option<String> {
-    let current = shared
+pub fn resolve_inner(daemon: &Context, user_id: u64) -> Option<String> {
+    let current = daemon
         .directory
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -267,14 +267,14 @@ pub fn resolve_inner(shared: &Shared, user_id: u64) -> Option<String> {
         return Some(inner.to_string());
     }
     log::info!("Bitrix24 user {user_id} not in the user directory, reloading it");
-    match api::users_all(&*shared.transport) {
+    match api::users_all(&*daemon.transport) {
         Ok(users) => {
             let dir = Directory::from_users(users, Instant::now());
             let inner = dir.inner_for(user_id).map(str::to_string);
-            let _ = shared
+            let _ = daemon
                 .control
                 .send(Control::Employees(dir.inners().map(String::from).collect()));
-            *shared.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dir);
+            *daemon.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dir);
             inner
         }
         Err(e) => {
@@ -292,20 +292,20 @@ fn now_ms() -> u64 {
 }
 
 /// Tell the tracker about an Originate before it is sent.
-fn expect(shared: &Shared, call_id: &str, ids: &Ids, ext: &str, phone: &str) {
-    expect_as(shared, call_id, ids, ext, phone, None);
+fn expect(daemon: &Context, call_id: &str, ids: &Ids, ext: &str, phone: &str) {
+    expect_as(daemon, call_id, ids, ext, phone, None);
 }
 
 fn expect_as(
-    shared: &Shared,
+    daemon: &Context,
     call_id: &str,
     ids: &Ids,
     ext: &str,
     phone: &str,
     callback_line: Option<&str>,
 ) {
-    let timeout = shared.config.originate.timeout + EXPIRY_GRACE;
-    let _ = shared.control.send(Control::Originate {
+    let timeout = daemon.config.originate.timeout + EXPIRY_GRACE;
+    let _ = daemon.control.send(Control::Originate {
         originate: Originate {
             call_id: call_id.to_string(),
             channel_id: ids.channel_id.clone(),
@@ -320,26 +320,26 @@ fn expect_as(
 
 /// Finish a Bitrix24 call we will not dial: the tracker finishes it under `ext` (or, when
 /// `ext` is empty or unknown, under the responsible/default user).
-pub fn abandon(shared: &Shared, call_id: &str, ext: &str, phone: &str) {
-    expect(shared, call_id, &new_ids(), ext, phone);
-    let _ = shared.control.send(Control::OriginateFailed {
+pub fn abandon(daemon: &Context, call_id: &str, ext: &str, phone: &str) {
+    expect(daemon, call_id, &new_ids(), ext, phone);
+    let _ = daemon.control.send(Control::OriginateFailed {
         call_id: call_id.to_string(),
     });
 }
 
 /// Run one click-to-call: find the employee's phone, tell the tracker, send the Originate.
-pub fn click_to_call(shared: &Shared, click: &Click) -> Outcome {
+pub fn click_to_call(daemon: &Context, click: &Click) -> Outcome {
     let Click {
         call_id,
         user_id,
         dial,
     } = click;
-    let Some(inner) = resolve_inner(shared, *user_id) else {
+    let Some(inner) = resolve_inner(daemon, *user_id) else {
         log::error!(
             "click-to-call {call_id}: Bitrix24 user {user_id} has no internal number \
              (UF_PHONE_INNER), so there is no phone to ring; finishing the call"
         );
-        abandon(shared, call_id, "", dial);
+        abandon(daemon, call_id, "", dial);
         return Outcome::NoUser;
     };
     let ids = new_ids();
@@ -349,29 +349,29 @@ pub fn click_to_call(shared: &Shared, click: &Click) -> Outcome {
         call_id: Some(call_id),
         ids: &ids,
     };
-    let action = match build_action(&shared.config.originate, &request) {
+    let action = match build_action(&daemon.config.originate, &request) {
         Ok(a) => a,
         Err(e) => {
             log::error!(
                 "click-to-call {call_id}: cannot build the Originate: {e}; finishing the call"
             );
-            abandon(shared, call_id, &inner, dial);
+            abandon(daemon, call_id, &inner, dial);
             return Outcome::Failed;
         }
     };
-    expect(shared, call_id, &ids, &inner, dial);
+    expect(daemon, call_id, &ids, &inner, dial);
     log::info!(
         "click-to-call {call_id}: ringing {inner} (user {user_id}), then dialling {dial} ({})",
         ids.channel_id
     );
     let failed = |why: &dyn fmt::Display| {
         log::error!("click-to-call {call_id}: {why}; finishing the call");
-        let _ = shared.control.send(Control::OriginateFailed {
+        let _ = daemon.control.send(Control::OriginateFailed {
             call_id: call_id.clone(),
         });
         Outcome::Failed
     };
-    match shared.ami.request(action, RESPONSE_TIMEOUT) {
+    match daemon.ami.request(action, RESPONSE_TIMEOUT) {
         Ok(resp) if is_success(&resp) => Outcome::Sent,
         Ok(resp) => failed(&Error::Rejected(message_of(&resp))),
         // The action went out but the answer did not come back: Asterisk may be dialling.
@@ -397,8 +397,8 @@ pub struct Callback {
 
 /// Who is rung first for a callback: the line's target from `[originate] callback_targets`,
 /// else the responsible employee of the form's CRM item, else `[calls] default_user`.
-fn callback_target(shared: &Shared, cb: &Callback) -> Option<String> {
-    let cfg = &shared.config;
+fn callback_target(daemon: &Context, cb: &Callback) -> Option<String> {
+    let cfg = &daemon.config;
     if let Some((_, ext)) = cfg
         .originate
         .callback_targets
@@ -408,9 +408,9 @@ fn callback_target(shared: &Shared, cb: &Callback) -> Option<String> {
         return Some(ext.clone());
     }
     if let Some((ty, id)) = &cb.entity {
-        match api::crm_item_responsible(&*shared.transport, ty, *id) {
+        match api::crm_item_responsible(&*daemon.transport, ty, *id) {
             Ok(Some(user)) => {
-                if let Some(inner) = resolve_inner(shared, user) {
+                if let Some(inner) = resolve_inner(daemon, user) {
                     return Some(inner);
                 }
                 log::warn!("callback: responsible user {user} of {ty} {id} has no internal number");
@@ -424,8 +424,8 @@ fn callback_target(shared: &Shared, cb: &Callback) -> Option<String> {
 
 /// Run one callback: ring the target first, then dial the client. The tracker registers the
 /// call (TYPE 4) once the employee answers; until then nothing exists in Bitrix24.
-pub fn callback(shared: &Shared, cb: &Callback) -> Outcome {
-    let Some(inner) = callback_target(shared, cb) else {
+pub fn callback(daemon: &Context, cb: &Callback) -> Outcome {
+    let Some(inner) = callback_target(daemon, cb) else {
         log::error!(
             "callback to {} (line {:?}): nobody to ring: set [originate] callback_targets for              this line or [calls] default_user",
             cb.dial,
@@ -442,21 +442,21 @@ pub fn callback(shared: &Shared, cb: &Callback) -> Outcome {
         call_id: Some(&cb_id),
         ids: &ids,
     };
-    let action = match build_action(&shared.config.originate, &request) {
+    let action = match build_action(&daemon.config.originate, &request) {
         Ok(a) => a,
         Err(e) => {
             log::error!("callback to {}: cannot build the Originate: {e}", cb.dial);
             return Outcome::Failed;
         }
     };
-    expect_as(shared, &cb_id, &ids, &inner, &cb.dial, Some(&cb.line));
+    expect_as(daemon, &cb_id, &ids, &inner, &cb.dial, Some(&cb.line));
     log::info!(
         "callback (line {:?}): ringing {inner}, then dialling {} ({})",
         cb.line,
         cb.dial,
         ids.channel_id
     );
-    match shared.ami.request(action, RESPONSE_TIMEOUT) {
+    match daemon.ami.request(action, RESPONSE_TIMEOUT) {
         Ok(resp) if is_success(&resp) => Outcome::Sent,
         Ok(resp) => {
             log::error!(
@@ -464,7 +464,7 @@ pub fn callback(shared: &Shared, cb: &Callback) -> Outcome {
                 cb.dial,
                 Error::Rejected(message_of(&resp))
             );
-            let _ = shared
+            let _ = daemon
                 .control
                 .send(Control::OriginateFailed { call_id: cb_id });
             Outcome::Failed
@@ -475,7 +475,7 @@ pub fn callback(shared: &Shared, cb: &Callback) -> Outcome {
         }
         Err(e) => {
             log::error!("callback to {}: {e}", cb.dial);
-            let _ = shared
+            let _ = daemon
                 .control
                 .send(Control::OriginateFailed { call_id: cb_id });
             Outcome::Failed

@@ -9,7 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use callme::bitrix::deliver::{DeliverConfig, Deliverer};
-use callme::bitrix::oauth::{AppClient, AuthStatus, TokenStore, Tokens};
+use callme::bitrix::oauth::{AppClient, TokenStore, Tokens};
+use callme::bitrix::AuthStatus;
 use callme::bitrix::{api, Directory, Transport};
 use callme::calls::{Tracker, TrackerConfig};
 use serde_json::Value;

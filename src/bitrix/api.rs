@@ -7,8 +7,10 @@
 
 use serde_json::{json, Map, Value};
 
-use super::client::{json_u64, parse_envelope, redact_url, Transport};
+use super::client::{redact_url, Transport};
+use super::envelope::{json_u64, parse_envelope};
 use super::error::Error;
+use super::urlenc::url_encode;
 
 /// Call types for `TYPE` (bitrix24-api.md §2.1).
 pub const CALL_OUTGOING: u8 = 1;
@@ -385,21 +387,6 @@ fn php_query(out: &mut String, key: &str, v: &Value) {
     }
 }
 
-/// Percent-encoding of everything but RFC 3986 unreserved characters (`+` becomes `%2B`, so
-/// a phone number survives `parse_str`). Shared by batch commands, OAuth refresh queries and
-/// recording URLs.
-pub(crate) fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// One command's key and outcome in a [`batch`] answer.
 pub type BatchOutcome = (String, Result<Value, Error>);
 
@@ -620,7 +607,7 @@ pub fn multipart_body(boundary: &str, field: &str, filename: &str, content: &[u8
 
 #[cfg(test)]
 mod tests {
-    use super::super::client::Reply;
+    use super::super::envelope::Reply;
     use super::*;
     use std::sync::Mutex;
 

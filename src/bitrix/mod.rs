@@ -1,6 +1,9 @@
 //! Bitrix24 REST: transport, typed methods, user directory.
 //!
-//! - [`client`]: the webhook transport and the result/error envelope.
+//! - [`client`]: the webhook transport.
+//! - [`envelope`]: the result/error envelope, decoded the same way for every client.
+//! - [`auth_status`]: why the portal refuses our credentials, for `/healthz`.
+//! - [`urlenc`]: percent-encoding for hand-built query strings.
 //! - [`api`]: one typed function per REST method the daemon uses.
 //! - [`users`]: the internal number ↔ employee map.
 //! - [`record`]: attaching call recordings after finish.
@@ -13,19 +16,23 @@
 //! Reference for every quirk cited in here: `bitrix24-api.md` (shared docs).
 
 pub mod api;
+pub mod auth_status;
 pub mod client;
 pub mod deliver;
+pub mod envelope;
 pub mod error;
 pub mod limiter;
 pub mod oauth;
 pub mod outbox;
 pub mod record;
+pub mod urlenc;
 pub mod users;
 
 pub use api::User;
+pub use auth_status::AuthStatus;
 pub use client::{
     redact_url, validate_webhook_url, Reply, Transport, WebhookClient, APP_MODE_REQUIRED,
 };
 pub use error::Error;
-pub use oauth::{AppClient, AuthStatus};
+pub use oauth::AppClient;
 pub use users::Directory;

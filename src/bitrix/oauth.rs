@@ -25,15 +25,17 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::api::url_encode;
-use super::client::{parse_envelope, Reply, Transport};
+use super::auth_status::{set_status, AuthStatus};
+use super::client::{Reply, Transport};
+use super::envelope::parse_envelope;
 use super::error::{truncate, Error};
+use super::urlenc::url_encode;
 use crate::config::{AppConfig, Secret};
 
 /// The file in `[state] dir` that holds the tokens.
@@ -45,14 +47,6 @@ pub const EVENTS: &[&str] = &["ONEXTERNALCALLSTART", "ONEXTERNALCALLBACKSTART"];
 /// Refresh this long before `expires`: a request started a second before expiry would
 /// otherwise arrive with a dead token and cost a round trip.
 const EXPIRY_MARGIN: u64 = 60;
-
-/// Why app mode cannot call Bitrix24 right now (or `None`), shared with `/healthz` and
-/// `/status`. Also used by the webhook client for `WRONG_AUTH_TYPE`.
-pub type AuthStatus = Arc<Mutex<Option<String>>>;
-
-fn set_status(status: &AuthStatus, value: Option<String>) {
-    *status.lock().unwrap_or_else(|p| p.into_inner()) = value;
-}
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -663,11 +657,5 @@ mod tests {
         let e = s.load().unwrap_err().to_string();
         assert!(!e.contains("leak"), "{e}");
         let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn encodes_query_values() {
-        assert_eq!(url_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-        assert_eq!(url_encode("local.1-2_3~"), "local.1-2_3~");
     }
 }

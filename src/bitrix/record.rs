@@ -21,10 +21,10 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::api::url_encode;
 use super::api::{self, Attached, RecordParams};
 use super::client::Transport;
 use super::error::Error;
+use super::urlenc::url_encode;
 use crate::config::{RecordingConfig, RecordingMode};
 
 /// HEAD requests to see whether a file is there.

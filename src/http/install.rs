@@ -57,7 +57,7 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
     let from = req
         .remote_addr()
         .map_or_else(|| "?".to_string(), |a| a.to_string());
-    let Some(app) = ctx.shared.app.clone() else {
+    let Some(app) = ctx.daemon.app.clone() else {
         log::warn!("Bitrix24 install from {from} refused: [bitrix24] auth is not app");
         return respond(req, reply(404, "not found\n"));
     };
@@ -88,7 +88,7 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
         }
     }
     respond(req, reply(200, "ok\n"));
-    let Some(base) = &ctx.shared.config.http.public_url else {
+    let Some(base) = &ctx.daemon.config.http.public_url else {
         log::warn!(
             "app mode: [http] public_url is not set, so ONEXTERNALCALLSTART is not bound; \
              set it (or bind the events by hand) for click-to-call"

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::daemon::Shared;
+use crate::context::Context;
 use crate::originate::Dedup;
 
 pub use install::INSTALL_PATH;
@@ -86,9 +86,9 @@ impl Bound {
     }
 
     /// Start `threads` workers.
-    pub fn serve(self, shared: Shared, threads: usize) -> Server {
+    pub fn serve(self, daemon: Context, threads: usize) -> Server {
         let ctx = Arc::new(Ctx {
-            shared,
+            daemon,
             dedup: Dedup::default(),
             started: Instant::now(),
             clicks: Mutex::new(BTreeMap::new()),
@@ -148,7 +148,7 @@ impl Server {
 
 /// What the workers share.
 struct Ctx {
-    shared: Shared,
+    daemon: Context,
     dedup: Dedup,
     started: Instant,
     /// Click-to-call outcomes by name, for `/metrics` and `/status`.

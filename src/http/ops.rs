@@ -14,7 +14,7 @@ use super::{header, reply, Ctx, Reply};
 use crate::ami::Stats as AmiStats;
 use crate::calls::CallSummary;
 use crate::config::Config;
-use crate::daemon::DeliveryView;
+use crate::context::DeliveryView;
 use crate::isotime;
 
 /// The state thread stamps `state_alive_ms` at least once a second; this much silence means
@@ -48,7 +48,7 @@ pub struct Snapshot {
 }
 
 fn snapshot(ctx: &Ctx) -> Snapshot {
-    let s = &ctx.shared;
+    let s = &ctx.daemon;
     let h = &s.health;
     let alive = h.state_alive_ms.load(Ordering::Relaxed);
     let dir = s
@@ -103,7 +103,7 @@ fn health_problem(s: &Snapshot) -> Option<String> {
 
 pub(super) fn status(ctx: &Ctx) -> Reply {
     let text = serde_json::to_string_pretty(&status_json(&snapshot(ctx))).unwrap_or_default();
-    let text = scrub(text, &ctx.shared.config);
+    let text = scrub(text, &ctx.daemon.config);
     reply(200, &format!("{text}\n")).with_header(header("Content-Type", "application/json"))
 }
 

@@ -128,7 +128,7 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
         Err(resp) => return respond(req, resp),
     };
     // App mode: the application token and member_id come from the install event.
-    if let Some(app) = &ctx.shared.app {
+    if let Some(app) = &ctx.daemon.app {
         match check_app_auth(app.tokens().as_ref(), &f) {
             Ok(()) => return dispatch(ctx, req, &f, &from),
             Err(Reject::NoToken) => {
@@ -144,7 +144,7 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
             }
         }
     }
-    let cfg = &ctx.shared.config.bitrix24;
+    let cfg = &ctx.daemon.config.bitrix24;
     match check_auth(cfg, &f) {
         Ok(()) => {}
         Err(Reject::NoToken) => {
@@ -211,8 +211,8 @@ fn start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
             return respond(req, reply(400, &format!("{why}\n")));
         }
     };
-    let shared = &ctx.shared;
-    let dial = match originate::dial_number(number, &shared.config.phone, &shared.config.originate)
+    let daemon = &ctx.daemon;
+    let dial = match originate::dial_number(number, &daemon.config.phone, &daemon.config.originate)
     {
         Ok(d) => d,
         Err(e) => {
@@ -223,13 +223,13 @@ fn start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
                 return;
             }
             // Bitrix24 registered this call already; finish it so no card stays open.
-            let ext = shared
+            let ext = daemon
                 .directory
                 .read()
                 .ok()
                 .and_then(|d| d.inner_for(user_id).map(str::to_string))
                 .unwrap_or_default();
-            originate::abandon(shared, call_id, &ext, "");
+            originate::abandon(daemon, call_id, &ext, "");
             return;
         }
     };
@@ -244,7 +244,7 @@ fn start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
         user_id,
         dial,
     };
-    let outcome = originate::click_to_call(shared, &click);
+    let outcome = originate::click_to_call(daemon, &click);
     ctx.count_click(outcome.as_str());
 }
 
@@ -256,8 +256,8 @@ fn callback_start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
         log::warn!("ONEXTERNALCALLBACKSTART from {from} refused: no data[PHONE_NUMBER]");
         return respond(req, reply(400, "missing data[PHONE_NUMBER]\n"));
     };
-    let shared = &ctx.shared;
-    let dial = match originate::dial_number(number, &shared.config.phone, &shared.config.originate)
+    let daemon = &ctx.daemon;
+    let dial = match originate::dial_number(number, &daemon.config.phone, &daemon.config.originate)
     {
         Ok(d) => d,
         Err(e) => {
@@ -283,7 +283,7 @@ fn callback_start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
     }
     respond(req, reply(200, "ok\n"));
     let cb = originate::Callback { dial, line, entity };
-    let outcome = originate::callback(shared, &cb);
+    let outcome = originate::callback(daemon, &cb);
     log::debug!("callback to {}: {}", cb.dial, outcome.as_str());
 }
 

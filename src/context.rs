@@ -1,0 +1,75 @@
+//! The handles the daemon's threads and the HTTP side share: built once by
+//! [`Daemon::start`](crate::daemon::Daemon::start), used by `http` and `originate`.
+//!
+//! Why a module of its own: `http` and `originate` need these handles, and `daemon` starts
+//! the HTTP server. With the handles in `daemon`, the three imported each other; here they
+//! depend only on what lies below them (`ami`, `calls`, `bitrix`, `config`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::ami::client;
+use crate::bitrix::deliver::Stats;
+use crate::bitrix::{AppClient, AuthStatus, Directory, Transport};
+use crate::calls::tracker::Originate;
+use crate::calls::CallSummary;
+use crate::config::Config;
+
+/// Shared, read-mostly view of the daemon for the ops endpoints and the watchdog.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub ami_logged_in: AtomicBool,
+    pub state_alive_ms: AtomicU64,
+    pub active_calls: Mutex<Vec<CallSummary>>,
+    pub delivery: Mutex<DeliveryView>,
+    /// Why Bitrix24 refuses our credentials, if it does: app mode not installed or its
+    /// refresh refused, or a webhook on a portal that requires app mode. Makes `/healthz` 503.
+    pub auth_error: AuthStatus,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryView {
+    pub pending: usize,
+    /// How long the oldest undelivered Bitrix24 step has been waiting.
+    pub oldest_pending_age: Option<Duration>,
+    pub stats: Stats,
+    pub users: usize,
+    pub users_loaded: Option<Instant>,
+}
+
+/// Messages to the state thread besides AMI traffic. The state thread owns the tracker, so
+/// anything that changes call state (the HTTP webhook included) goes through here.
+#[derive(Debug)]
+pub enum Control {
+    /// The internal numbers of active Bitrix24 users (after each directory load).
+    Employees(Vec<String>),
+    /// A click-to-call Originate was sent; expect its channels until `expires_ms`.
+    Originate {
+        originate: Originate,
+        expires_ms: u64,
+    },
+    /// The Originate for this CALL_ID was refused (`Response: Error`) or could not be sent.
+    OriginateFailed { call_id: String },
+}
+
+/// What the HTTP workers and click-to-call share with the daemon's threads.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub health: Arc<Health>,
+    /// The mutex-guarded AMI writer (Originate, requests).
+    pub ami: client::Handle,
+    /// Into the state thread.
+    pub control: Sender<Control>,
+    /// The latest Bitrix24 user directory, published by the delivery thread.
+    pub directory: Arc<RwLock<Arc<Directory>>>,
+    /// The Bitrix24 transport, for the rare request outside the delivery queue (a user
+    /// directory refresh when a click-to-call names an unknown user).
+    pub transport: Arc<dyn Transport>,
+    /// App mode: the OAuth client, for the install endpoint and event checks. `None` in
+    /// webhook mode.
+    pub app: Option<Arc<AppClient>>,
+}
