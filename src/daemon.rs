@@ -18,7 +18,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
 
@@ -32,6 +32,7 @@ use crate::bitrix::limiter::{Limited, Limiter};
 use crate::bitrix::outbox::{EventJournal, EventRecord, Outbox};
 use crate::bitrix::{api, AppClient, AuthStatus, Directory, Transport, WebhookClient};
 use crate::calls::{Intent, Tracker, TrackerConfig};
+use crate::clock::{ms_of, now_ms};
 use crate::config::AuthMode;
 use crate::config::Config;
 use crate::context::{Context, Control, DeliveryView, Health};
@@ -51,13 +52,6 @@ pub fn ami_config(cfg: &Config) -> ClientConfig {
         reconnect_max: a.reconnect_max,
         fully_booted_timeout: Duration::from_secs(5),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A running daemon. Dropping it does not stop it; call [`Daemon::shutdown`].
@@ -396,7 +390,7 @@ fn state_loop(
                             log::trace!("AMI event: {msg:?}");
                         }
                         let at_ms = timestamp_ms(&msg).unwrap_or_else(|| {
-                            at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+                            ms_of(at)
                         });
                         if matches!(Event::parse(&msg), Event::Other) {
                             // Not for the tracker: neither fed nor journaled.

@@ -8,6 +8,7 @@ pub mod ami;
 pub mod bitrix;
 pub mod calls;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod daemon;

@@ -14,11 +14,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::ami::{self, Message};
 use crate::bitrix::{api, Directory};
 use crate::calls::tracker::Originate;
+use crate::clock::now_ms;
 use crate::config::OriginateConfig;
 use crate::context::{Context, Control};
 use crate::phone::{self, PhoneConfig};
@@ -148,10 +149,7 @@ pub struct Ids {
 pub fn new_ids() -> Ids {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed) + 1;
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let ms = now_ms();
     Ids {
         channel_id: format!("c2c-{ms}-{n}"),
         action_id: format!("callme-c2c-{ms}-{n}"),
@@ -282,13 +280,6 @@ pub fn resolve_inner(daemon: &Context, user_id: u64) -> Option<String> {
             None
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Tell the tracker about an Originate before it is sent.

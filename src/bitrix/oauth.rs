@@ -26,7 +26,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -36,6 +36,7 @@ use super::client::{Reply, Transport};
 use super::envelope::parse_envelope;
 use super::error::{truncate, Error};
 use super::urlenc::url_encode;
+use crate::clock::now_secs;
 use crate::config::{AppConfig, Secret};
 
 /// The file in `[state] dir` that holds the tokens.
@@ -47,13 +48,6 @@ pub const EVENTS: &[&str] = &["ONEXTERNALCALLSTART", "ONEXTERNALCALLBACKSTART"];
 /// Refresh this long before `expires`: a request started a second before expiry would
 /// otherwise arrive with a dead token and cost a round trip.
 const EXPIRY_MARGIN: u64 = 60;
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// What an install event gives us, as stored in `oauth.json`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,12 +23,13 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::ami::Message;
 use crate::calls::{Action, Direction, Intent};
+use crate::clock::now_ms;
 
 pub const OUTBOX_FILE: &str = "outbox.jsonl";
 pub const EVENTS_FILE: &str = "events.jsonl";
@@ -70,13 +71,6 @@ fn err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> Erro
         what,
         source,
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------

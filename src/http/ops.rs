@@ -6,13 +6,14 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::{header, reply, Ctx, Reply};
 use crate::ami::Stats as AmiStats;
 use crate::calls::CallSummary;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::context::DeliveryView;
 use crate::isotime;
@@ -20,13 +21,6 @@ use crate::isotime;
 /// The state thread stamps `state_alive_ms` at least once a second; this much silence means
 /// it is stuck.
 const STATE_STALE: Duration = Duration::from_secs(5);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Everything the three endpoints show, read once per request.
 #[derive(Debug, Clone, Default)]
