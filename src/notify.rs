@@ -14,16 +14,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-/// Send `state` (one or more `KEY=VALUE` lines) to the service manager.
+/// Send `state` (one or more `KEY=VALUE` lines) to the service manager on `socket`, the value
+/// of `$NOTIFY_SOCKET`. The caller reads the variable once
+/// ([`Supervisor`](crate::supervisor::Supervisor) does, at start), so tests need not touch the
+/// process environment (which every test thread shares).
 ///
-/// Returns `Ok(false)` when `$NOTIFY_SOCKET` is unset or empty: not running under systemd
+/// Returns `Ok(false)` when the socket is unset or empty: not running under systemd
 /// (a terminal, a test, another init), which is normal and not an error.
-pub fn notify(state: &str) -> io::Result<bool> {
-    notify_socket(std::env::var_os("NOTIFY_SOCKET").as_deref(), state)
-}
-
-/// [`notify`] with the socket given explicitly, so tests need not touch the process
-/// environment (which is shared by every test thread).
 pub fn notify_socket(socket: Option<&OsStr>, state: &str) -> io::Result<bool> {
     let Some(socket) = socket.filter(|s| !s.is_empty()) else {
         return Ok(false);

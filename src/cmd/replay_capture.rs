@@ -1,0 +1,143 @@
+//! `callme replay [--dry-run] CAPTURE` and `callme demo`: a recorded AMI capture through the
+//! tracker and the deliverer, against a real portal or the built-in dry-run one.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::bitrix::deliver::{DeliverConfig, Deliverer};
+use crate::bitrix::{Directory, Transport, WebhookClient};
+use crate::calls::{Tracker, TrackerConfig};
+use crate::config::{self, Config};
+use crate::dryrun::{self, DryRun};
+use crate::replay;
+
+/// The capture bundled for `callme demo`: a real Asterisk 20 call through a ring-all queue
+/// (two phones ring, 221 answers, 220 is cancelled).
+const DEMO_CAPTURE: &[u8] = include_bytes!("../../tests/fixtures/k_inbound_queue_ringall.ami");
+const DEMO_TIMING: &str =
+    include_str!("../../tests/fixtures/k_inbound_queue_ringall.ami.timing.tsv");
+
+/// `callme replay`: `config: None` replays with the built-in demo settings (dry-run only).
+pub fn replay(config: Option<&Path>, dry_run: bool, capture: &Path) -> ExitCode {
+    let cfg = match config {
+        Some(path) => match config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::demo(),
+    };
+    if !dry_run && config_is_demo(&cfg) {
+        eprintln!(
+            "error: replay without --dry-run sends to the configured webhook_url; \
+             give a config with -c FILE, or add --dry-run"
+        );
+        return ExitCode::from(2);
+    }
+    let cap = match replay::load(capture) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let transport: Box<dyn Transport> = if dry_run {
+        Box::new(DryRun::new(
+            Box::new(io::stdout()),
+            dryrun::Format::JsonLines,
+        ))
+    } else {
+        // A replay is a one-off tool; it does not take part in the daemon's token
+        // refresh (two refreshers of one refresh_token would log each other out).
+        let Some(url) = &cfg.bitrix24.webhook_url else {
+            eprintln!(
+                "error: replay without --dry-run needs [bitrix24] webhook_url \
+                 (not available with auth = app); add --dry-run"
+            );
+            return ExitCode::from(2);
+        };
+        Box::new(WebhookClient::new(url.expose(), cfg.bitrix24.timeout))
+    };
+    run(&cfg, &cap, transport, None)
+}
+
+/// `callme demo`: the bundled capture with a readable timeline.
+pub fn demo() -> ExitCode {
+    let cap = match replay::parse_with_timing(DEMO_CAPTURE, DEMO_TIMING, "demo timing") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bundled demo capture is broken: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = io::stdout();
+    let _ = writeln!(
+        stdout,
+        "callme demo: a real Asterisk 20 capture (caller 79991234567 → DID 8001231234 → queue, \
+         phones 220 and 221 ring, 221 answers)\nreplayed through the call tracker against a \
+         built-in dry-run Bitrix24 (no PBX, no portal, no network).\n\
+         Employees: {}. CRM: contact {} for {}, responsible user {}.\n",
+        dryrun::USERS
+            .iter()
+            .map(|(id, inner, name)| format!("{name} (user {id}, ext {inner})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        dryrun::CONTACT.1,
+        dryrun::CONTACT.0,
+        dryrun::CONTACT.2
+    );
+    let cfg = Config::demo();
+    let transport = DryRun::new(Box::new(io::stdout()), dryrun::Format::Timeline);
+    let code = run(&cfg, &cap, Box::new(transport), Some(&mut stdout));
+    let _ = writeln!(
+        stdout,
+        "\nEvery Bitrix24 request above was answered by the dry-run responder. Try \
+         `callme replay --dry-run CAPTURE` for JSON lines, or see README.md to connect a real PBX."
+    );
+    code
+}
+
+fn config_is_demo(cfg: &Config) -> bool {
+    cfg.bitrix24
+        .webhook_url
+        .as_ref()
+        .is_some_and(|u| u.expose().contains("demo.invalid"))
+}
+
+fn run(
+    cfg: &Config,
+    cap: &replay::Capture,
+    transport: Box<dyn Transport>,
+    timeline: Option<&mut dyn Write>,
+) -> ExitCode {
+    let mut tracker = Tracker::new(TrackerConfig::from_config(cfg));
+    let mut deliverer = Deliverer::new(
+        DeliverConfig::from_config(cfg),
+        transport,
+        Directory::from_users(Vec::new(), Instant::now()),
+    );
+    let s = replay::run(
+        cap,
+        &mut tracker,
+        &mut deliverer,
+        timeline,
+        replay::DRAIN_LIMIT,
+    );
+    log::info!(
+        "replayed {} messages: {} call(s), {} intent(s), {} step(s) undelivered, {} permanent failure(s)",
+        s.messages,
+        s.calls,
+        s.intents,
+        s.pending,
+        s.permanent_failures
+    );
+    if s.pending > 0 || s.permanent_failures > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

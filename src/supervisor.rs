@@ -1,0 +1,153 @@
+//! Supervising `callme run` from the main thread: systemd notifications (READY, STATUS,
+//! WATCHDOG) from the daemon's [`Health`], and a shutdown that cannot outlast the unit's stop
+//! timeout. The signal handlers stay in the binary (they need `unsafe`); the loop that
+//! polls them is [`crate::cmd::run_daemon`].
+
+use std::ffi::OsString;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::clock::now_ms;
+use crate::context::Health;
+use crate::daemon::Daemon;
+use crate::notify;
+
+/// Tells systemd how the daemon is doing (sd_notify): READY once AMI is logged in, WATCHDOG
+/// while the state thread is alive, STATUS when the summary line changes.
+pub struct Supervisor {
+    /// `$NOTIFY_SOCKET`, read once; `None` when not started by systemd.
+    socket: Option<OsString>,
+    watchdog: Option<Duration>,
+    ami: String,
+    started_ms: u64,
+    ready: bool,
+    last_status: String,
+    last_watchdog: Option<Instant>,
+    /// The state thread missed its deadline; logged once per episode.
+    stalled: bool,
+    /// A notify error was logged; not repeated every tick.
+    notify_failed: bool,
+}
+
+impl Supervisor {
+    pub fn new(socket: Option<OsString>, watchdog: Option<Duration>, ami: String) -> Supervisor {
+        Supervisor {
+            socket,
+            watchdog,
+            ami,
+            started_ms: now_ms(),
+            ready: false,
+            last_status: String::new(),
+            last_watchdog: None,
+            stalled: false,
+            notify_failed: false,
+        }
+    }
+
+    pub fn tick(&mut self, health: &Health, now: Instant, now_ms: u64) {
+        let logged_in = health.ami_logged_in.load(Ordering::Relaxed);
+        let status = self.status_line(health, logged_in);
+        if !self.ready && logged_in {
+            // READY waits for AMI: before that we see no calls, so "started" would be a lie
+            // and `systemctl start` would return on a daemon that cannot work yet.
+            self.ready = true;
+            log::info!("ready: {status}");
+            self.send(&format!("READY=1\nSTATUS={status}"));
+            self.last_status = status;
+        } else if status != self.last_status {
+            self.send(&format!("STATUS={status}"));
+            self.last_status = status;
+        }
+
+        let Some(interval) = self.watchdog else {
+            return;
+        };
+        if self.last_watchdog.is_some_and(|t| now - t < interval / 2) {
+            return;
+        }
+        // The state thread stamps `state_alive_ms` at least every second. If it stops (a
+        // panic, a deadlock), we stop the keepalive so systemd kills and restarts us; a
+        // watchdog fed by this loop alone would only prove that this loop runs.
+        let limit = interval.max(Duration::from_secs(5)).as_millis() as u64;
+        let last = health
+            .state_alive_ms
+            .load(Ordering::Relaxed)
+            .max(self.started_ms);
+        let silent_ms = now_ms.saturating_sub(last);
+        if silent_ms <= limit {
+            if self.stalled {
+                log::warn!("state thread is responsive again; watchdog keepalive resumed");
+                self.stalled = false;
+            }
+            self.send("WATCHDOG=1");
+            self.last_watchdog = Some(now);
+        } else if !self.stalled {
+            log::error!(
+                "state thread silent for {silent_ms} ms; withholding the watchdog keepalive \
+                 so systemd restarts callme"
+            );
+            self.stalled = true;
+        }
+    }
+
+    /// The watchdog interval systemd asked for (`WatchdogSec=`), if any.
+    pub fn watchdog(&self) -> Option<Duration> {
+        self.watchdog
+    }
+
+    /// When this supervisor was made (Unix ms): the state thread counts as alive until
+    /// `started_ms` + the watchdog limit even before its first stamp.
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// Whether the keepalive is being withheld because the state thread is silent.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+
+    fn status_line(&self, health: &Health, logged_in: bool) -> String {
+        let calls = health.active_calls.lock().map_or(0, |c| c.len());
+        let pending = health.delivery.lock().map_or(0, |d| d.pending);
+        let link = match (logged_in, self.ready) {
+            (true, _) => "AMI connected".to_string(),
+            (false, false) => format!("connecting to AMI at {}", self.ami),
+            (false, true) => format!("AMI link to {} lost, reconnecting", self.ami),
+        };
+        format!("{link}; {calls} active call(s); {pending} Bitrix24 step(s) pending")
+    }
+
+    pub fn send(&mut self, state: &str) {
+        match notify::notify_socket(self.socket.as_deref(), state) {
+            Ok(_) => self.notify_failed = false,
+            Err(e) if !self.notify_failed => {
+                log::warn!("sd_notify failed: {e}");
+                self.notify_failed = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// [`Daemon::shutdown`](crate::daemon::Daemon::shutdown), but give up waiting after
+/// `budget`: exiting with a request in flight beats being SIGKILLed by systemd.
+pub fn shutdown_within(daemon: Daemon, budget: Duration) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let spawned = thread::Builder::new()
+        .name("shutdown".into())
+        .spawn(move || {
+            daemon.shutdown();
+            let _ = tx.send(());
+        });
+    if let Err(e) = spawned {
+        log::warn!("could not start the shutdown thread ({e}); exiting without it");
+        return;
+    }
+    match rx.recv_timeout(budget) {
+        Ok(()) => log::info!("stopped"),
+        Err(_) => log::warn!(
+            "threads did not stop within {budget:?} (a Bitrix24 request in flight?); exiting anyway"
+        ),
+    }
+}
