@@ -29,7 +29,7 @@ use crate::ami::event::{timestamp_ms, Event};
 use crate::ami::Message;
 use crate::bitrix::deliver::{DeliverConfig, Deliverer};
 use crate::bitrix::limiter::{Limited, Limiter};
-use crate::bitrix::outbox::{EventJournal, EventRecord, Outbox};
+use crate::bitrix::outbox::Outbox;
 use crate::bitrix::{api, AppClient, AuthStatus, Directory, Transport, WebhookClient};
 use crate::calls::{Intent, Tracker, TrackerConfig};
 use crate::clock::{ms_of, now_ms};
@@ -37,6 +37,7 @@ use crate::config::AuthMode;
 use crate::config::Config;
 use crate::context::{Context, Control, DeliveryView, Health};
 use crate::http;
+use crate::journal::{EventJournal, EventRecord};
 
 pub fn ami_config(cfg: &Config) -> ClientConfig {
     let a = &cfg.asterisk;

@@ -1,38 +1,36 @@
 //! The durable outbox: every Bitrix24 step is on disk before it is sent, so neither a
-//! portal outage nor a daemon crash loses a call. Plus the events journal that lets the
-//! tracker pick up calls in progress after a restart.
+//! portal outage nor a daemon crash loses a call. Its sibling, the events journal that lets
+//! the tracker pick up calls in progress after a restart, is [`crate::journal`].
 //!
-//! Both are JSON lines under `[state] dir`; `docs/outbox.md` documents the formats, the
-//! compaction and the delivery guarantees.
+//! Both are JSON lines under `[state] dir` ([`crate::statefile`]); `docs/outbox.md` documents
+//! the formats, the compaction and the delivery guarantees.
 //!
 //! - `outbox.jsonl`: `step` records (appended and fsync'd before the step is attempted),
 //!   `done` records (after success, a permanent failure or a skip) and `call` records (the
 //!   facts later steps need: CALL_ID, responsible user, direction, and whether register and
 //!   finish were already queued, which is what stops a call from being registered or
 //!   finished twice).
-//! - `events.jsonl`: the AMI events the tracker consumed, with their time. Written with
-//!   plain `write(2)` (a `kill -9` keeps them; the kernel has them) and fsync'd about once a
-//!   second (only a power loss can cost that last second).
 //!
 //! A torn last line (crash mid-write) is logged and skipped; everything before it is kept.
 //! Both files are rewritten (temp file, fsync, rename, fsync the directory) at start, so a
 //! torn tail never glues onto the next record.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ami::Message;
 use crate::calls::{Action, Direction, Intent};
 use crate::clock::now_ms;
+use crate::statefile::{err, line, read_lines, rewrite};
+
+pub use crate::statefile::Error;
 
 pub const OUTBOX_FILE: &str = "outbox.jsonl";
-pub const EVENTS_FILE: &str = "events.jsonl";
 
 /// A finished call is remembered this long after its last step, so that a late duplicate
 /// Register or Finish for it is still recognised and dropped.
@@ -42,39 +40,6 @@ const KEEP_FINISHED_MS: u64 = 3_600_000;
 const KEEP_IDLE_MS: u64 = 48 * 3_600_000;
 /// Compact once at least this many journal lines are no longer needed…
 const COMPACT_MIN_GARBAGE: usize = 1000;
-
-/// Why the state directory could not be used.
-#[derive(Debug)]
-pub struct Error {
-    pub path: PathBuf,
-    pub what: &'static str,
-    pub source: io::Error,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {} (check [state] dir: it must exist and be writable by the daemon)",
-            self.what,
-            self.path.display(),
-            self.source
-        )
-    }
-}
-
-impl std::error::Error for Error {}
-
-fn err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error {
-        path: path.to_path_buf(),
-        what,
-        source,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Files
 
 /// One line of `outbox.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,62 +73,6 @@ enum Record {
         dead: bool,
         at: u64,
     },
-}
-
-/// Read JSON lines, skipping (and logging) the ones that do not parse: a torn last line
-/// after a crash mid-write, or a line damaged by hand.
-fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Error> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(err(path, "cannot read")(e)),
-    };
-    let mut out = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match serde_json::from_slice::<T>(line) {
-            Ok(v) => out.push(v),
-            Err(e) => log::warn!(
-                "{}:{}: skipping a damaged line ({e}); a crash mid-write leaves one at the end: {}",
-                path.display(),
-                i + 1,
-                String::from_utf8_lossy(&line[..line.len().min(120)])
-            ),
-        }
-    }
-    Ok(out)
-}
-
-/// Replace `path` with `lines` atomically: temp file, fsync, rename, fsync the directory.
-fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
-    let tmp = path.with_extension("jsonl.tmp");
-    {
-        let mut f = File::create(&tmp).map_err(err(&tmp, "cannot create"))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(err(&tmp, "cannot write"))?;
-    }
-    fs::rename(&tmp, path).map_err(err(path, "cannot replace"))?;
-    if let Some(dir) = path.parent() {
-        // The rename is durable only once the directory is.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err(dir, "cannot fsync"))?;
-    }
-    OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(err(path, "cannot open"))
-}
-
-fn line<T: Serialize>(rec: &T, out: &mut String) {
-    // Serialising our own plain types cannot fail.
-    if let Ok(s) = serde_json::to_string(rec) {
-        out.push_str(&s);
-        out.push('\n');
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,154 +497,6 @@ fn mark_queued(e: &mut CallEntry, action: &Action) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Events journal
-
-/// One line of `events.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-pub enum EventRecord {
-    /// An AMI event the tracker consumed, at `at` ms since the epoch, fields in wire order.
-    Event { at: u64, f: Vec<(String, String)> },
-    /// The employees' internal numbers the tracker was given.
-    Employees { list: Vec<String> },
-}
-
-impl EventRecord {
-    pub fn event(msg: &Message, at: u64) -> EventRecord {
-        EventRecord::Event {
-            at,
-            f: msg
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    pub fn message(f: &[(String, String)]) -> Message {
-        let mut m = Message::new();
-        for (k, v) in f {
-            m.push(k, v);
-        }
-        m
-    }
-}
-
-/// The AMI events behind the calls in progress, so a restarted daemon can rebuild the
-/// tracker's state (replaying them through a fresh tracker and discarding its intents, which
-/// are in the outbox already).
-pub struct EventJournal {
-    path: PathBuf,
-    file: Option<File>,
-    lines: usize,
-    employees: Option<Vec<String>>,
-    dirty: bool,
-    last_sync: Instant,
-}
-
-impl EventJournal {
-    /// Load `dir/events.jsonl` and rewrite it without a torn tail. Returns the records to
-    /// replay.
-    pub fn open(dir: &Path) -> Result<(EventJournal, Vec<EventRecord>), Error> {
-        fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
-        let path = dir.join(EVENTS_FILE);
-        let records: Vec<EventRecord> = read_lines(&path)?;
-        let mut text = String::new();
-        let mut employees = None;
-        for r in &records {
-            line(r, &mut text);
-            if let EventRecord::Employees { list } = r {
-                employees = Some(list.clone());
-            }
-        }
-        let file = rewrite(&path, &text)?;
-        Ok((
-            EventJournal {
-                path,
-                file: Some(file),
-                lines: records.len(),
-                employees,
-                dirty: false,
-                last_sync: Instant::now(),
-            },
-            records,
-        ))
-    }
-
-    fn write(&mut self, rec: &EventRecord) {
-        let mut text = String::new();
-        line(rec, &mut text);
-        if let Some(f) = self.file.as_mut() {
-            if let Err(e) = f.write_all(text.as_bytes()) {
-                log::error!("cannot write {}: {e}", self.path.display());
-            }
-        }
-        self.lines += 1;
-        self.dirty = true;
-    }
-
-    pub fn append(&mut self, msg: &Message, at: u64) {
-        self.write(&EventRecord::event(msg, at));
-    }
-
-    pub fn employees(&mut self, list: &[String]) {
-        if self.employees.as_deref() == Some(list) {
-            return;
-        }
-        self.employees = Some(list.to_vec());
-        self.write(&EventRecord::Employees {
-            list: list.to_vec(),
-        });
-    }
-
-    /// fsync if something was written and a second has passed (or `force`).
-    pub fn sync(&mut self, force: bool) {
-        if self.dirty && (force || self.last_sync.elapsed() >= Duration::from_secs(1)) {
-            if let Some(f) = self.file.as_ref() {
-                if let Err(e) = f.sync_data() {
-                    log::error!("cannot fsync {}: {e}", self.path.display());
-                }
-            }
-            self.dirty = false;
-            self.last_sync = Instant::now();
-        }
-    }
-
-    /// Events in the journal (employees records included).
-    pub fn len(&self) -> usize {
-        self.lines
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lines == 0
-    }
-
-    /// No call is in progress: the events so far are not needed any more. Keeps only the
-    /// latest employee list.
-    pub fn clear(&mut self) {
-        let emp_lines = usize::from(self.employees.is_some());
-        if self.lines <= emp_lines {
-            return;
-        }
-        let mut text = String::new();
-        if let Some(list) = &self.employees {
-            line(&EventRecord::Employees { list: list.clone() }, &mut text);
-        }
-        self.file = None;
-        match rewrite(&self.path, &text) {
-            Ok(f) => {
-                self.file = Some(f);
-                self.lines = emp_lines;
-                self.dirty = false;
-            }
-            Err(e) => {
-                log::error!("events journal: {e}");
-                self.file = OpenOptions::new().append(true).open(&self.path).ok();
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -842,33 +603,6 @@ mod tests {
         assert_eq!(ob.pending(), 1);
         assert_eq!(ob.call("c699").unwrap().call_id.as_deref(), Some("id699"));
         assert!(ob.call("c3").unwrap().registered);
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn events_journal_round_trip_and_clear() {
-        let dir = tmp("events");
-        {
-            let (mut j, recs) = EventJournal::open(&dir).unwrap();
-            assert!(recs.is_empty());
-            j.employees(&["219".to_string()]);
-            let m = Message::from_pairs(&[("Event", "Newchannel"), ("Uniqueid", "1.1")]);
-            j.append(&m, 5);
-            j.sync(true);
-        }
-        let (mut j, recs) = EventJournal::open(&dir).unwrap();
-        assert_eq!(recs.len(), 2);
-        match &recs[1] {
-            EventRecord::Event { at, f } => {
-                assert_eq!(*at, 5);
-                assert_eq!(EventRecord::message(f).get("uniqueid"), Some("1.1"));
-            }
-            other => panic!("{other:?}"),
-        }
-        j.clear();
-        drop(j);
-        let (_, recs) = EventJournal::open(&dir).unwrap();
-        assert_eq!(recs.len(), 1, "only the employee list is kept");
         let _ = fs::remove_dir_all(&dir);
     }
 }

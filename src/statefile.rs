@@ -1,0 +1,96 @@
+//! The JSON-lines files under `[state] dir` (the outbox and the events journal): reading that
+//! survives a torn last line, and atomic rewrites. Shared by [`crate::bitrix::outbox`] and
+//! [`crate::journal`], which are siblings and do not import each other.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the state directory could not be used.
+#[derive(Debug)]
+pub struct Error {
+    pub path: PathBuf,
+    pub what: &'static str,
+    pub source: io::Error,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {} (check [state] dir: it must exist and be writable by the daemon)",
+            self.what,
+            self.path.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub fn err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// Read JSON lines, skipping (and logging) the ones that do not parse: a torn last line
+/// after a crash mid-write, or a line damaged by hand.
+pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Error> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(path, "cannot read")(e)),
+    };
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<T>(line) {
+            Ok(v) => out.push(v),
+            Err(e) => log::warn!(
+                "{}:{}: skipping a damaged line ({e}); a crash mid-write leaves one at the end: {}",
+                path.display(),
+                i + 1,
+                String::from_utf8_lossy(&line[..line.len().min(120)])
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Replace `path` with `lines` atomically: temp file, fsync, rename, fsync the directory.
+pub fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
+    let tmp = path.with_extension("jsonl.tmp");
+    {
+        let mut f = File::create(&tmp).map_err(err(&tmp, "cannot create"))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(err(&tmp, "cannot write"))?;
+    }
+    fs::rename(&tmp, path).map_err(err(path, "cannot replace"))?;
+    if let Some(dir) = path.parent() {
+        // The rename is durable only once the directory is.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err(dir, "cannot fsync"))?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(err(path, "cannot open"))
+}
+
+pub fn line<T: Serialize>(rec: &T, out: &mut String) {
+    // Serialising our own plain types cannot fail.
+    if let Ok(s) = serde_json::to_string(rec) {
+        out.push_str(&s);
+        out.push('\n');
+    }
+}
