@@ -7,6 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::agent::{agent, Redirects};
 use super::client::{redact_url, Transport};
 use super::envelope::{json_u64, parse_envelope};
 use super::error::Error;
@@ -535,12 +536,7 @@ pub fn upload_record(
 ) -> Result<Option<u64>, Error> {
     let boundary = multipart_boundary(content);
     let body = multipart_body(&boundary, field_name, filename, content);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .user_agent(concat!("callme/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
+    let agent = agent(timeout, Redirects::Follow);
     let shown = redact_url(upload_url);
     log::debug!(
         "bitrix24 -> POST {shown} ({} bytes, {filename})",

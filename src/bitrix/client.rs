@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::agent::{agent, Redirects};
 use super::auth_status::AuthStatus;
 use super::envelope::{parse_envelope, LOG_LIMIT};
 use super::error::{truncate, Error};
@@ -64,17 +65,8 @@ impl WebhookClient {
         if !base.ends_with('/') {
             base.push('/');
         }
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            // A 4xx/5xx carries the error envelope we need to classify (§9.2, §9.3).
-            .http_status_as_error(false)
-            // A redirected POST would come back as a GET without our body; better to report
-            // the redirect as a misconfigured webhook_url (e.g. http:// or an old domain).
-            .max_redirects(0)
-            .user_agent(concat!("callme/", env!("CARGO_PKG_VERSION")))
-            .build();
         WebhookClient {
-            agent: config.into(),
+            agent: agent(timeout, Redirects::Refuse),
             redacted_base: redact_url(&base),
             secrets: secrets_of(&base),
             base,

@@ -3,6 +3,7 @@
 //! - [`client`]: the webhook transport.
 //! - [`envelope`]: the result/error envelope, decoded the same way for every client.
 //! - [`auth_status`]: why the portal refuses our credentials, for `/healthz`.
+//! - [`agent`]: the one ureq agent builder.
 //! - [`urlenc`]: percent-encoding for hand-built query strings.
 //! - [`api`]: one typed function per REST method the daemon uses.
 //! - [`users`]: the internal number ↔ employee map.
@@ -15,6 +16,7 @@
 //!
 //! Reference for every quirk cited in here: `bitrix24-api.md` (shared docs).
 
+pub mod agent;
 pub mod api;
 pub mod auth_status;
 pub mod client;

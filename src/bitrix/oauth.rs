@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::agent::{agent, Redirects};
 use super::auth_status::{set_status, AuthStatus};
 use super::client::{Reply, Transport};
 use super::envelope::parse_envelope;
@@ -239,7 +240,7 @@ impl AppClient {
             }
         };
         let client = AppClient {
-            agent: agent(timeout),
+            agent: agent(timeout, Redirects::Refuse),
             client_id: cfg.client_id.clone(),
             client_secret: cfg.client_secret.clone(),
             oauth_url: cfg.oauth_url.clone(),
@@ -568,16 +569,6 @@ impl Transport for AppClient {
             r => r,
         }
     }
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent(concat!("callme/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
 }
 
 /// The handlers bound for `events` (upper-cased event → handler URLs), from `event.get`.

@@ -21,6 +21,7 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use super::agent::{agent, Redirects};
 use super::api::{self, Attached, RecordParams};
 use super::client::Transport;
 use super::error::Error;
@@ -364,7 +365,7 @@ impl Store {
             }),
             Store::Http(base) => {
                 let url = format!("{base}{}", t.url_path());
-                let response = agent(PROBE_TIMEOUT)
+                let response = agent(PROBE_TIMEOUT, Redirects::Follow)
                     .head(&url)
                     .call()
                     .map_err(|e| Error::Transport(format!("HEAD {}: {e}", t.rel())))?;
@@ -402,7 +403,7 @@ impl Store {
             }
             Store::Http(base) => {
                 let url = format!("{base}{}", t.url_path());
-                let mut response = agent(TRANSFER_TIMEOUT)
+                let mut response = agent(TRANSFER_TIMEOUT, Redirects::Follow)
                     .get(&url)
                     .call()
                     .map_err(|e| Error::Transport(format!("GET {}: {e}", t.rel())))?;
@@ -450,15 +451,6 @@ fn local_path(base: &Path, t: &Target) -> LocalPath {
             LocalPath::Absent
         }
     }
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .user_agent(concat!("callme/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
 }
 
 // ---------------------------------------------------------------------------------------------
