@@ -24,3 +24,4 @@ pub mod phone;
 pub mod replay;
 pub mod statefile;
 pub mod supervisor;
+pub mod text;

@@ -59,7 +59,7 @@ impl fmt::Display for Error {
             Error::BadChars(s) => write!(
                 f,
                 "bad phone number \"{}\" (allowed: digits and an optional leading +)",
-                escape_short(s)
+                crate::text::escape_short(s, 40)
             ),
             Error::Length(n) => write!(
                 f,
@@ -129,16 +129,6 @@ fn digits_of(s: &str) -> Result<(bool, &str), Error> {
         return Err(Error::Length(digits.len()));
     }
     Ok((plus, digits))
-}
-
-/// Escape control characters and cut long input, so an error message stays one short line.
-fn escape_short(s: &str) -> String {
-    const MAX: usize = 40;
-    let mut out: String = s.chars().take(MAX).flat_map(char::escape_debug).collect();
-    if s.chars().count() > MAX {
-        out.push_str("...");
-    }
-    out
 }
 
 #[cfg(test)]
