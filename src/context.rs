@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::ami::client;
-use crate::bitrix::deliver::Stats;
+use crate::bitrix::deliver::DeliveryStats;
 use crate::bitrix::{AppClient, AuthStatus, Directory, Transport};
 use crate::calls::tracker::Originate;
 use crate::calls::CallSummary;
@@ -35,7 +35,7 @@ pub struct DeliveryView {
     pub pending: usize,
     /// How long the oldest undelivered Bitrix24 step has been waiting.
     pub oldest_pending_age: Option<Duration>,
-    pub stats: Stats,
+    pub stats: DeliveryStats,
     pub users: usize,
     pub users_loaded: Option<Instant>,
 }

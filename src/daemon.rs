@@ -212,7 +212,7 @@ impl Daemon {
 /// Open the outbox and the events journal, and rebuild the tracker from the journal. A state
 /// directory that cannot be used is logged loudly and the daemon runs from memory: losing
 /// durability is better than losing every call.
-fn open_state(cfg: &Config) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, State) {
+fn open_state(cfg: &Config) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, Tracking) {
     let dir = &cfg.state.dir;
     let outbox = match Outbox::open(dir, cfg.state.outbox_warn) {
         Ok(o) => o,
@@ -221,7 +221,7 @@ fn open_state(cfg: &Config) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, State)
             Outbox::in_memory()
         }
     };
-    let mut state = State::new(Tracker::new(TrackerConfig::from_config(cfg)));
+    let mut state = Tracking::new(Tracker::new(TrackerConfig::from_config(cfg)));
     let journal = match EventJournal::open(dir) {
         Ok((j, records)) => {
             state.replay(&records);
@@ -236,15 +236,15 @@ fn open_state(cfg: &Config) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, State)
 }
 
 /// The tracker plus what reconciliation needs to know about its channels.
-struct State {
+struct Tracking {
     tracker: Tracker,
     /// Uniqueid → (channel name, Linkedid), for the synthetic Hangup of a vanished channel.
     chans: HashMap<String, (String, String)>,
 }
 
-impl State {
-    fn new(tracker: Tracker) -> State {
-        State {
+impl Tracking {
+    fn new(tracker: Tracker) -> Tracking {
+        Tracking {
             tracker,
             chans: HashMap::new(),
         }
@@ -340,7 +340,7 @@ fn start_reconcile(ami: &client::Handle, tracked: Vec<String>, tx: &Sender<Recon
 
 #[allow(clippy::too_many_arguments)]
 fn state_loop(
-    mut st: State,
+    mut st: Tracking,
     mut journal: Option<EventJournal>,
     outbox: Arc<Mutex<Outbox>>,
     ami_rx: Receiver<Incoming>,
@@ -352,8 +352,9 @@ fn state_loop(
 ) {
     let (recon_tx, recon_rx) = unbounded::<Reconcile>();
     let mut out = Vec::new();
-    // The intents go to the outbox (on disk) before the event goes to the journal.
-    let deliver = |out: &mut Vec<Intent>| {
+    // The intents go to the outbox (on disk) before the event goes to the journal; the
+    // delivery thread, woken here, sends them.
+    let enqueue = |out: &mut Vec<Intent>| {
         if out.is_empty() {
             return;
         }
@@ -365,13 +366,13 @@ fn state_loop(
         drop(ob);
         let _ = wake.try_send(());
     };
-    let feed = |st: &mut State,
+    let feed = |st: &mut Tracking,
                 journal: &mut Option<EventJournal>,
                 out: &mut Vec<Intent>,
                 msg: &Message,
                 at_ms| {
         st.handle(msg, at_ms, out);
-        deliver(out);
+        enqueue(out);
         if let Some(j) = journal.as_mut() {
             j.append(msg, at_ms);
         }
@@ -380,7 +381,7 @@ fn state_loop(
         // Controls first: a click-to-call must be known before its own AMI events are seen.
         while let Ok(ctl) = ctl_rx.try_recv() {
             apply_control(&mut st.tracker, journal.as_mut(), ctl, &mut out);
-            deliver(&mut out);
+            enqueue(&mut out);
         }
         select! {
             recv(ami_rx) -> msg => {
@@ -414,7 +415,7 @@ fn state_loop(
             recv(ctl_rx) -> ctl => {
                 if let Ok(ctl) = ctl {
                     apply_control(&mut st.tracker, journal.as_mut(), ctl, &mut out);
-                    deliver(&mut out);
+                    enqueue(&mut out);
                 }
             }
             recv(recon_rx) -> r => {
@@ -446,7 +447,7 @@ fn state_loop(
             default(Duration::from_secs(1)) => {}
         }
         st.tracker.tick(now_ms(), &mut out);
-        deliver(&mut out);
+        enqueue(&mut out);
         if let Some(j) = journal.as_mut() {
             if st.tracker.is_empty() && st.tracker.channel_count() == 0 && j.len() > 1 {
                 // No call in progress: the events behind the finished ones are not needed.

@@ -34,7 +34,7 @@ pub const USERS: &[(u64, &str, &str)] = &[
 pub const CONTACT: (&str, u64, u64) = ("79991234567", 42, 1);
 
 #[derive(Default)]
-struct State {
+struct Portal {
     next_call: u64,
     active: HashSet<String>,
     requests: u64,
@@ -43,7 +43,7 @@ struct State {
 pub struct DryRun {
     out: Mutex<Box<dyn Write + Send>>,
     format: Format,
-    state: Mutex<State>,
+    state: Mutex<Portal>,
 }
 
 impl DryRun {
@@ -51,7 +51,7 @@ impl DryRun {
         DryRun {
             out: Mutex::new(out),
             format,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Portal::default()),
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use callme::bitrix::deliver::{DeliverConfig, Deliverer, Stats};
+use callme::bitrix::deliver::{DeliverConfig, Deliverer, DeliveryStats};
 use callme::bitrix::limiter::{Limited, Limiter};
 use callme::bitrix::outbox::{Outbox, OUTBOX_FILE};
 use callme::bitrix::{api, Directory, Reply, Transport, WebhookClient};
@@ -102,7 +102,7 @@ impl Delivery {
     }
 
     /// Stop the loop as the daemon does (the stop channel closes); its last stats.
-    fn stop(self) -> Stats {
+    fn stop(self) -> DeliveryStats {
         drop(self.stop);
         self.thread.join().expect("delivery thread");
         let view = self.health.delivery.lock().unwrap();

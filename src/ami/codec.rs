@@ -167,7 +167,7 @@ pub enum Frame {
 
 /// Where the decoder is inside the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+enum Position {
     /// `Key: value` lines of an ordinary message, or blank lines before one.
     Headers,
     /// First field was `Response: Follows`: only `Privilege` and `ActionID` headers may follow
@@ -186,7 +186,7 @@ enum State {
 /// The sans-I/O part of [`Reader`]: eats byte slices, produces frames.
 #[derive(Debug)]
 struct Decoder {
-    state: State,
+    state: Position,
     /// The first line of the stream is done (it is the only place a banner may appear).
     started: bool,
     /// Keys and values of the message being read, back to back, as raw bytes. Decoded only when
@@ -200,7 +200,7 @@ struct Decoder {
     line: Vec<u8>,
     /// Bytes of the current message counted against [`MAX_MESSAGE`].
     size: usize,
-    /// Bytes skipped so far in [`State::Skip`].
+    /// Bytes skipped so far in [`Position::Skip`].
     skipped: usize,
     dropped: u64,
 }
@@ -208,7 +208,7 @@ struct Decoder {
 impl Decoder {
     fn new() -> Self {
         Decoder {
-            state: State::Headers,
+            state: Position::Headers,
             started: false,
             raw: Vec::with_capacity(4096),
             ends: Vec::with_capacity(64),
@@ -227,7 +227,7 @@ impl Decoder {
         while i < chunk.len() {
             let rest = &chunk[i..];
             match self.state {
-                State::AfterEnd { cr, keep } => match rest[0] {
+                Position::AfterEnd { cr, keep } => match rest[0] {
                     b'\n' => {
                         i += 1;
                         if let Some(frame) = self.end_follows(keep) {
@@ -236,7 +236,7 @@ impl Decoder {
                     }
                     b'\r' if !cr => {
                         i += 1;
-                        self.state = State::AfterEnd { cr: true, keep };
+                        self.state = Position::AfterEnd { cr: true, keep };
                     }
                     // No blank line after the marker (or a lone `\r`, which is then lost): the
                     // message still ended at the marker; this byte starts the next one.
@@ -246,7 +246,7 @@ impl Decoder {
                         }
                     }
                 },
-                State::Skip { .. } => match find_newline(rest) {
+                Position::Skip { .. } => match find_newline(rest) {
                     None => {
                         self.keep_tail(rest);
                         self.skipped += rest.len();
@@ -259,7 +259,7 @@ impl Decoder {
                         self.skipped_line_end();
                     }
                 },
-                State::Headers | State::FollowsHeaders | State::FollowsBody => {
+                Position::Headers | Position::FollowsHeaders | Position::FollowsBody => {
                     match find_newline(rest) {
                         None => {
                             // A line continues past this read: buffer it, within the cap.
@@ -306,19 +306,19 @@ impl Decoder {
     /// line arrived; a message being skipped is not (it was already counted in `dropped`).
     fn finish(&mut self) -> Option<Frame> {
         match self.state {
-            State::Skip { .. } => {
+            Position::Skip { .. } => {
                 self.reset();
                 None
             }
-            State::AfterEnd { keep, .. } => self.end_follows(keep),
-            State::Headers | State::FollowsHeaders | State::FollowsBody => {
+            Position::AfterEnd { keep, .. } => self.end_follows(keep),
+            Position::Headers | Position::FollowsHeaders | Position::FollowsBody => {
                 if !self.line.is_empty() {
                     let line = std::mem::take(&mut self.line);
                     if let Some(frame) = self.on_line(&line) {
                         return Some(frame);
                     }
                 }
-                if let State::AfterEnd { keep, .. } = self.state {
+                if let Position::AfterEnd { keep, .. } = self.state {
                     return self.end_follows(keep);
                 }
                 if self.ends.is_empty() {
@@ -338,7 +338,7 @@ impl Decoder {
 
     /// The current message is too big: forget it and skip the rest of it.
     fn overflow(&mut self) {
-        let follows = matches!(self.state, State::FollowsHeaders | State::FollowsBody);
+        let follows = matches!(self.state, Position::FollowsHeaders | Position::FollowsBody);
         self.raw.clear();
         self.ends.clear();
         // A partly read line goes on being skipped: keep its end, to see how it finishes.
@@ -349,7 +349,7 @@ impl Decoder {
         self.dropped += 1;
         // An oversized first line is not a banner, and is no longer "the first line" afterwards.
         self.started = true;
-        self.state = State::Skip { follows };
+        self.state = Position::Skip { follows };
     }
 
     /// Count `n` bytes against the cap; false (and nothing counted) when they do not fit.
@@ -382,21 +382,21 @@ impl Decoder {
 
     /// A line of a skipped message is complete (its tail is in `self.line`).
     fn skipped_line_end(&mut self) {
-        let State::Skip { follows } = self.state else {
+        let Position::Skip { follows } = self.state else {
             return;
         };
         let tail = strip_cr(&self.line);
         if follows && self.skipped <= FOLLOWS_SKIP_LIMIT {
             if tail.ends_with(END_COMMAND) {
-                self.state = State::AfterEnd {
+                self.state = Position::AfterEnd {
                     cr: false,
                     keep: false,
                 };
             }
         } else if tail.is_empty() {
-            self.state = State::Headers;
+            self.state = Position::Headers;
         } else {
-            self.state = State::Skip { follows: false };
+            self.state = Position::Skip { follows: false };
         }
         self.line.clear();
     }
@@ -412,7 +412,7 @@ impl Decoder {
             }
         }
         match self.state {
-            State::Headers => {
+            Position::Headers => {
                 if content.is_empty() {
                     // Blank lines between messages are skipped; otherwise the message is complete.
                     return if self.ends.is_empty() {
@@ -430,11 +430,11 @@ impl Decoder {
                     && key.eq_ignore_ascii_case(b"Response")
                     && value.eq_ignore_ascii_case(b"Follows")
                 {
-                    self.state = State::FollowsHeaders;
+                    self.state = Position::FollowsHeaders;
                 }
                 None
             }
-            State::FollowsHeaders => {
+            Position::FollowsHeaders => {
                 let (key, value) = split_field(content);
                 if key.eq_ignore_ascii_case(b"Privilege") || key.eq_ignore_ascii_case(b"ActionID") {
                     if !self.count(line.len() + 1) {
@@ -443,12 +443,12 @@ impl Decoder {
                     self.push_raw(key, value);
                     None
                 } else {
-                    self.state = State::FollowsBody;
+                    self.state = Position::FollowsBody;
                     self.body_line(line, content)
                 }
             }
-            State::FollowsBody => self.body_line(line, content),
-            State::AfterEnd { .. } | State::Skip { .. } => {
+            Position::FollowsBody => self.body_line(line, content),
+            Position::AfterEnd { .. } | Position::Skip { .. } => {
                 unreachable!("on_line is only called in the line-reading states")
             }
         }
@@ -468,7 +468,7 @@ impl Decoder {
                 if !text.is_empty() {
                     self.push_raw(b"Output", text);
                 }
-                self.state = State::AfterEnd {
+                self.state = Position::AfterEnd {
                     cr: false,
                     keep: true,
                 };
@@ -506,7 +506,7 @@ impl Decoder {
         self.ends.clear();
         self.line.clear();
         self.size = 0;
-        self.state = State::Headers;
+        self.state = Position::Headers;
     }
 }
 
@@ -1186,7 +1186,7 @@ mod tests {
     fn response_follows_keeps_raw_text_until_end_command() {
         let frames = parse(
             b"Response: Follows\r\nPrivilege: Command\r\nActionID: 42\r\n\
-              \nChannel              Location   State   Application(Data)\n\
+              \nChannel              Location   Position   Application(Data)\n\
               SIP/219-00000001     s@ctx:1    Up      Dial(SIP/220,30)\n\
               \r\n\
               1 active channel\n--END COMMAND--\r\n\r\n\
@@ -1204,7 +1204,7 @@ mod tests {
             out,
             [
                 "",
-                "Channel              Location   State   Application(Data)",
+                "Channel              Location   Position   Application(Data)",
                 "SIP/219-00000001     s@ctx:1    Up      Dial(SIP/220,30)",
                 "",
                 "1 active channel",

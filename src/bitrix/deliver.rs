@@ -66,7 +66,7 @@ impl DeliverConfig {
 
 /// Counters for `/status`, `/metrics` and the demo's summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
+pub struct DeliveryStats {
     pub sent: u64,
     pub retries: u64,
     pub permanent_failures: u64,
@@ -79,7 +79,7 @@ pub struct Stats {
     pub finished: BTreeMap<(String, String), u64>,
 }
 
-impl Stats {
+impl DeliveryStats {
     fn count(&mut self, step: &str, outcome: &str) {
         *self
             .steps
@@ -153,7 +153,7 @@ pub struct Deliverer {
     outbox: Arc<Mutex<Outbox>>,
     /// Pack due steps of different calls into `batch` requests when several are due.
     batching: bool,
-    stats: Stats,
+    stats: DeliveryStats,
     /// When each call's recording attach first ran, for `[recording] wait`. In memory: after a
     /// restart the wait starts again, which only delays giving up.
     attach_since: HashMap<String, Instant>,
@@ -187,7 +187,7 @@ impl Deliverer {
             outbox,
             batching: true,
             attach_since: HashMap::new(),
-            stats: Stats::default(),
+            stats: DeliveryStats::default(),
         }
     }
 
@@ -203,7 +203,7 @@ impl Deliverer {
         self.transport.as_ref()
     }
 
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &DeliveryStats {
         &self.stats
     }
 
@@ -507,16 +507,16 @@ impl Deliverer {
                     .or_insert_with(Instant::now);
                 let step =
                     super::record::attach(&self.cfg.recording, t, &call_id, path, since.elapsed())?;
-                if !matches!(step, super::record::Step::Later(_)) {
+                if !matches!(step, super::record::Progress::Later(_)) {
                     self.attach_since.remove(key);
                 }
                 match step {
-                    super::record::Step::Attached(how) => {
+                    super::record::Progress::Attached(how) => {
                         log::info!("{key}: recording attached to {call_id}: {how}");
                         Ok(Done::Ok)
                     }
-                    super::record::Step::Later(d) => Ok(Done::Later(d)),
-                    super::record::Step::Skipped { why, outcome } => {
+                    super::record::Progress::Later(d) => Ok(Done::Later(d)),
+                    super::record::Progress::Skipped { why, outcome } => {
                         // Why nothing was sent, beside the general "skipped" count.
                         self.stats.count("attachRecord", outcome);
                         Ok(Done::Skipped(why))

@@ -201,7 +201,7 @@ impl std::error::Error for InstallError {}
 
 /// What the client knows; guarded by one mutex.
 #[derive(Default)]
-struct State {
+struct TokenState {
     tokens: Option<Tokens>,
     /// Set when the OAuth server refused a refresh for good; cleared by the next install.
     broken: Option<String>,
@@ -216,7 +216,7 @@ pub struct AppClient {
     oauth_url: String,
     portal: String,
     store: TokenStore,
-    state: Mutex<State>,
+    state: Mutex<TokenState>,
     /// Held for a whole refresh (and an install), so only one runs at a time.
     refresh_lock: Mutex<()>,
     status: AuthStatus,
@@ -246,7 +246,7 @@ impl AppClient {
             oauth_url: cfg.oauth_url.clone(),
             portal: cfg.portal.clone(),
             store,
-            state: Mutex::new(State {
+            state: Mutex::new(TokenState {
                 tokens,
                 broken: None,
             }),
@@ -277,7 +277,7 @@ impl AppClient {
         );
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, TokenState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 

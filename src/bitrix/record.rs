@@ -9,7 +9,7 @@
 //! 1. check the name: only `.mp3`/`.wav`, only below `[recording] pbx_root` (no `..`, no
 //!    symlink leading out of the directory). A refused name is logged once and skipped;
 //! 2. look for the file: the MP3 is ready when it exists and its WAV is gone (`lame … && rm`
-//!    removes the WAV only after a complete MP3). Not ready: [`Step::Later`] with a growing
+//!    removes the WAV only after a complete MP3). Not ready: [`Progress::Later`] with a growing
 //!    delay, up to `wait`;
 //! 3. after `wait`, send the WAV of the same name if it is there, else give up with one log
 //!    line;
@@ -40,7 +40,7 @@ const MAX_POLL: Duration = Duration::from_secs(15);
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum Progress {
     /// Sent; the text says how, for the log.
     Attached(String),
     /// The file is not ready: look again after this long.
@@ -61,7 +61,7 @@ pub fn attach(
     call_id: &str,
     raw: &str,
     waited: Duration,
-) -> Result<Step, Error> {
+) -> Result<Progress, Error> {
     if cfg.mode == RecordingMode::Off {
         return Ok(skipped("[recording] mode = off", "off"));
     }
@@ -72,7 +72,7 @@ pub fn attach(
     let store = Store::for_config(cfg);
     let found = match locate(&store, &target, waited, cfg.wait)? {
         Located::Found(f) => f,
-        Located::NotYet => return Ok(Step::Later(poll_delay(waited, cfg.wait))),
+        Located::NotYet => return Ok(Progress::Later(poll_delay(waited, cfg.wait))),
         Located::Outside(rel) => {
             return Ok(refuse(
                 raw,
@@ -101,7 +101,7 @@ pub fn attach(
         let base = cfg.public_url.as_deref().unwrap_or_default();
         let url = format!("{base}{}", found.url_path());
         api::attach_record(t, call_id, &RecordParams::Url { url, filename })?;
-        return Ok(Step::Attached(format!("{} by URL", found.rel())));
+        return Ok(Progress::Attached(format!("{} by URL", found.rel())));
     }
     let content = match store.read(&found)? {
         Read::Bytes(b) => b,
@@ -130,7 +130,7 @@ pub fn attach(
                 ))
             }
         }
-        return Ok(Step::Attached(format!(
+        return Ok(Progress::Attached(format!(
             "{} ({} bytes) through the upload URL",
             found.rel(),
             content.len()
@@ -138,21 +138,21 @@ pub fn attach(
     }
     let base64 = base64_encode(&content);
     api::attach_record(t, call_id, &RecordParams::Content { filename, base64 })?;
-    Ok(Step::Attached(format!(
+    Ok(Progress::Attached(format!(
         "{} ({} bytes) as base64",
         found.rel(),
         content.len()
     )))
 }
 
-fn skipped(why: &str, outcome: &'static str) -> Step {
-    Step::Skipped {
+fn skipped(why: &str, outcome: &'static str) -> Progress {
+    Progress::Skipped {
         why: why.to_string(),
         outcome,
     }
 }
 
-fn refuse(raw: &str, why: &str) -> Step {
+fn refuse(raw: &str, why: &str) -> Progress {
     log::warn!("recording {raw:?} refused: {why}");
     skipped(&format!("recording refused: {why}"), "refused")
 }
