@@ -566,7 +566,7 @@ pub fn delivery_loop(
         if let Ok(mut v) = health.delivery.lock() {
             *v = DeliveryView {
                 pending: d.pending(),
-                oldest_pending_age: d.oldest_pending_age(Instant::now()),
+                oldest_pending_age: d.oldest_pending_age(),
                 stats: d.stats().clone(),
                 users: d.directory().len(),
                 users_loaded: Some(d.directory().loaded_at()),

@@ -74,10 +74,6 @@ pub enum Event<'a> {
         chan: Chan<'a>,
         bridge: &'a str,
     },
-    /// A hangup was asked for: the channel is on its way out.
-    HangupRequest {
-        chan: Chan<'a>,
-    },
     Hangup {
         chan: Chan<'a>,
         cause: u32,
@@ -102,7 +98,6 @@ pub enum Event<'a> {
         success: bool,
         /// `pbx_dial_reason`: 4 answered, 5 busy, 3 no answer, 8 congestion, 1 hung up, 0 other.
         reason: u32,
-        uniqueid: &'a str,
     },
     Other,
 }
@@ -141,9 +136,6 @@ impl<'a> Event<'a> {
                 chan,
                 bridge: msg.get("BridgeUniqueid").unwrap_or(""),
             }),
-            "HangupRequest" | "SoftHangupRequest" => {
-                plain().map(|chan| Event::HangupRequest { chan })
-            }
             "Hangup" => plain().map(|chan| Event::Hangup {
                 chan,
                 cause: msg
@@ -168,7 +160,6 @@ impl<'a> Event<'a> {
                     .get("Reason")
                     .and_then(|r| r.trim().parse().ok())
                     .unwrap_or(0),
-                uniqueid: msg.get("Uniqueid").unwrap_or(""),
             }),
             _ => None,
         };
@@ -320,5 +311,21 @@ mod tests {
         assert_eq!(timestamp_ms(&msg), Some(1_795_668_285_289));
         let msg = Message::from_pairs(&[("Event", "X"), ("Timestamp", "nan")]);
         assert_eq!(timestamp_ms(&msg), None);
+    }
+
+    #[test]
+    fn hangup_requests_are_not_for_the_tracker() {
+        // The tracker acts on `Hangup`; a (Soft)HangupRequest before it carries nothing it
+        // needs, and `Other` keeps it out of the events journal too.
+        for name in ["HangupRequest", "SoftHangupRequest"] {
+            let msg = Message::from_pairs(&[
+                ("Event", name),
+                ("Channel", "SIP/219-00000023"),
+                ("Uniqueid", "1.1"),
+                ("Linkedid", "1.1"),
+                ("Cause", "16"),
+            ]);
+            assert!(matches!(Event::parse(&msg), Event::Other), "{name}");
+        }
     }
 }

@@ -6,5 +6,5 @@ mod error;
 pub mod event;
 
 pub use client::{ClientConfig, Handle, Incoming, Stats};
-pub use codec::{Frame, Message, Reader, Writer};
+pub use codec::{Frame, Message, Reader};
 pub use error::Error;

@@ -222,7 +222,7 @@ impl Deliverer {
 
     /// How long the oldest undelivered step has been waiting (wall clock, so steps left from
     /// before a restart count from when they were first queued).
-    pub fn oldest_pending_age(&self, _now: Instant) -> Option<Duration> {
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
         self.ob().oldest_pending_age()
     }
 

@@ -346,7 +346,6 @@ impl Tracker {
             }
             Event::BridgeEnter { chan, bridge } => self.on_bridge_enter(&chan, bridge, now_ms, out),
             Event::BridgeLeave { chan, bridge } => self.on_bridge_leave(&chan, bridge),
-            Event::HangupRequest { .. } => {}
             Event::Hangup { chan, cause } => self.on_hangup(&chan, cause, now_ms, out),
             Event::LegacyDialEnd { src, status } => {
                 self.on_legacy_dial_end(&src, status, now_ms, out)
