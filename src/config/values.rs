@@ -390,12 +390,7 @@ pub(super) fn parse_callback_targets(v: &str) -> Result<Vec<(String, String)>, S
     Ok(pairs)
 }
 
-/// Escape control characters and cut long values, so a message stays one short line.
+/// A value quoted in a config error: escaped and cut after 60 characters.
 pub(super) fn escape_short(s: &str) -> String {
-    const MAX: usize = 60;
-    let mut out: String = s.chars().take(MAX).flat_map(char::escape_debug).collect();
-    if s.chars().count() > MAX {
-        out.push_str("...");
-    }
-    out
+    crate::text::escape_short(s, 60)
 }
