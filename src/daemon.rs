@@ -499,7 +499,7 @@ fn apply_control(
             tracker.expect_originate(originate, expires_ms);
         }
         Control::OriginateFailed { call_id } => {
-            tracker.originate_failed(&call_id, now_ms(), out);
+            tracker.originate_failed(&call_id, out);
         }
     }
 }

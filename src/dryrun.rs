@@ -2,8 +2,9 @@
 //!
 //! Every request is written out (one JSON object per line, or a readable line for the demo) and
 //! answered the way a real portal would answer it, so the whole delivery path runs with no
-//! network: a few employees (internal numbers 100, 219, 220, 221) and one CRM contact
-//! (79991234567, responsible: user 1).
+//! network: a few employees (internal numbers 100, 219, 220, 221), one CRM contact
+//! (79991234567, responsible: user 1) and one lead (79997654321, the lab's second caller,
+//! responsible: user 19), so the captures of both lab callers register with a CRM owner.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -32,6 +33,10 @@ pub const USERS: &[(u64, &str, &str)] = &[
 
 /// The one CRM contact: `(phone digits, contact id, responsible user id)`.
 pub const CONTACT: (&str, u64, u64) = ("79991234567", 42, 1);
+
+/// The one CRM lead: `(phone digits, lead id, responsible user id)`. Its owner is a user who
+/// never touches the v/w captures' calls, so a replay shows who registers and who finishes.
+pub const LEAD: (&str, u64, u64) = ("79997654321", 7, 19);
 
 #[derive(Default)]
 struct Portal {
@@ -93,25 +98,34 @@ impl DryRun {
                     .collect(),
             ),
             "telephony.externalcall.searchcrmentities" => {
-                if digits(params.get("PHONE_NUMBER")) == CONTACT.0 {
+                let number = digits(params.get("PHONE_NUMBER"));
+                if number == CONTACT.0 {
                     json!([{"CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": CONTACT.1,
                             "ASSIGNED_BY_ID": CONTACT.2.to_string(), "NAME": "Demo Client"}])
+                } else if number == LEAD.0 {
+                    json!([{"CRM_ENTITY_TYPE": "LEAD", "CRM_ENTITY_ID": LEAD.1,
+                            "ASSIGNED_BY_ID": LEAD.2.to_string(), "NAME": "Demo Lead"}])
                 } else {
                     json!([])
                 }
             }
             "crm.duplicate.findbycomm" => {
-                let hit = params
-                    .get("values")
-                    .and_then(Value::as_array)
-                    .is_some_and(|v| v.iter().any(|x| digits(Some(x)) == CONTACT.0));
-                if hit {
+                let has = |number: &str| {
+                    params
+                        .get("values")
+                        .and_then(Value::as_array)
+                        .is_some_and(|v| v.iter().any(|x| digits(Some(x)) == number))
+                };
+                if has(CONTACT.0) {
                     json!({"CONTACT": [CONTACT.1]})
+                } else if has(LEAD.0) {
+                    json!({"LEAD": [LEAD.1]})
                 } else {
                     json!([])
                 }
             }
             "crm.contact.get" => json!({"ID": CONTACT.1.to_string(), "ASSIGNED_BY_ID": CONTACT.2.to_string()}),
+            "crm.lead.get" => json!({"ID": LEAD.1.to_string(), "ASSIGNED_BY_ID": LEAD.2.to_string()}),
             "telephony.externalcall.register" => {
                 st.next_call += 1;
                 let id = format!("externalCall.dryrun{:04}.{}", st.next_call, st.next_call);

@@ -1,5 +1,6 @@
-//! Every real capture in `tests/fixtures/*.ami` (Asterisk 20, see CAPTURES.md) goes through the
-//! codec: nothing dropped, every `Event:` line becomes an event frame, banner first, Goodbye last.
+//! Every real capture in `tests/fixtures/*.ami` (Asterisk 20, chan_sip) and its twin in
+//! `tests/fixtures/pjsip/` (Asterisk 22, chan_pjsip; see CAPTURES.md) goes through the codec:
+//! nothing dropped, every `Event:` line becomes an event frame, banner first, Goodbye last.
 
 use std::fs;
 use std::io::{self, BufRead, Read};
@@ -7,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use callme::ami::codec::{Frame, Reader};
 
-/// `grep -c '^Event:' tests/fixtures/*.ami`. A new capture must be added here.
+/// `grep -c '^Event:' tests/fixtures/*.ami tests/fixtures/pjsip/*.ami`. A new capture must be
+/// added here.
 const EXPECTED_EVENTS: &[(&str, usize)] = &[
     ("a_inbound_answered", 96),
     ("b_inbound_noanswer", 49),
@@ -18,23 +20,51 @@ const EXPECTED_EVENTS: &[(&str, usize)] = &[
     ("h_inbound_recorded_mixmonitor", 103),
     ("k_inbound_queue_ringall", 119),
     ("l_internal_219_to_220", 94),
+    ("pk_inbound_directed_pickup_221_from_220", 117),
+    ("v_inbound_attended_transfer_refer_220_to_221", 201),
+    ("w_outbound_desk_220_answered_carrier_hangs_up", 93),
+    ("x_outbound_desk_221_noanswer", 47),
+    ("pjsip/a_inbound_answered", 84),
+    ("pjsip/b_inbound_noanswer", 43),
+    ("pjsip/c_inbound_busy", 44),
+    ("pjsip/d_inbound_blind_transfer_ami", 149),
+    ("pjsip/e_inbound_attended_transfer_ami", 229),
+    ("pjsip/f_click2call_answered", 93),
+    ("pjsip/h_inbound_recorded_mixmonitor", 91),
+    ("pjsip/k_inbound_queue_ringall", 106),
+    ("pjsip/l_internal_219_to_220", 82),
+    ("pjsip/pk_inbound_directed_pickup_221_from_220", 101),
+    ("pjsip/v_inbound_attended_transfer_refer_220_to_221", 191),
+    ("pjsip/w_outbound_desk_220_answered_carrier_hangs_up", 82),
+    ("pjsip/x_outbound_desk_221_noanswer", 42),
 ];
 
+/// The chan_sip captures, then their PJSIP twins.
 fn fixtures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .expect("tests/fixtures")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ami"))
-        .collect();
-    files.sort();
-    files
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut all = Vec::new();
+    for dir in [root.clone(), root.join("pjsip")] {
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+            .expect("tests/fixtures")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "ami"))
+            .collect();
+        files.sort();
+        all.extend(files);
+    }
+    all
 }
 
-fn stem(path: &Path) -> &str {
-    path.file_stem()
+/// `a_inbound_answered`, or `pjsip/a_inbound_answered` for a PJSIP twin.
+fn stem(path: &Path) -> String {
+    let name = path
+        .file_stem()
         .and_then(|s| s.to_str())
-        .expect("utf-8 name")
+        .expect("utf-8 name");
+    match path.parent().and_then(Path::file_name) {
+        Some(dir) if dir == "pjsip" => format!("pjsip/{name}"),
+        _ => name.to_string(),
+    }
 }
 
 /// All frames, with `position()` after each, and `dropped()`.
@@ -49,7 +79,7 @@ fn parse<R: BufRead>(input: R) -> (Vec<(Frame, u64)>, u64) {
 
 #[test]
 fn every_capture_has_an_expected_count() {
-    let found: Vec<String> = fixtures().iter().map(|p| stem(p).to_owned()).collect();
+    let found: Vec<String> = fixtures().iter().map(|p| stem(p)).collect();
     let expected: Vec<String> = EXPECTED_EVENTS.iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(found, expected);
 }

@@ -152,7 +152,7 @@ fn refused_originate_is_finished() {
     let mut t = tracker();
     t.expect_originate(c2c("externalCall.r1", "c2c-1", "a-1"), u64::MAX);
     let mut out = Vec::new();
-    t.originate_failed("externalCall.r1", 5_000, &mut out);
+    t.originate_failed("externalCall.r1", &mut out);
     let a: Vec<Action> = out.into_iter().map(|i| i.action).collect();
     assert_eq!(
         a,
@@ -166,7 +166,7 @@ fn refused_originate_is_finished() {
     );
     // Once only.
     let mut out = Vec::new();
-    t.originate_failed("externalCall.r1", 5_000, &mut out);
+    t.originate_failed("externalCall.r1", &mut out);
     assert!(out.is_empty());
 }
 
@@ -313,6 +313,6 @@ fn callback_nobody_answers_leaves_nothing_to_close() {
         u64::MAX,
     );
     let mut out = Vec::new();
-    t.originate_failed("cb-1", 1_000, &mut out);
+    t.originate_failed("cb-1", &mut out);
     assert!(out.is_empty(), "{out:?}");
 }

@@ -221,8 +221,8 @@ fn concatenated_captures_give_the_same_per_call_sequences() {
     let solo = solo_runs(&caps);
     assert_eq!(
         solo.len(),
-        7,
-        "a b c d e h k are monitored calls (f, l are not)"
+        11,
+        "a b c d e h k pk v w x are monitored calls (f, l are not)"
     );
     let joined: Vec<(Message, u64)> = caps.iter().flat_map(|(_, m)| m.clone()).collect();
     let mut t = tracker();
@@ -230,7 +230,7 @@ fn concatenated_captures_give_the_same_per_call_sequences() {
     assert!(t.is_empty());
 }
 
-/// All nine calls at once: each capture shifted to start 0.7 s after the previous one and the
+/// All thirteen calls at once: each capture shifted to start 0.7 s after the previous one and the
 /// events merged by time, so calls overlap and their events interleave. Each call still gets
 /// exactly the steps (and durations) it gets alone.
 #[test]

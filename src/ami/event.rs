@@ -91,6 +91,14 @@ pub enum Event<'a> {
         two: Chan<'a>,
         link: bool,
     },
+    /// A phone answered a call ringing elsewhere (directed pickup `PickupChan`, FreePBX
+    /// `**<ext>`; group pickup `Pickup`, FreePBX `*8`): `picker` takes over `target`, the
+    /// channel that was ringing. The picker's channel started as a call of its own, with its own
+    /// Linkedid; this event is the first to tie the two together.
+    Pickup {
+        picker: Chan<'a>,
+        target: Chan<'a>,
+    },
     /// The outcome of an `Async` Originate (ami.md §4.2). An event, although it carries a
     /// `Response:` field. Matched to our Originate by its ActionID.
     OriginateResponse {
@@ -143,6 +151,8 @@ impl<'a> Event<'a> {
                     .and_then(|c| c.trim().parse().ok())
                     .unwrap_or(0),
             }),
+            "Pickup" => Chan::read(msg, "Target")
+                .and_then(|target| plain().map(|picker| Event::Pickup { picker, target })),
             "Dial" => legacy_dial(msg),
             "Bridge" => legacy_bridge(
                 msg,
@@ -238,6 +248,36 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// The fields of the `Pickup` event in pk_inbound_directed_pickup_221_from_220.ami.
+    #[test]
+    fn pickup_names_picker_and_target() {
+        let msg = Message::from_pairs(&[
+            ("Event", "Pickup"),
+            ("Channel", "SIP/221-0000005c"),
+            ("Uniqueid", "1796237655.104"),
+            ("Linkedid", "1796237655.104"),
+            ("Exten", "**220"),
+            ("TargetChannel", "SIP/220-0000005b"),
+            ("TargetUniqueid", "1796237651.103"),
+            ("TargetLinkedid", "1796237651.102"),
+        ]);
+        match Event::parse(&msg) {
+            Event::Pickup { picker, target } => {
+                assert_eq!(picker.uniqueid, "1796237655.104");
+                assert_eq!(target.name, "SIP/220-0000005b");
+                assert_eq!(target.linkedid, "1796237651.102");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Without a target it says nothing the tracker could use.
+        let msg = Message::from_pairs(&[
+            ("Event", "Pickup"),
+            ("Channel", "SIP/221-0000005c"),
+            ("Uniqueid", "1796237655.104"),
+        ]);
+        assert_eq!(Event::parse(&msg), Event::Other);
     }
 
     #[test]

@@ -394,11 +394,17 @@ impl Deliverer {
                         digits
                     }
                 });
-                // A callback belongs to the employee who called back; otherwise the CRM
-                // decides before the card opens.
-                let chosen = match employee {
-                    Some(ext) => self.directory.user_for(ext).or_else(|| self.default_user()),
-                    None => self.responsible_for(t, &number, line)?,
+                // A callback belongs to the employee who called back, and a desk-phone
+                // outbound call to the employee who dialled; otherwise the CRM decides before
+                // the card opens. An outbound call from a phone that is not a Bitrix24 user
+                // falls back to the inbound rules (CRM owner, line map, default user).
+                let chosen = match (employee, direction) {
+                    (Some(ext), Direction::Outbound) => match self.directory.user_for(ext) {
+                        Some(id) => Some(id),
+                        None => self.responsible_for(t, &number, line)?,
+                    },
+                    (Some(ext), _) => self.directory.user_for(ext).or_else(|| self.default_user()),
+                    (None, _) => self.responsible_for(t, &number, line)?,
                 };
                 let user_id = match chosen {
                     Some(id) => id,

@@ -24,6 +24,19 @@ pub fn peer(name: &str) -> Option<&str> {
     Some(resource)
 }
 
+/// The number in the dial string of a trunk leg (`DialBegin` `DialString`): chan_sip's
+/// `Dial(SIP/trunk/79991234567)` gives `trunk/79991234567`, PJSIP's
+/// `Dial(PJSIP/79991234567@trunk)` gives `79991234567@trunk`, and a PJSIP URI dial
+/// (`Dial(PJSIP/trunk/sip:79991234567@host)`) gives `trunk/sip:79991234567@host`. Whatever
+/// comes back still has to look like a number to be used.
+pub fn dialled_number(dial_string: &str) -> &str {
+    let last = dial_string.rsplit('/').next().unwrap_or("");
+    let user = last.split('@').next().unwrap_or("");
+    user.strip_prefix("sips:")
+        .or_else(|| user.strip_prefix("sip:"))
+        .unwrap_or(user)
+}
+
 /// Whether `peer` looks like an internal number: 1–6 digits. Used only until the Bitrix24 user
 /// directory is loaded; afterwards the directory decides (an internal number is one that maps to
 /// an active Bitrix24 user).
@@ -50,5 +63,19 @@ mod tests {
         assert!(!looks_internal("trunk"));
         assert!(!looks_internal("79991234567"));
         assert!(!looks_internal(""));
+    }
+
+    #[test]
+    fn dial_strings() {
+        // The w/x captures' trunk legs on chan_sip and on PJSIP (ami-captures/pjsip/README.md).
+        assert_eq!(dialled_number("trunk/79997654321"), "79997654321");
+        assert_eq!(dialled_number("79997654321@trunk"), "79997654321");
+        assert_eq!(
+            dialled_number("trunk/sip:79997654321@10.0.0.1"),
+            "79997654321"
+        );
+        assert_eq!(dialled_number("trunk/sips:+79997654321@h"), "+79997654321");
+        assert_eq!(dialled_number("220"), "220");
+        assert_eq!(dialled_number(""), "");
     }
 }

@@ -346,6 +346,7 @@ impl Tracker {
             }
             Event::BridgeEnter { chan, bridge } => self.on_bridge_enter(&chan, bridge, now_ms, out),
             Event::BridgeLeave { chan, bridge } => self.on_bridge_leave(&chan, bridge),
+            Event::Pickup { picker, target } => self.on_pickup(&picker, &target),
             Event::Hangup { chan, cause } => self.on_hangup(&chan, cause, now_ms, out),
             Event::LegacyDialEnd { src, status } => {
                 self.on_legacy_dial_end(&src, status, now_ms, out)
@@ -450,10 +451,10 @@ impl Tracker {
     }
 
     /// The Originate was refused outright (`Response: Error`): finish the Bitrix24 call.
-    pub fn originate_failed(&mut self, call_id: &str, now_ms: u64, out: &mut Vec<Intent>) {
+    pub fn originate_failed(&mut self, call_id: &str, out: &mut Vec<Intent>) {
         if let Some(i) = self.pending.iter().position(|(o, _)| o.call_id == call_id) {
             let (o, _) = self.pending.remove(i);
-            self.finish_unstarted(&o, Status::OTHER, now_ms, out);
+            self.finish_unstarted(&o, Status::OTHER, out);
         }
     }
 
@@ -466,18 +467,13 @@ impl Tracker {
                 o.call_id,
                 o.ext
             );
-            self.finish_unstarted(&o, Status::OTHER, now_ms, out);
+            self.finish_unstarted(&o, Status::OTHER, out);
         }
     }
 
     /// A click-to-call that never got a channel: adopt and finish it under the employee.
-    fn finish_unstarted(
-        &mut self,
-        o: &Originate,
-        status: Status,
-        _now_ms: u64,
-        out: &mut Vec<Intent>,
-    ) {
+    /// Nobody talked, so the finish needs no time: duration 0, whenever it happens.
+    fn finish_unstarted(&mut self, o: &Originate, status: Status, out: &mut Vec<Intent>) {
         if o.callback_line.is_some() {
             log::warn!(
                 "callback to {} by {} failed before anyone answered",
@@ -566,7 +562,7 @@ impl Tracker {
         }
         // Failed before any channel of it was seen (or seen by us): finish it now.
         if let Some(o) = self.take_pending(|o| o.action_id == action_id) {
-            self.finish_unstarted(&o, Status::from_originate_reason(reason), now_ms, out);
+            self.finish_unstarted(&o, Status::from_originate_reason(reason), out);
         }
     }
 
@@ -874,7 +870,7 @@ impl Tracker {
         let number = if is_number(src.exten) && src.exten.len() >= 3 {
             src.exten.to_string()
         } else {
-            dial_string.rsplit('/').next().unwrap_or("").to_string()
+            channel::dialled_number(dial_string).to_string()
         };
         if !trunk_like || !is_number(&number) || number.trim_start_matches('+').len() < 3 {
             return;
@@ -888,13 +884,15 @@ impl Tracker {
         call.phone = number.clone();
         call.caller = Some((src.uniqueid.to_string(), ext.to_string()));
         call.client = Some(dest.uniqueid.to_string());
+        // An outbound call belongs to the employee who placed it, whoever owns the number
+        // in the CRM (issue #15: registering it under the CRM owner split the call in two).
         call.push(
             Action::Register {
                 direction: Direction::Outbound,
                 phone: number,
                 line: String::new(),
                 started_ms: call.started_ms,
-                employee: None,
+                employee: Some(ext.to_string()),
             },
             out,
         );
@@ -976,12 +974,56 @@ impl Tracker {
         stopped_ringing(call, &ext, out);
     }
 
+    /// A phone picked up a call ringing on another phone (directed `PickupChan` or group
+    /// `Pickup`). The picker's channel began as a call of its own, with its own Linkedid, and
+    /// Asterisk re-links it only after the bridge (pk capture). From here on it belongs to the
+    /// ringing call: the client's `DialEnd ANSWER` that follows names the picker's channel,
+    /// which makes the picker the one talking, with talk time from the pickup.
+    fn on_pickup(&mut self, picker: &Chan, target: &Chan) {
+        let (Some(p), Some(t)) = (self.call_of(picker), self.call_of(target)) else {
+            return;
+        };
+        if p != t {
+            let id = self.merge(t, p);
+            if let Some(call) = self.calls.get(&id) {
+                log::debug!("{}: {} picked up {}", call.key, picker.name, target.name);
+            }
+        }
+    }
+
+    /// Channels in one bridge talk to each other, whatever their Linkedids say yet. After a
+    /// phone's own attended transfer (REFER with Replaces) Asterisk moves the client into the
+    /// consultation's bridge, whose channels still carry the consultation's Linkedid; after a
+    /// pickup the picker's channel does too. Linkedids catch up a moment later (and flip back
+    /// and forth on the way, v capture), so the bridge decides: a call that is not registered
+    /// joins the registered call it shares a bridge with. Two registered calls stay apart
+    /// ([`Tracker::merge`]); two unregistered ones (an internal call) are left alone.
+    fn join_bridged(&mut self, id: u64, bridge: &str) -> u64 {
+        let others: Vec<u64> = self
+            .bridges
+            .get(bridge)
+            .into_iter()
+            .flatten()
+            .filter_map(|u| self.channels.get(u))
+            .map(|st| st.call)
+            .collect();
+        let mut id = id;
+        for other in others {
+            let active = |c: u64| self.calls.get(&c).is_some_and(|c| c.mode == Mode::Active);
+            if other != id && (active(id) || active(other)) {
+                id = self.merge(id, other);
+            }
+        }
+        id
+    }
+
     fn on_bridge_enter(&mut self, chan: &Chan, bridge: &str, now_ms: u64, out: &mut Vec<Intent>) {
         let members = self.bridges.entry(bridge.to_string()).or_default();
         if !members.iter().any(|u| u == chan.uniqueid) {
             members.push(chan.uniqueid.to_string());
         }
         let Some(id) = self.call_of(chan) else { return };
+        let id = self.join_bridged(id, bridge);
         let call = &self.calls[&id];
         if call.mode != Mode::Active {
             return;
