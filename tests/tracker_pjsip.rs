@@ -1,0 +1,506 @@
+//! The PJSIP twins of the chan_sip capture tests: the expectations of `tracker_captures.rs`,
+//! of the capture-based tests in `tracker_outbound.rs` and `tracker_transfers.rs`, run on
+//! `tests/fixtures/pjsip/` (the same calls on Asterisk 22.10.1 with chan_pjsip; see its
+//! README for what differs). Test names are those of the chan_sip originals. Only the
+//! capture's own identities differ (Linkedids, start times, recording names); the intents,
+//! cards, durations and statuses are the chan_sip ones.
+//!
+//! The new captures (v, w, x, pk) run on both drivers in `tracker_phones.rs`.
+
+#[macro_use]
+mod drivers;
+
+use std::collections::BTreeMap;
+
+use callme::ami::Message;
+use callme::calls::tracker::Originate;
+use callme::calls::{
+    Action, Direction, FinishUser, Intent, MissedUser, Status, Tracker, TrackerConfig,
+};
+use drivers::{actions, hide, load, run, run_all, show, tracker, tracker_with, Driver};
+
+const PJSIP: Driver = Driver::Pjsip;
+
+fn replay(name: &str) -> Vec<(u64, Intent)> {
+    run_all(&mut tracker(), &load(PJSIP, name))
+}
+
+fn replay_with(t: &mut Tracker, name: &str) -> Vec<(u64, Intent)> {
+    run_all(t, &load(PJSIP, name))
+}
+
+fn assert_register(a: &Action, line: &str) -> u64 {
+    match a {
+        Action::Register {
+            direction,
+            phone,
+            line: l,
+            started_ms,
+            employee,
+        } => {
+            assert_eq!(
+                *employee, None,
+                "inbound calls go to the CRM-responsible user"
+            );
+            assert_eq!(*direction, Direction::Inbound);
+            assert_eq!(phone, "79991234567");
+            assert_eq!(l, line);
+            *started_ms
+        }
+        other => panic!("expected register, got {other:?}"),
+    }
+}
+
+fn finish(user: FinishUser, duration: u64, status: Status) -> Action {
+    Action::Finish {
+        user,
+        duration,
+        status,
+    }
+}
+
+fn employee(ext: &str) -> FinishUser {
+    FinishUser::Employee(ext.into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twins of tracker_captures.rs
+
+#[test]
+fn a_inbound_answered() {
+    let v = replay("a_inbound_answered");
+    let a = actions(&v);
+    assert_eq!(a.len(), 3, "{a:?}");
+    let started = assert_register(&a[0], "8001231231");
+    assert_eq!(
+        started, 1_796_236_398_925,
+        "start = the trunk channel's Newchannel (timing sidecar)"
+    );
+    assert_eq!(a[1], show("219"));
+    // 219 answered at +2.52 s, the caller hung up at +7.52 s.
+    assert_eq!(a[2], finish(employee("219"), 5, Status::ANSWERED));
+    assert!(v.iter().all(|(_, i)| i.call == "callme-1796236398.0"));
+    assert!(v[1].0 - v[0].0 < 100, "the card opens while 219 rings");
+}
+
+#[test]
+fn b_inbound_noanswer() {
+    // PJSIP: the callee leg of a Dial timeout hangs up with cause 0 (chan_sip: 16); the
+    // status comes from DialStatus NOANSWER.
+    let a = actions(&replay("b_inbound_noanswer"));
+    assert_register(&a[0], "8001231231");
+    assert_eq!(
+        a[1..],
+        [
+            show("219"),
+            hide("219"),
+            finish(FinishUser::Responsible, 0, Status::MISSED)
+        ]
+    );
+}
+
+#[test]
+fn c_inbound_busy() {
+    let a = actions(&replay("c_inbound_busy"));
+    assert_register(&a[0], "8001231231");
+    assert_eq!(
+        a[1..],
+        [
+            show("219"),
+            hide("219"),
+            finish(FinishUser::Responsible, 0, Status::BUSY)
+        ]
+    );
+}
+
+#[test]
+fn k_queue_ringall_one_register_cards_for_all_hide_for_loser() {
+    let a = actions(&replay("k_inbound_queue_ringall"));
+    assert_register(&a[0], "8001231234");
+    assert_eq!(
+        a[1..],
+        [
+            show("220"),
+            show("221"),
+            hide("220"),
+            finish(employee("221"), 4, Status::ANSWERED)
+        ]
+    );
+}
+
+#[test]
+fn l_internal_call_produces_nothing() {
+    assert!(replay("l_internal_219_to_220").is_empty());
+}
+
+#[test]
+fn d_blind_transfer_moves_the_card_and_last_one_wins() {
+    let a = actions(&replay("d_inbound_blind_transfer_ami"));
+    assert_register(&a[0], "8001231231");
+    assert_eq!(a[1], show("219"));
+    let mut at_transfer = a[2..4].to_vec();
+    at_transfer.sort_by_key(|x| format!("{x:?}"));
+    assert_eq!(at_transfer, vec![hide("219"), show("220")]);
+    assert_eq!(a[4], finish(employee("220"), 10, Status::ANSWERED));
+    assert_eq!(a.len(), 5, "no show or hide after the finish: {a:?}");
+}
+
+#[test]
+fn e_attended_transfer_consultation_is_not_a_transfer_until_it_completes() {
+    let v = replay("e_inbound_attended_transfer_ami");
+    let a = actions(&v);
+    assert_register(&a[0], "8001231231");
+    assert_eq!(a[1], show("219"));
+    assert_eq!(a[2], show("220"), "220's phone rings for the consultation");
+    assert_eq!(a[3], hide("219"), "219 is out once the transfer completes");
+    // 219 hung up at +10.91 s: the hide comes then, not when 220 answered the consultation.
+    assert!(v[3].0 >= 10_000, "hide at {} ms", v[3].0);
+    assert_eq!(a[4], finish(employee("220"), 13, Status::ANSWERED));
+    assert_eq!(a.len(), 5, "{a:?}");
+}
+
+#[test]
+fn h_recording_is_attached_after_finish() {
+    let a = actions(&replay("h_inbound_recorded_mixmonitor"));
+    assert_register(&a[0], "8001231232");
+    assert_eq!(a[1], show("219"));
+    assert_eq!(a[2], finish(employee("219"), 5, Status::ANSWERED));
+    assert_eq!(
+        a[3],
+        Action::Attach {
+            path: "2026/12/02/in-79991234567-8001231232-20261202-182616-1796235976.31.wav".into()
+        },
+        "CallMeFULLFNAME wins over MIXMONITOR_FILENAME"
+    );
+    assert_eq!(a.len(), 4);
+}
+
+#[test]
+fn unmonitored_line_is_ignored() {
+    let mut t = tracker_with(TrackerConfig {
+        lines: vec!["8009999999".into()],
+        ..TrackerConfig::default()
+    });
+    assert!(replay_with(&mut t, "a_inbound_answered").is_empty());
+    let mut t = tracker_with(TrackerConfig {
+        lines: vec!["8001231234".into()],
+        ..TrackerConfig::default()
+    });
+    assert_eq!(replay_with(&mut t, "k_inbound_queue_ringall").len(), 5);
+}
+
+#[test]
+fn show_cards_to_limits_cards_but_not_the_finish_user() {
+    let mut t = tracker_with(TrackerConfig {
+        show_cards_to: vec!["221".into()],
+        ..TrackerConfig::default()
+    });
+    let a = actions(&replay_with(&mut t, "k_inbound_queue_ringall"));
+    assert_register(&a[0], "8001231234");
+    assert_eq!(
+        a[1..],
+        [show("221"), finish(employee("221"), 4, Status::ANSWERED)]
+    );
+}
+
+#[test]
+fn missed_user_last_rang() {
+    let mut t = tracker_with(TrackerConfig {
+        missed_user: MissedUser::LastRang,
+        ..TrackerConfig::default()
+    });
+    let a = actions(&replay_with(&mut t, "b_inbound_noanswer"));
+    assert_eq!(a[3], finish(employee("219"), 0, Status::MISSED));
+}
+
+#[test]
+fn system_name_prefixes_external_call_id() {
+    let mut t = tracker_with(TrackerConfig {
+        system_name: "pbx2".into(),
+        ..TrackerConfig::default()
+    });
+    let v = replay_with(&mut t, "a_inbound_answered");
+    assert!(v.iter().all(|(_, i)| i.call == "pbx2-1796236398.0"));
+}
+
+#[test]
+fn peers_outside_the_directory_get_no_card() {
+    let mut t = Tracker::new(TrackerConfig::default());
+    t.set_employees(["220".to_string()]);
+    let a = actions(&replay_with(&mut t, "k_inbound_queue_ringall"));
+    // 221 is not a Bitrix24 user: no card, and its answer is not an employee's answer.
+    assert_eq!(a[1], show("220"));
+    assert_eq!(a[2], hide("220"));
+    assert!(matches!(a[3], Action::Finish { .. }));
+}
+
+#[test]
+fn h_source_freepbx_attaches_mixmonitor_filename_after_finish() {
+    let cfg = callme::config::parse_str(
+        "[asterisk]\nusername = u\nsecret = s\n\
+         [bitrix24]\nwebhook_url = https://p.bitrix24.ru/rest/1/c/\n\
+         [recording]\nsource = freepbx\n",
+        "t.conf",
+    )
+    .unwrap();
+    let mut t = tracker_with(TrackerConfig::from_config(&cfg));
+    let a = actions(&replay_with(&mut t, "h_inbound_recorded_mixmonitor"));
+    let fin = a
+        .iter()
+        .position(|x| matches!(x, Action::Finish { .. }))
+        .expect("a finish");
+    assert_eq!(
+        a[fin + 1..],
+        [Action::Attach {
+            path: "/srv/pbx/astdata22/var/spool/asterisk/monitor/2026/12/02/\
+                   in-79991234567-8001231232-20261202-182616-1796235976.31.wav"
+                .into()
+        }]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twins of tracker_outbound.rs (the f capture: Originate `PJSIP/219`)
+
+fn c2c(call_id: &str) -> Originate {
+    Originate {
+        call_id: call_id.into(),
+        channel_id: "not-in-this-capture".into(),
+        action_id: "x".into(),
+        ext: "219".into(),
+        phone: "79991234567".into(),
+        callback_line: None,
+    }
+}
+
+#[test]
+fn f_click_to_call_answered() {
+    let msgs = load(PJSIP, "f_click2call_answered");
+    let mut t = tracker();
+    t.expect_originate(c2c("externalCall.test123"), u64::MAX);
+    let v = run_all(&mut t, &msgs);
+    let a = actions(&v);
+    assert_eq!(
+        a[0],
+        Action::Adopt {
+            call_id: "externalCall.test123".into(),
+            ext: "219".into()
+        }
+    );
+    assert_eq!(a[1], show("219"));
+    // 219 answered the Originate at +2.51 s: that is when the card opens.
+    assert!((2_400..2_700).contains(&v[1].0), "show at {}", v[1].0);
+    // The client answered at +5.52 s, 219 hung up at +10.52 s.
+    assert_eq!(a[2], finish(employee("219"), 5, Status::ANSWERED));
+    assert_eq!(a.len(), 3, "no register: Bitrix24 registered it: {a:?}");
+}
+
+#[test]
+fn someone_elses_click_to_call_is_left_alone() {
+    assert!(replay("f_click2call_answered").is_empty());
+}
+
+/// The desk-phone call built from f exactly as in tracker_outbound.rs (the Originate-only
+/// parts removed): PJSIP/219 in from-internal dialling 79991234567 through PJSIP/trunk with
+/// the dial string `79991234567@trunk`.
+#[test]
+fn desk_phone_outbound_registers_type_1_under_the_caller() {
+    let msgs: Vec<(Message, u64)> = load(PJSIP, "f_click2call_answered")
+        .into_iter()
+        .filter(|(m, _)| {
+            let originate_leg =
+                matches!(m.event(), Some("DialBegin" | "DialEnd")) && m.get("Channel").is_none();
+            let callme_var = m.event() == Some("VarSet")
+                && matches!(
+                    m.get("Variable"),
+                    Some("CallMeCALL_ID" | "IS_CALLME_ORIGINATE")
+                );
+            !originate_leg && !callme_var && m.event() != Some("OriginateResponse")
+        })
+        .collect();
+    let a = actions(&run(&mut tracker(), &msgs));
+    match &a[0] {
+        Action::Register {
+            direction,
+            phone,
+            line,
+            employee,
+            ..
+        } => {
+            assert_eq!(*direction, Direction::Outbound);
+            assert_eq!(phone, "79991234567");
+            assert_eq!(line, "");
+            assert_eq!(employee.as_deref(), Some("219"));
+        }
+        other => panic!("expected register, got {other:?}"),
+    }
+    assert_eq!(
+        a[1..],
+        [show("219"), finish(employee("219"), 5, Status::ANSWERED)]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twins of tracker_transfers.rs
+
+/// Both channels of the PJSIP a capture re-linked to an older, unknown Linkedid once they are
+/// bridged: still one call under the same key.
+#[test]
+fn linkedid_change_mid_call_keeps_one_call() {
+    let msgs = load(PJSIP, "a_inbound_answered");
+    let bridged = msgs
+        .iter()
+        .position(|(m, _)| m.event() == Some("BridgeEnter"))
+        .expect("bridge");
+    let changed: Vec<(Message, u64)> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, (m, at))| {
+            if i <= bridged {
+                return (m.clone(), *at);
+            }
+            let mut out = Message::new();
+            for (k, v) in m.iter() {
+                out.push(
+                    k,
+                    if k.ends_with("Linkedid") {
+                        "1796230000.99"
+                    } else {
+                        v
+                    },
+                );
+            }
+            (out, *at)
+        })
+        .collect();
+    let v = run_all(&mut tracker(), &changed);
+    assert_eq!(v, run_all(&mut tracker(), &msgs), "same intents");
+    assert_eq!(v.len(), 3);
+    assert!(v.iter().all(|(_, i)| i.call == "callme-1796236398.0"));
+}
+
+const ALL: &[&str] = &[
+    "a_inbound_answered",
+    "b_inbound_noanswer",
+    "c_inbound_busy",
+    "d_inbound_blind_transfer_ami",
+    "e_inbound_attended_transfer_ami",
+    "f_click2call_answered",
+    "h_inbound_recorded_mixmonitor",
+    "k_inbound_queue_ringall",
+    "l_internal_219_to_220",
+    "pk_inbound_directed_pickup_221_from_220",
+    "v_inbound_attended_transfer_refer_220_to_221",
+    "w_outbound_desk_220_answered_carrier_hangs_up",
+    "x_outbound_desk_221_noanswer",
+];
+
+fn by_call(v: &[(u64, Intent)]) -> BTreeMap<String, Vec<Action>> {
+    let mut m: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+    for (_, i) in v {
+        let mut a = i.action.clone();
+        if let Action::Register { started_ms, .. } = &mut a {
+            *started_ms = 0;
+        }
+        m.entry(i.call.clone()).or_default().push(a);
+    }
+    m
+}
+
+fn solo_runs() -> BTreeMap<String, Vec<Action>> {
+    let mut all = BTreeMap::new();
+    for name in ALL {
+        all.extend(by_call(&run(&mut tracker(), &load(PJSIP, name))));
+    }
+    all
+}
+
+#[test]
+fn concatenated_captures_give_the_same_per_call_sequences() {
+    let solo = solo_runs();
+    assert_eq!(solo.len(), 11, "all but f and l are monitored calls");
+    let joined: Vec<(Message, u64)> = ALL.iter().flat_map(|n| load(PJSIP, n)).collect();
+    let mut t = tracker();
+    assert_eq!(by_call(&run(&mut t, &joined)), solo);
+    assert!(t.is_empty());
+}
+
+/// All thirteen PJSIP calls at once, each shifted to start 0.7 s after the previous one.
+#[test]
+fn interleaved_captures_do_not_cross_talk() {
+    let solo = solo_runs();
+    let mut merged: Vec<(u64, usize, usize, Message)> = Vec::new();
+    for (ci, name) in ALL.iter().enumerate() {
+        let msgs = load(PJSIP, name);
+        let t0 = msgs[0].1;
+        for (mi, (m, at)) in msgs.into_iter().enumerate() {
+            merged.push((2_000_000_000_000 + (at - t0) + ci as u64 * 700, ci, mi, m));
+        }
+    }
+    merged.sort_by_key(|(at, ci, mi, _)| (*at, *ci, *mi));
+    let first_other = merged.iter().position(|(_, ci, _, _)| *ci != 0).unwrap();
+    let last_zero = merged.iter().rposition(|(_, ci, _, _)| *ci == 0).unwrap();
+    assert!(first_other < last_zero, "captures must interleave");
+    let msgs: Vec<(Message, u64)> = merged.into_iter().map(|(at, _, _, m)| (m, at)).collect();
+    let mut t = tracker();
+    assert_eq!(by_call(&run(&mut t, &msgs)), solo);
+    assert!(t.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Both drivers, call for call
+
+/// Every capture and its twin give the same intents (call keys and start times aside), under
+/// each configuration the capture tests use. The chan_sip side is pinned exactly by
+/// tracker_captures.rs and tracker_phones.rs, so this pins the PJSIP side to the same answers.
+#[test]
+fn every_pjsip_twin_gives_the_chan_sip_intents() {
+    let configs: Vec<(&str, TrackerConfig)> = vec![
+        ("default", TrackerConfig::default()),
+        (
+            "show_cards_to 221",
+            TrackerConfig {
+                show_cards_to: vec!["221".into()],
+                ..TrackerConfig::default()
+            },
+        ),
+        (
+            "missed_user last_rang",
+            TrackerConfig {
+                missed_user: MissedUser::LastRang,
+                ..TrackerConfig::default()
+            },
+        ),
+        (
+            "lines 8001231233",
+            TrackerConfig {
+                lines: vec!["8001231233".into()],
+                ..TrackerConfig::default()
+            },
+        ),
+    ];
+    let plain =
+        |v: Vec<(u64, Intent)>| -> Vec<Action> { by_call(&v).into_values().flatten().collect() };
+    for (what, cfg) in configs {
+        for name in ALL {
+            let sip = plain(run_all(
+                &mut tracker_with(cfg.clone()),
+                &load(Driver::ChanSip, name),
+            ));
+            let pj = plain(run_all(&mut tracker_with(cfg.clone()), &load(PJSIP, name)));
+            let strip = |a: &[Action]| -> Vec<Action> {
+                a.iter()
+                    .cloned()
+                    .map(|x| match x {
+                        // The recording's name carries the capture's own date and Uniqueid.
+                        Action::Attach { .. } => Action::Attach {
+                            path: String::new(),
+                        },
+                        x => x,
+                    })
+                    .collect()
+            };
+            assert_eq!(strip(&pj), strip(&sip), "{name} ({what})");
+        }
+    }
+}
