@@ -1,4 +1,4 @@
-//! Real captures (`tests/fixtures/*.ami`) reshaped for the fake AMI server and for load:
+//! Real captures (`tests/fixtures/*.ami`, `tests/fixtures/pjsip/*.ami`) reshaped for the fake AMI server and for load:
 //! the part after login, the same with Asterisk's `Timestamp:` headers, and copies made
 //! into independent calls.
 
@@ -70,13 +70,16 @@ pub fn renumbered(capture: &str, n: usize) -> Vec<(Message, u64)> {
 }
 
 /// Call `n` of a stream of independent calls, answered (capture a) for even `n` and missed
-/// (capture b) for odd `n`, fed through `tracker`: the intents it produced.
+/// (capture b) for odd `n`, fed through `tracker`: the intents it produced. The chan_sip
+/// captures (Asterisk 20) and their PJSIP twins (Asterisk 22) take turns: `n % 4` 0 and 1 are
+/// chan_sip, 2 and 3 PJSIP.
 pub fn alternating_call(tracker: &mut Tracker, n: usize) -> Vec<Intent> {
-    let capture = if n % 2 == 0 {
-        "a_inbound_answered.ami"
-    } else {
-        "b_inbound_noanswer.ami"
-    };
+    let capture = [
+        "a_inbound_answered.ami",
+        "b_inbound_noanswer.ami",
+        "pjsip/a_inbound_answered.ami",
+        "pjsip/b_inbound_noanswer.ami",
+    ][n % 4];
     let mut out = Vec::new();
     for (msg, at) in renumbered(capture, n) {
         tracker.handle(&msg, at, &mut out);
