@@ -166,8 +166,19 @@ fn assert_sentinel_next(fake: &FakeAmi, client: &Client) {
 
 #[test]
 fn streams_capture_events_after_connected() {
+    streams_capture_events("a_inbound_answered.ami", 95);
+}
+
+/// The same on the PJSIP twin (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn streams_capture_events_after_connected_pjsip() {
+    streams_capture_events("pjsip/a_inbound_answered.ami", 83);
+}
+
+/// `events`: the capture's events after its FullyBooted.
+fn streams_capture_events(capture: &str, events: usize) {
     let fake = FakeAmi::start(USER, "s3cret-stream");
-    let tail = support::capture_tail("a_inbound_answered.ami");
+    let tail = support::capture_tail(capture);
     let raw_count = tail
         .split(|&b| b == b'\n')
         .filter(|line| line.starts_with(b"Event:"))
@@ -175,10 +186,7 @@ fn streams_capture_events_after_connected() {
     let mut expected = vec!["FullyBooted".to_string()];
     expected.extend(event_names(&tail));
     assert_eq!(expected.len(), raw_count + 1);
-    assert_eq!(
-        raw_count, 95,
-        "a_inbound_answered has 96 events, one FullyBooted"
-    );
+    assert_eq!(raw_count, events, "{capture}: events after FullyBooted");
     fake.set_stream(tail);
 
     let client = Client::start(config(fake.port(), "s3cret-stream"));
@@ -218,8 +226,18 @@ fn streams_capture_events_after_connected() {
 
 #[test]
 fn reconnects_after_connection_drop() {
+    reconnects_after_drop("a_inbound_answered.ami");
+}
+
+/// The same on the PJSIP twin (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn reconnects_after_connection_drop_pjsip() {
+    reconnects_after_drop("pjsip/a_inbound_answered.ami");
+}
+
+fn reconnects_after_drop(capture: &str) {
     let fake = FakeAmi::start(USER, "s3cret-drop");
-    fake.set_stream(support::capture_tail("a_inbound_answered.ami"));
+    fake.set_stream(support::capture_tail(capture));
     let client = Client::start(config(fake.port(), "s3cret-drop"));
     client.wait_connected();
     for _ in 0..10 {

@@ -225,6 +225,17 @@ fn concurrent_calls_refresh_once_at_a_time() {
 /// `/healthz` to 503; a new install event brings delivery back.
 #[test]
 fn refused_refresh_waits_for_a_new_install() {
+    refused_refresh_waits("a_inbound_answered.ami");
+}
+
+/// The same on the PJSIP twin (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn refused_refresh_waits_for_a_new_install_pjsip() {
+    refused_refresh_waits("pjsip/a_inbound_answered.ami");
+}
+
+/// `answered`: an answered inbound call's capture.
+fn refused_refresh_waits(answered: &str) {
     let portal = FakeBitrix::start();
     let first = portal.enable_app(1000);
     let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
@@ -261,7 +272,7 @@ fn refused_refresh_waits_for_a_new_install() {
     // The app is removed: its tokens die and the OAuth server refuses the refresh.
     oauth.set_refuse(true);
     portal.expire_all();
-    assert!(ami.push(&support::capture_tail("a_inbound_answered.ami")));
+    assert!(ami.push(&support::capture_tail(answered)));
     assert!(
         wait_until(WAIT, || get(&addr, "/healthz")
             .1
@@ -464,26 +475,33 @@ fn webhook_wrong_auth_type_is_said_once_and_not_retried() {
     let d = Running::start(&cfg, &[]);
     let addr = d.http_addr(WAIT).expect("HTTP address");
     assert!(ami.wait_accepted(1, WAIT));
-    assert!(ami.push(&support::capture_tail("a_inbound_answered.ami")));
-    assert!(ami.push(&support::capture_tail("b_inbound_noanswer.ami")));
+    // Two calls on each driver: chan_sip (Asterisk 20) and PJSIP (Asterisk 22).
+    for capture in [
+        "a_inbound_answered.ami",
+        "b_inbound_noanswer.ami",
+        "pjsip/a_inbound_answered.ami",
+        "pjsip/b_inbound_noanswer.ami",
+    ] {
+        assert!(ami.push(&support::capture_tail(capture)));
+    }
     let refused = || portal.commands().iter().filter(|r| r.status == 403).count();
-    assert!(wait_until(WAIT, || refused() >= 2), "{}", d.log());
-    // Both registers fail for good and take their calls' later steps with them: the queue
+    assert!(wait_until(WAIT, || refused() >= 4), "{}", d.log());
+    // All four registers fail for good and take their calls' later steps with them: the queue
     // empties with nothing left to retry. A retryable error would keep it non-empty.
     let settled = wait_for(WAIT, || {
         let s = status(&addr);
         let b = &s["bitrix24"];
-        (b["permanent_failures"].as_u64()? >= 2 && b["queue_depth"].as_u64()? == 0).then_some(s)
+        (b["permanent_failures"].as_u64()? >= 4 && b["queue_depth"].as_u64()? == 0).then_some(s)
     })
     .unwrap_or_else(|| panic!("steps still queued: {}\n{}", status(&addr), d.log()));
-    assert_eq!(settled["bitrix24"]["permanent_failures"], 2, "{settled}");
+    assert_eq!(settled["bitrix24"]["permanent_failures"], 4, "{settled}");
     assert_eq!(settled["bitrix24"]["retries"], 0, "{settled}");
     let registers = portal
         .commands()
         .iter()
         .filter(|r| r.method == "telephony.externalcall.register")
         .count();
-    assert_eq!(registers, 2, "one attempt per call, no retries");
+    assert_eq!(registers, 4, "one attempt per call, no retries");
     let log = d.log();
     assert_eq!(
         log.matches("this portal requires app mode; see README § App mode")

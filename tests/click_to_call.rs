@@ -411,6 +411,17 @@ fn answered_click_to_call_shows_the_card_and_finishes_200() {
 /// duplicate form within the window dials once.
 #[test]
 fn callback_form_rings_the_target_then_registers_type_4() {
+    callback_form("f_click2call_answered.ami", "1795668405.23");
+}
+
+/// The same on the PJSIP twin (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn callback_form_rings_the_target_then_registers_type_4_pjsip() {
+    callback_form("pjsip/f_click2call_answered.ami", "1796235925.28");
+}
+
+/// `capture`: an answered click-to-call whose first channel has the Uniqueid `first`.
+fn callback_form(capture: &str, first: &str) {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
     let conf = configs::set(
@@ -461,9 +472,9 @@ fn callback_form_rings_the_target_then_registers_type_4() {
     );
 
     // The f capture's events with our ChannelId: 219 answers, then the client.
-    let capture = String::from_utf8(support::capture_tail("f_click2call_answered.ami")).unwrap();
+    let capture = String::from_utf8(support::capture_tail(capture)).unwrap();
     let capture = capture
-        .replace("1795668405.23", &channel_id)
+        .replace(first, &channel_id)
         .replace("externalCall.test123", &cb_id);
     assert!(ami.push(capture.as_bytes()));
     let done = portal.wait_for(

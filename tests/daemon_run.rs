@@ -53,6 +53,26 @@ fn finish_requests(portal: &FakeBitrix, n: usize) -> bool {
 
 #[test]
 fn inbound_calls_reach_the_portal_in_order() {
+    inbound_calls_in_order(
+        "",
+        ("callme-1795668285.0", "2026-11-26T04:44:45+00:00"),
+        "callme-1795668297.2",
+    );
+}
+
+/// The same on the PJSIP twins (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn inbound_calls_reach_the_portal_in_order_pjsip() {
+    inbound_calls_in_order(
+        "pjsip/",
+        ("callme-1796236398.0", "2026-12-02T18:33:18+00:00"),
+        "callme-1796235756.2",
+    );
+}
+
+/// The captures a and b from the folder `dir` of `tests/fixtures/`: a's key and start date,
+/// and b's key.
+fn inbound_calls_in_order(dir: &str, (key_a, date_a): (&str, &str), key_b: &str) {
     let portal = FakeBitrix::start();
     // The caller is a CRM contact whose responsible employee is user 7 (internal 207).
     portal.add_contact("79991234567", 500, 7);
@@ -62,7 +82,7 @@ fn inbound_calls_reach_the_portal_in_order() {
     let ami = FakeAmi::start("callme", SECRET);
     // The first call comes with Asterisk's `Timestamp:` headers, so the daemon times it on
     // the capture's clock; what it must send follows from those times.
-    let first = support::captures::timestamped_tail("a_inbound_answered.ami");
+    let first = support::captures::timestamped_tail(&format!("{dir}a_inbound_answered.ami"));
     let cap = callme::replay::parse_bytes(&first);
     assert_eq!(cap.clock, "Timestamp headers");
     let call_start = time_of(&cap.messages, "Newchannel", |t| {
@@ -72,7 +92,8 @@ fn inbound_calls_reach_the_portal_in_order() {
         t.msg.event() == Some("DialEnd") && t.msg.get("DialStatus") == Some("ANSWER")
     });
     let hung_up = time_of(&cap.messages, "Hangup", |t| t.msg.event() == Some("Hangup"));
-    // a_inbound_answered.md: 219 answered at +2.51 s, the caller hung up at +7.51 s. Bitrix24
+    // a_inbound_answered.md: 219 answered at +2.51 s, the caller hung up at +7.51 s (the
+    // PJSIP twin: +2.52 s, +7.52 s). Bitrix24
     // takes whole seconds; the daemon rounds to the nearest.
     let talk_s = (hung_up - answered + 500) / 1000;
     assert_eq!(talk_s, 5, "the capture's 5 s of talk");
@@ -119,10 +140,10 @@ fn inbound_calls_reach_the_portal_in_order() {
     assert_eq!(reg["TYPE"], 2);
     assert_eq!(reg["PHONE_NUMBER"], "79991234567");
     assert_eq!(reg["LINE_NUMBER"], "8001231231");
-    assert_eq!(reg["EXTERNAL_CALL_ID"], "callme-1795668285.0");
+    assert_eq!(reg["EXTERNAL_CALL_ID"], key_a);
     // The call starts with the trunk channel's Newchannel, on the capture's clock.
     assert_eq!(reg["CALL_START_DATE"], isotime::utc(call_start));
-    assert_eq!(reg["CALL_START_DATE"], "2026-11-26T04:44:45+00:00");
+    assert_eq!(reg["CALL_START_DATE"], date_a);
     assert_eq!(reg["SHOW"], 0);
     assert_eq!(reg["CRM_CREATE"], 0);
     assert_eq!(
@@ -149,7 +170,9 @@ fn inbound_calls_reach_the_portal_in_order() {
     // has no `Timestamp:` headers, as with `timestampevents = no`: the daemon's own clock
     // times it, from when its first event arrives.
     let pushed_ms = wall_clock_ms();
-    assert!(ami.push(&support::capture_tail("b_inbound_noanswer.ami")));
+    assert!(ami.push(&support::capture_tail(&format!(
+        "{dir}b_inbound_noanswer.ami"
+    ))));
     assert!(
         finish_requests(&portal, 3),
         "no second finish; log:\n{}",
@@ -159,7 +182,7 @@ fn inbound_calls_reach_the_portal_in_order() {
     let reqs = portal.requests();
     let tail: Vec<&Recorded> = reqs
         .iter()
-        .skip_while(|r| r.params["EXTERNAL_CALL_ID"] != "callme-1795668297.2")
+        .skip_while(|r| r.params["EXTERNAL_CALL_ID"] != key_b)
         .collect();
     assert_eq!(
         tail.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(),

@@ -98,6 +98,17 @@ fn check_prometheus(text: &str) -> Vec<(String, f64)> {
 
 #[test]
 fn healthz_follows_the_ami_login_and_status_metrics_are_well_formed() {
+    healthz_status_metrics("b_inbound_noanswer.ami");
+}
+
+/// The same on the PJSIP twin (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn healthz_follows_the_ami_login_and_status_metrics_are_well_formed_pjsip() {
+    healthz_status_metrics("pjsip/b_inbound_noanswer.ami");
+}
+
+/// `missed`: a missed inbound call's capture, put through once everything is up.
+fn healthz_status_metrics(missed: &str) {
     let portal = FakeBitrix::start();
     // Asterisk refuses our secret at first, as with a manager.conf not yet fixed.
     let ami = FakeAmi::start("callme", "some-other-secret");
@@ -151,7 +162,7 @@ fn healthz_follows_the_ami_login_and_status_metrics_are_well_formed() {
     assert_eq!(status["healthy"], true);
 
     // One call through, so the labelled counters have samples.
-    ami.push(&support::capture_tail("b_inbound_noanswer.ami"));
+    ami.push(&support::capture_tail(missed));
     assert!(portal.wait_for(
         |reqs| reqs
             .iter()

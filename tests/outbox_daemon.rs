@@ -20,9 +20,9 @@ fn config(ami: &FakeAmi, portal: &FakeBitrix, state: &Path) -> String {
     configs::set(&text, "state", "dir", &state.display().to_string())
 }
 
-/// The answered inbound capture cut before its first Hangup: (first half, rest).
-fn halves() -> (Vec<u8>, Vec<u8>) {
-    let tail = support::capture_tail("a_inbound_answered.ami");
+/// An answered inbound capture cut before its first Hangup: (first half, rest).
+fn halves(capture: &str) -> (Vec<u8>, Vec<u8>) {
+    let tail = support::capture_tail(capture);
     let cut = tail
         .windows(b"Event: Hangup\r\n".len())
         .position(|w| w == b"Event: Hangup\r\n")
@@ -67,11 +67,21 @@ fn journal_lines(state: &Path) -> usize {
 
 #[test]
 fn kill_9_mid_call_then_restart_finishes_it_once() {
+    kill_9_mid_call_then_restart("a_inbound_answered.ami");
+}
+
+/// The same on the PJSIP twin (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn kill_9_mid_call_then_restart_finishes_it_once_pjsip() {
+    kill_9_mid_call_then_restart("pjsip/a_inbound_answered.ami");
+}
+
+fn kill_9_mid_call_then_restart(capture: &str) {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
     let dir = TempDir::new("callme-crash");
     let state = dir.path().join("state");
-    let (first, rest) = halves();
+    let (first, rest) = halves(capture);
     let (alive, first_events) = channels_and_events(&first);
     ami.set_stream(first);
     ami.set_core_show_channels(alive);
@@ -132,11 +142,21 @@ fn kill_9_mid_call_then_restart_finishes_it_once() {
 
 #[test]
 fn a_call_that_ends_during_an_ami_outage_is_finished_after_the_reconnect() {
+    call_ends_during_an_ami_outage("a_inbound_answered.ami");
+}
+
+/// The same on the PJSIP twin (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn a_call_that_ends_during_an_ami_outage_is_finished_after_the_reconnect_pjsip() {
+    call_ends_during_an_ami_outage("pjsip/a_inbound_answered.ami");
+}
+
+fn call_ends_during_an_ami_outage(capture: &str) {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
     let dir = TempDir::new("callme-reconnect");
     let state = dir.path().join("state");
-    let (first, _rest) = halves();
+    let (first, _rest) = halves(capture);
     let (alive, _) = channels_and_events(&first);
     ami.set_stream(first);
     ami.set_core_show_channels(alive);
@@ -171,12 +191,22 @@ fn a_call_that_ends_during_an_ami_outage_is_finished_after_the_reconnect() {
 /// restart delivers the call exactly once.
 #[test]
 fn sigterm_with_pending_steps_exits_0_and_the_journal_carries_on() {
+    sigterm_with_pending_steps("a_inbound_answered.ami");
+}
+
+/// The same on the PJSIP twin (`tests/fixtures/pjsip/`, Asterisk 22).
+#[test]
+fn sigterm_with_pending_steps_exits_0_and_the_journal_carries_on_pjsip() {
+    sigterm_with_pending_steps("pjsip/a_inbound_answered.ami");
+}
+
+fn sigterm_with_pending_steps(capture: &str) {
     let portal = FakeBitrix::start();
     portal.set_down(true);
     let ami = FakeAmi::start("callme", SECRET);
     let dir = TempDir::new("callme-sigterm");
     let state = dir.path().join("state");
-    ami.set_stream(support::capture_tail("a_inbound_answered.ami"));
+    ami.set_stream(support::capture_tail(capture));
 
     let mut daemon = Running::start(&config(&ami, &portal, &state), &["--debug"]);
     let outbox = state.join("outbox.jsonl");

@@ -185,6 +185,14 @@ fn replay_dry_run_of_pjsip_l_sends_nothing() {
     assert!(dry_run(Driver::Pjsip, "l_internal_219_to_220").is_empty());
 }
 
+/// The PJSIP twin of cli.rs's `replay_without_dry_run_needs_a_config`.
+#[test]
+fn replay_of_a_pjsip_capture_without_dry_run_needs_a_config() {
+    let out = callme(&["replay", "tests/fixtures/pjsip/a_inbound_answered.ami"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dry-run"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Delivery: whom a desk-phone outbound call is registered under
 

@@ -300,6 +300,37 @@ fn someone_elses_click_to_call_is_left_alone() {
     assert!(replay("f_click2call_answered").is_empty());
 }
 
+#[test]
+fn callback_form_registers_type_4_when_the_employee_answers() {
+    let msgs = load(PJSIP, "f_click2call_answered");
+    let mut t = tracker();
+    t.expect_originate(
+        Originate {
+            callback_line: Some("8001231231".into()),
+            ..c2c("externalCall.test123")
+        },
+        u64::MAX,
+    );
+    let v = run_all(&mut t, &msgs);
+    let a = actions(&v);
+    assert_eq!(
+        a[0],
+        Action::Register {
+            direction: Direction::Callback,
+            phone: "79991234567".into(),
+            line: "8001231231".into(),
+            started_ms: msgs[0].1 + v[0].0,
+            employee: Some("219".into()),
+        }
+    );
+    assert!(v[0].0 >= 2_400, "registered only once 219 answered");
+    assert_eq!(
+        a[1..],
+        [show("219"), finish(employee("219"), 5, Status::ANSWERED)],
+        "no Adopt: there was no Bitrix24 call to adopt"
+    );
+}
+
 /// The desk-phone call built from f exactly as in tracker_outbound.rs (the Originate-only
 /// parts removed): PJSIP/219 in from-internal dialling 79991234567 through PJSIP/trunk with
 /// the dial string `79991234567@trunk`.
