@@ -65,8 +65,11 @@ pub enum Action {
         line: String,
         /// Call start, milliseconds since the Unix epoch.
         started_ms: u64,
-        /// Register under this employee instead of looking the responsible one up (a
-        /// callback is registered once the employee who calls back has answered).
+        /// Register under this employee instead of looking the responsible one up: the
+        /// employee who dialled a desk-phone outbound call, or who called a callback back
+        /// (registered once they answered). When that internal number belongs to no Bitrix24
+        /// user, delivery falls back to the inbound rules (outbound) or `default_user`
+        /// (callback).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         employee: Option<String>,
     },

@@ -7,7 +7,10 @@
 //! A call is the set of channels sharing a Linkedid (ami.md §7). The tracker follows:
 //! - the **client** channel (the trunk leg of an inbound call);
 //! - **employee** channels, recognised from the channel name (see [`super::channel`]);
-//! - bridges, to see who actually talks to the client (transfers, pickups).
+//! - bridges, to see who actually talks to the client (transfers, pickups). A phone's own
+//!   attended transfer (REFER with Replaces) and a call pickup bring in a channel that began
+//!   as a call of its own, with its own Linkedid; sharing a bridge with the client (and, for a
+//!   pickup, the `Pickup` event) makes it part of the client's call.
 //!
 //! and turns that into Bitrix24 steps: one register, a card per ringing employee, hides when
 //! phones stop ringing or someone else answers, and one finish with "last one wins".
