@@ -8,10 +8,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::configs;
 use support::daemon::Running;
-use support::fake_ami::{wait_until, FakeAmi};
+use support::fake_ami::FakeAmi;
 use support::fake_bitrix::{FakeBitrix, Recorded};
 use support::http;
+use support::wait::wait_until;
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "amisecret-pjsip";
@@ -52,7 +54,7 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
     let portal = FakeBitrix::start();
     portal.add_contact("79991234567", 500, 7);
     let ami = FakeAmi::start("callme", SECRET);
-    let conf = support::daemon::e2e_config(ami.port(), SECRET, &portal.webhook_url());
+    let conf = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
     let mut daemon = Running::start(&conf, &["--debug"]);
     assert!(
         ami.wait_accepted(1, WAIT),
@@ -148,18 +150,12 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
     assert!(daemon.alive());
 }
 
+/// Click-to-call rings the employee's PJSIP endpoint directly, as the f capture's Originate
+/// (`PJSIP/219`) did.
 fn c2c_config(ami: &FakeAmi, portal: &FakeBitrix) -> String {
-    format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nwebhook_url = {}\napp_token = {TOKEN}\ntimeout = 5\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\nthreads = 2\n\
-         [originate]\nchannel = PJSIP/{{inner}}\n\
-         [state]\ndir = {{state}}\n",
-        ami.port(),
-        portal.webhook_url()
-    )
+    let text = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
+    let text = configs::set(&text, "bitrix24", "app_token", TOKEN);
+    configs::set(&text, "originate", "channel", "PJSIP/{inner}")
 }
 
 /// The PJSIP twin of click_to_call.rs's `answered_click_to_call_shows_the_card_and_finishes_200`:

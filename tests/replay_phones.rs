@@ -7,7 +7,7 @@
 //! dialling phone is not a Bitrix24 user.
 
 #[macro_use]
-mod drivers;
+mod support;
 
 use std::io::Write;
 use std::process::{Command, Output};
@@ -18,8 +18,8 @@ use callme::bitrix::deliver::{DeliverConfig, Deliverer};
 use callme::bitrix::{Directory, User};
 use callme::calls::{Action, Direction, Intent};
 use callme::dryrun::{DryRun, Format};
-use drivers::Driver;
 use serde_json::{json, Value};
+use support::drivers::Driver;
 
 fn callme(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_callme"))

@@ -4,12 +4,12 @@
 //! variant says which real behaviour it models and where that is documented.
 
 #[macro_use]
-mod drivers;
+mod support;
 
 use callme::ami::Message;
-use callme::calls::{Action, Direction, FinishUser, Status, TrackerConfig};
-use drivers::{actions, channels, hide, is, load, rename, run, run_all, set, show, time_of};
-use drivers::{tracker, tracker_with, Driver};
+use callme::calls::{Action, Direction, Status, TrackerConfig};
+use support::drivers::{channels, is, load, rename, run, run_all, set, time_of, Driver};
+use support::events::{actions, finish, hide, show, tracker, tracker_with};
 
 const V: &str = "v_inbound_attended_transfer_refer_220_to_221";
 const W: &str = "w_outbound_desk_220_answered_carrier_hangs_up";
@@ -57,14 +57,6 @@ fn outbound(msgs: &[(Message, u64)], phone: &str, employee: &str) -> Action {
         line: String::new(),
         started_ms: started(msgs),
         employee: Some(employee.into()),
-    }
-}
-
-fn finish(ext: &str, duration: u64, status: Status) -> Action {
-    Action::Finish {
-        user: FinishUser::Employee(ext.into()),
-        duration,
-        status,
     }
 }
 

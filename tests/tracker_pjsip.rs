@@ -7,17 +7,16 @@
 //!
 //! The new captures (v, w, x, pk) run on both drivers in `tracker_phones.rs`.
 
-#[macro_use]
-mod drivers;
+mod support;
 
 use std::collections::BTreeMap;
 
 use callme::ami::Message;
 use callme::calls::tracker::Originate;
-use callme::calls::{
-    Action, Direction, FinishUser, Intent, MissedUser, Status, Tracker, TrackerConfig,
-};
-use drivers::{actions, hide, load, run, run_all, show, tracker, tracker_with, Driver};
+use callme::calls::{Action, Direction, Intent, MissedUser, Status, Tracker, TrackerConfig};
+use support::configs;
+use support::drivers::{load, run, run_all, Driver};
+use support::events::{actions, finish, finish_responsible, hide, show, tracker, tracker_with};
 
 const PJSIP: Driver = Driver::Pjsip;
 
@@ -51,18 +50,6 @@ fn assert_register(a: &Action, line: &str) -> u64 {
     }
 }
 
-fn finish(user: FinishUser, duration: u64, status: Status) -> Action {
-    Action::Finish {
-        user,
-        duration,
-        status,
-    }
-}
-
-fn employee(ext: &str) -> FinishUser {
-    FinishUser::Employee(ext.into())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Twins of tracker_captures.rs
 
@@ -78,7 +65,7 @@ fn a_inbound_answered() {
     );
     assert_eq!(a[1], show("219"));
     // 219 answered at +2.52 s, the caller hung up at +7.52 s.
-    assert_eq!(a[2], finish(employee("219"), 5, Status::ANSWERED));
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert!(v.iter().all(|(_, i)| i.call == "callme-1796236398.0"));
     assert!(v[1].0 - v[0].0 < 100, "the card opens while 219 rings");
 }
@@ -94,7 +81,7 @@ fn b_inbound_noanswer() {
         [
             show("219"),
             hide("219"),
-            finish(FinishUser::Responsible, 0, Status::MISSED)
+            finish_responsible(0, Status::MISSED)
         ]
     );
 }
@@ -108,7 +95,7 @@ fn c_inbound_busy() {
         [
             show("219"),
             hide("219"),
-            finish(FinishUser::Responsible, 0, Status::BUSY)
+            finish_responsible(0, Status::BUSY)
         ]
     );
 }
@@ -123,7 +110,7 @@ fn k_queue_ringall_one_register_cards_for_all_hide_for_loser() {
             show("220"),
             show("221"),
             hide("220"),
-            finish(employee("221"), 4, Status::ANSWERED)
+            finish("221", 4, Status::ANSWERED)
         ]
     );
 }
@@ -141,7 +128,7 @@ fn d_blind_transfer_moves_the_card_and_last_one_wins() {
     let mut at_transfer = a[2..4].to_vec();
     at_transfer.sort_by_key(|x| format!("{x:?}"));
     assert_eq!(at_transfer, vec![hide("219"), show("220")]);
-    assert_eq!(a[4], finish(employee("220"), 10, Status::ANSWERED));
+    assert_eq!(a[4], finish("220", 10, Status::ANSWERED));
     assert_eq!(a.len(), 5, "no show or hide after the finish: {a:?}");
 }
 
@@ -155,7 +142,7 @@ fn e_attended_transfer_consultation_is_not_a_transfer_until_it_completes() {
     assert_eq!(a[3], hide("219"), "219 is out once the transfer completes");
     // 219 hung up at +10.91 s: the hide comes then, not when 220 answered the consultation.
     assert!(v[3].0 >= 10_000, "hide at {} ms", v[3].0);
-    assert_eq!(a[4], finish(employee("220"), 13, Status::ANSWERED));
+    assert_eq!(a[4], finish("220", 13, Status::ANSWERED));
     assert_eq!(a.len(), 5, "{a:?}");
 }
 
@@ -164,7 +151,7 @@ fn h_recording_is_attached_after_finish() {
     let a = actions(&replay("h_inbound_recorded_mixmonitor"));
     assert_register(&a[0], "8001231232");
     assert_eq!(a[1], show("219"));
-    assert_eq!(a[2], finish(employee("219"), 5, Status::ANSWERED));
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(
         a[3],
         Action::Attach {
@@ -197,10 +184,7 @@ fn show_cards_to_limits_cards_but_not_the_finish_user() {
     });
     let a = actions(&replay_with(&mut t, "k_inbound_queue_ringall"));
     assert_register(&a[0], "8001231234");
-    assert_eq!(
-        a[1..],
-        [show("221"), finish(employee("221"), 4, Status::ANSWERED)]
-    );
+    assert_eq!(a[1..], [show("221"), finish("221", 4, Status::ANSWERED)]);
 }
 
 #[test]
@@ -210,7 +194,7 @@ fn missed_user_last_rang() {
         ..TrackerConfig::default()
     });
     let a = actions(&replay_with(&mut t, "b_inbound_noanswer"));
-    assert_eq!(a[3], finish(employee("219"), 0, Status::MISSED));
+    assert_eq!(a[3], finish("219", 0, Status::MISSED));
 }
 
 #[test]
@@ -236,13 +220,8 @@ fn peers_outside_the_directory_get_no_card() {
 
 #[test]
 fn h_source_freepbx_attaches_mixmonitor_filename_after_finish() {
-    let cfg = callme::config::parse_str(
-        "[asterisk]\nusername = u\nsecret = s\n\
-         [bitrix24]\nwebhook_url = https://p.bitrix24.ru/rest/1/c/\n\
-         [recording]\nsource = freepbx\n",
-        "t.conf",
-    )
-    .unwrap();
+    let text = configs::offline("https://p.bitrix24.ru/rest/1/c/");
+    let cfg = configs::parse(&configs::set(&text, "recording", "source", "freepbx"));
     let mut t = tracker_with(TrackerConfig::from_config(&cfg));
     let a = actions(&replay_with(&mut t, "h_inbound_recorded_mixmonitor"));
     let fin = a
@@ -291,7 +270,7 @@ fn f_click_to_call_answered() {
     // 219 answered the Originate at +2.51 s: that is when the card opens.
     assert!((2_400..2_700).contains(&v[1].0), "show at {}", v[1].0);
     // The client answered at +5.52 s, 219 hung up at +10.52 s.
-    assert_eq!(a[2], finish(employee("219"), 5, Status::ANSWERED));
+    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(a.len(), 3, "no register: Bitrix24 registered it: {a:?}");
 }
 
@@ -326,7 +305,7 @@ fn callback_form_registers_type_4_when_the_employee_answers() {
     assert!(v[0].0 >= 2_400, "registered only once 219 answered");
     assert_eq!(
         a[1..],
-        [show("219"), finish(employee("219"), 5, Status::ANSWERED)],
+        [show("219"), finish("219", 5, Status::ANSWERED)],
         "no Adopt: there was no Bitrix24 call to adopt"
     );
 }
@@ -365,10 +344,7 @@ fn desk_phone_outbound_registers_type_1_under_the_caller() {
         }
         other => panic!("expected register, got {other:?}"),
     }
-    assert_eq!(
-        a[1..],
-        [show("219"), finish(employee("219"), 5, Status::ANSWERED)]
-    );
+    assert_eq!(a[1..], [show("219"), finish("219", 5, Status::ANSWERED)]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 //! Test doubles and builders shared by every integration test: a fake AMI server and a fake
 //! Bitrix24 portal, both on 127.0.0.1 port 0; the real binary under a handle; the captures,
-//! events and config texts the tests build on; waits with a deadline. Each test binary uses
-//! only some of it.
+//! events and config texts the tests build on, by channel driver where a test runs on both;
+//! waits with a deadline. Each test binary uses only some of it.
 #![allow(dead_code)]
 
 pub mod captures;
 pub mod configs;
 pub mod daemon;
+#[macro_use]
+pub mod drivers;
 pub mod events;
 pub mod fake_ami;
 pub mod fake_bitrix;

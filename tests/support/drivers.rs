@@ -1,12 +1,10 @@
 //! Captures by channel driver, for the tests that run the same expectations on Asterisk 20
 //! with chan_sip (`tests/fixtures/`) and on Asterisk 22 with chan_pjsip (`tests/fixtures/pjsip/`),
 //! and small tools to edit a real capture into a variant of it (rename a phone, move a hangup).
-#![allow(dead_code)]
-
-use std::path::Path;
+//! The tracker and the expected actions come from [`super::events`].
 
 use callme::ami::Message;
-use callme::calls::{Action, Intent, Tracker, TrackerConfig};
+use callme::calls::{Intent, Tracker};
 
 /// The channel driver a capture was recorded with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +23,14 @@ impl Driver {
         }
     }
 
+    /// The folder under `tests/fixtures/`, as a prefix of a capture's name.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Driver::ChanSip => "",
+            Driver::Pjsip => "pjsip/",
+        }
+    }
+
     /// The technology prefix of channel names.
     pub fn tech(self) -> &'static str {
         match self {
@@ -36,18 +42,18 @@ impl Driver {
 
 /// Defines `mod $name { chan_sip, pjsip }`: the test function `$name(Driver)` once per driver,
 /// so a test's two runs are named `$name::chan_sip` and `$name::pjsip`. Needs `#[macro_use] mod
-/// drivers;` at the test crate's root.
+/// support;` at the test crate's root.
 #[allow(unused_macros)]
 macro_rules! on_both_drivers {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[test]
             fn chan_sip() {
-                super::$name(crate::drivers::Driver::ChanSip)
+                super::$name(crate::support::drivers::Driver::ChanSip)
             }
             #[test]
             fn pjsip() {
-                super::$name(crate::drivers::Driver::Pjsip)
+                super::$name(crate::support::drivers::Driver::Pjsip)
             }
         }
     )*};
@@ -56,24 +62,10 @@ macro_rules! on_both_drivers {
 /// A capture's messages with their times (from the timing sidecar: the captures carry no
 /// `Timestamp:` header).
 pub fn load(d: Driver, name: &str) -> Vec<(Message, u64)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(d.dir())
-        .join(format!("{name}.ami"));
-    let cap = callme::replay::load(&path).expect("capture loads");
-    assert_eq!(cap.clock, "timing sidecar", "{}", path.display());
-    assert_eq!(cap.dropped, 0);
+    let name = format!("{}{name}.ami", d.prefix());
+    let cap = super::events::load_capture(&name);
+    assert_eq!(cap.clock, "timing sidecar", "{name}");
     cap.messages.into_iter().map(|t| (t.msg, t.at_ms)).collect()
-}
-
-/// The lab's phones 219, 220 and 221 are Bitrix24 users.
-pub fn tracker() -> Tracker {
-    tracker_with(TrackerConfig::default())
-}
-
-pub fn tracker_with(cfg: TrackerConfig) -> Tracker {
-    let mut t = Tracker::new(cfg);
-    t.set_employees(["219", "220", "221"].map(String::from));
-    t
 }
 
 /// Every intent, with the time (ms after the capture's first message) it came at.
@@ -94,18 +86,6 @@ pub fn run_all(t: &mut Tracker, msgs: &[(Message, u64)]) -> Vec<(u64, Intent)> {
     assert!(t.is_empty(), "finished calls must be purged");
     assert_eq!(t.channel_count(), 0, "channels must be purged");
     v
-}
-
-pub fn actions(v: &[(u64, Intent)]) -> Vec<Action> {
-    v.iter().map(|(_, i)| i.action.clone()).collect()
-}
-
-pub fn show(ext: &str) -> Action {
-    Action::Show { ext: ext.into() }
-}
-
-pub fn hide(ext: &str) -> Action {
-    Action::Hide { ext: ext.into() }
 }
 
 /// The time (ms after the first message) of the first message matching `pred`.
