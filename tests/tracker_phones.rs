@@ -360,75 +360,93 @@ fn v_transfer_between_other_phones(d: Driver) {
     );
 }
 
-/// A queue call handed on by its agent to another queue member: k (the ring-all queue 220+221,
-/// 221 answers, 220's card hidden) up to its end, then v's hold, consultation and REFER with
-/// the parts re-cast: 221 (k's answering agent) is the transferer and 220 (the other member,
-/// whose ring was cancelled) the target; v's trunk and first bridge become k's, the
-/// consultation gets fresh channels, and v's part starts 1 s after k's last event kept.
-/// Models a queue agent's Transfer key: the same REFER/Replaces events as in v
-/// (v_inbound_attended_transfer_refer_220_to_221.md) on a call that came through a queue
-/// (k_inbound_queue_ringall.md).
-fn queue_call_transferred_to_another_member(d: Driver) {
-    let k = load(d, K);
+/// `base` (a call whose client, on `trunk`, talks to the employee on `agent`) up to the
+/// client's hang-up, then v's hold, consultation and REFER re-cast onto it: the agent is the
+/// transferer and `target` the phone it hands the client to. v's trunk, its 220 leg and its
+/// first bridge become `base`'s trunk, agent and bridge (its Linkedid `base`'s); v's
+/// consultation gets fresh channels; v's part starts 1 s after the last event kept.
+fn transfer_spliced(
+    d: Driver,
+    base: &[(Message, u64)],
+    trunk: &(String, String, String),
+    agent: &(String, String, String),
+    target: &str,
+) -> Vec<(Message, u64)> {
     let v = load(d, V);
-    let kc = channels(&k);
     let vc = v_chans(&v);
     let vch = channels(&v);
-    let (k_trunk, k_221) = (&kc[0], &kc[2]);
-    assert!(k_221.0.contains("/221-"), "{kc:?}");
-    let k_end = k
+    let agent_ext = callme::calls::channel::peer(&agent.0).expect("agent's number");
+    let end = base
         .iter()
-        .position(|(m, _)| is(m, "HangupRequest", &k_trunk.0))
-        .expect("k's caller hangs up");
-    let k_bridge = k
-        .iter()
-        .find(|(m, _)| is(m, "BridgeEnter", &k_trunk.0))
-        .and_then(|(m, _)| m.get("BridgeUniqueid"))
-        .expect("k's bridge")
-        .to_string();
-    let v_bridge = v
-        .iter()
-        .find(|(m, _)| is(m, "BridgeEnter", &vc.answered))
-        .and_then(|(m, _)| m.get("BridgeUniqueid"))
-        .expect("v's bridge")
-        .to_string();
+        .position(|(m, _)| is(m, "HangupRequest", &trunk.0))
+        .expect("the client hangs up");
+    let bridge_of = |msgs: &[(Message, u64)], ch: &str| {
+        msgs.iter()
+            .find(|(m, _)| is(m, "BridgeEnter", ch))
+            .and_then(|(m, _)| m.get("BridgeUniqueid"))
+            .expect("bridged")
+            .to_string()
+    };
+    let (base_bridge, v_bridge) = (bridge_of(base, &trunk.0), bridge_of(&v, &vc.answered));
     let tech = d.tech();
-    let consult = format!("{tech}/221-000000f0");
-    let target = format!("{tech}/220-000000f1");
+    let consult = format!("{tech}/{agent_ext}-000000f0");
+    let target_chan = format!("{tech}/{target}-000000f1");
     let pairs: Vec<(&str, &str)> = vec![
-        (&vch[0].0, &k_trunk.0),
-        (&vch[0].1, &k_trunk.1),
-        (&vch[1].0, &k_221.0),
-        (&vch[1].1, &k_221.1),
+        (&vch[0].0, &trunk.0),
+        (&vch[0].1, &trunk.1),
+        (&vch[1].0, &agent.0),
+        (&vch[1].1, &agent.1),
         (&vc.consult, &consult),
         (&vc.consult_uid, "1800000000.240"),
-        (&vch[3].0, &target),
+        (&vch[3].0, &target_chan),
         (&vch[3].1, "1800000000.241"),
-        (&v_bridge, &k_bridge),
-        ("220", "221"),
-        ("221", "220"),
+        (&v_bridge, &base_bridge),
+        ("220", agent_ext),
+        ("221", target),
     ];
+    // v's client Linkedid is its trunk's Uniqueid; `base`'s need not be (w: the phone's).
+    let relink = |m: &Message| {
+        let mut out = Message::new();
+        for (k, val) in m.iter() {
+            let linked = k.ends_with("Linkedid") && val == trunk.1;
+            out.push(k, if linked { &trunk.2 } else { val });
+        }
+        out
+    };
     let hold = v
         .iter()
         .position(|(m, _)| is(m, "Hold", &vc.answered))
         .expect("220 holds");
-    let shift = k[k_end - 1].1 + 1_000;
-    let mut edited: Vec<(Message, u64)> = k[..k_end].to_vec();
+    let shift = base[end - 1].1 + 1_000;
+    let mut edited: Vec<(Message, u64)> = base[..end].to_vec();
     edited.extend(
         v[hold..]
             .iter()
-            .map(|(m, at)| (rename(m, &pairs), at - v[hold].1 + shift)),
+            .map(|(m, at)| (relink(&rename(m, &pairs)), at - v[hold].1 + shift)),
     );
-    let t0 = edited[0].1;
-    let answered = time_of(&edited, |m| {
+    edited
+}
+
+/// Talk seconds of a spliced call: from the client's answered dial to the client's hang-up.
+fn talk(edited: &[(Message, u64)], trunk: &str) -> u64 {
+    let answered = time_of(edited, |m| {
         m.event() == Some("DialEnd") && m.get("DialStatus") == Some("ANSWER")
     });
-    let gone = edited
-        .iter()
-        .find(|(m, _)| is(m, "Hangup", &k_trunk.0))
-        .expect("client hangs up")
-        .1
-        - t0;
+    let gone = time_of(edited, |m| is(m, "Hangup", trunk));
+    (gone - answered + 500) / 1_000
+}
+
+/// A queue call handed on by its agent to another queue member: k (the ring-all queue 220+221,
+/// 221 answers, 220's card hidden), then 221 transfers to 220, the member whose ring was
+/// cancelled ([`transfer_spliced`]). Models a queue agent's Transfer key: the REFER/Replaces
+/// events of v (v_inbound_attended_transfer_refer_220_to_221.md) on a call that came through
+/// a queue (k_inbound_queue_ringall.md).
+fn queue_call_transferred_to_another_member(d: Driver) {
+    let k = load(d, K);
+    let kc = channels(&k);
+    let (trunk, agent) = (&kc[0], &kc[2]);
+    assert!(agent.0.contains("/221-"), "{kc:?}");
+    let edited = transfer_spliced(d, &k, trunk, agent, "220");
     let out = run_all(&mut tracker(), &edited);
     let a = actions(&out);
     assert!(matches!(&a[0], Action::Register { line, .. } if line == "8001231234"));
@@ -440,10 +458,34 @@ fn queue_call_transferred_to_another_member(d: Driver) {
             hide("220"),
             hide("221"),
             show("220"),
-            finish("220", (gone - answered + 500) / 1_000, Status::ANSWERED),
+            finish("220", talk(&edited, &trunk.0), Status::ANSWERED),
         ]
     );
     assert!(out.iter().all(|(_, i)| i.call == out[0].1.call));
+}
+
+/// A desk-phone outbound call handed on: w (220 dials out, the carrier answers), then 220
+/// transfers the called party to 221 ([`transfer_spliced`]). Models the Transfer key on an
+/// outbound call: v's REFER/Replaces events on w's call. Registered under 220 who dialled,
+/// finished under 221 who talked last.
+fn outbound_call_transferred(d: Driver) {
+    let w = load(d, W);
+    let wc = channels(&w);
+    let (agent, trunk) = (&wc[0], &wc[1]);
+    assert!(trunk.0.contains("/trunk-"), "{wc:?}");
+    let edited = transfer_spliced(d, &w, trunk, agent, "221");
+    let out = run_all(&mut tracker(), &edited);
+    assert_eq!(
+        actions(&out),
+        vec![
+            outbound(&w, "79997654321", "220"),
+            show("220"),
+            hide("220"),
+            show("221"),
+            finish("221", talk(&edited, &trunk.0), Status::ANSWERED),
+        ]
+    );
+    assert!(out.iter().all(|(_, i)| i.call == key(d, W)));
 }
 
 on_both_drivers!(
@@ -454,6 +496,7 @@ on_both_drivers!(
     v_consultation_answered_then_abandoned,
     v_transfer_between_other_phones,
     queue_call_transferred_to_another_member,
+    outbound_call_transferred,
 );
 
 // ---------------------------------------------------------------------------------------------
