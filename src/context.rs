@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::ami::client;
+use crate::bitrix::counted::RestCounts;
 use crate::bitrix::deliver::DeliveryStats;
 use crate::bitrix::{AppClient, AuthStatus, Directory, Transport};
 use crate::calls::tracker::Originate;
@@ -28,6 +29,8 @@ pub struct Health {
     /// Why Bitrix24 refuses our credentials, if it does: app mode not installed or its
     /// refresh refused, or a webhook on a portal that requires app mode. Makes `/healthz` 503.
     pub auth_error: AuthStatus,
+    /// Every REST request to the portal, by method and answer (`/metrics`).
+    pub rest: Arc<RestCounts>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use crate::ami::client::{self, ClientConfig, Incoming};
 use crate::ami::event::{timestamp_ms, Event};
 use crate::ami::Message;
+use crate::bitrix::counted::Counted;
 use crate::bitrix::deliver::{DeliverConfig, Deliverer};
 use crate::bitrix::limiter::{Limited, Limiter};
 use crate::bitrix::outbox::Outbox;
@@ -114,7 +115,10 @@ impl Daemon {
 
         // One bucket for every request to the portal (bitrix24-api.md §9.4).
         let limiter = Limiter::new(cfg.bitrix24.rate, cfg.bitrix24.burst);
-        let transport: Arc<dyn Transport> = Arc::new(Limited::new(transport, limiter));
+        let transport: Arc<dyn Transport> = Arc::new(Counted::new(
+            Limited::new(transport, limiter),
+            health.rest.clone(),
+        ));
         let (outbox, journal, state) = open_state(cfg);
 
         let (ami, ami_thread) = client::start(ami_config(cfg), ami_tx);

@@ -14,6 +14,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod dryrun;
+pub mod histogram;
 pub mod http;
 pub mod isotime;
 pub mod journal;

@@ -29,6 +29,7 @@ use super::users::Directory;
 use super::Error;
 use crate::calls::{Action, Direction, FinishUser, Intent};
 use crate::config::{Config, PhoneConfig, RecordingConfig, Responsible};
+use crate::histogram::Histogram;
 use crate::{isotime, phone};
 
 /// What delivery needs from the configuration.
@@ -77,6 +78,11 @@ pub struct DeliveryStats {
     pub steps: BTreeMap<(String, String), u64>,
     /// Finished calls by (direction: inbound/outbound, STATUS_CODE).
     pub finished: BTreeMap<(String, String), u64>,
+    /// Card latency: from the moment the tracker decided a Show (the phone started ringing;
+    /// the step's `queued_ms`, stamped when the state thread queued it) to the moment the
+    /// portal accepted the show. Includes the register before it and any retries, which is
+    /// what the employee waits for.
+    pub card_latency: Histogram,
 }
 
 impl DeliveryStats {
@@ -318,6 +324,10 @@ impl Deliverer {
             Ok(Done::Ok) => {
                 self.stats.sent += 1;
                 self.stats.count(name, "ok");
+                if matches!(step.action, Action::Show { .. }) {
+                    let waited = crate::clock::now_ms().saturating_sub(step.queued_ms);
+                    self.stats.card_latency.observe_ms(waited);
+                }
                 self.ob().complete(key, step.seq);
             }
             Ok(Done::Skipped(why)) => {

@@ -11,6 +11,7 @@
 //! - [`error`]: the one error type, with its retry classification.
 //! - [`outbox`]: the durable journal of steps and the events journal.
 //! - [`limiter`]: the client-side leaky bucket shared by everything that calls Bitrix24.
+//! - [`counted`]: requests by method and answer, for `/metrics`.
 //! - [`oauth`]: app mode: OAuth tokens from the install event, refreshed and persisted.
 //! - [`deliver`]: outbox → requests, in order per call, batched when a backlog forms.
 //!
@@ -20,6 +21,7 @@ pub mod agent;
 pub mod api;
 pub mod auth_status;
 pub mod client;
+pub mod counted;
 pub mod deliver;
 pub mod envelope;
 pub mod error;

@@ -24,7 +24,7 @@ use std::fmt;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -225,6 +225,19 @@ pub struct AppClient {
     /// `false` for one-off tools (`callme app-status`): they must not rotate the pair under
     /// a running daemon, which would then hold a refresh token the server no longer accepts.
     may_refresh: bool,
+    /// Refresh outcomes since start, for `/metrics`.
+    refreshes: RefreshCounts,
+}
+
+/// How token refreshes ended: an operator alerts on the failures, and on an access token
+/// that stays expired although callme keeps making requests.
+#[derive(Debug, Default)]
+pub struct RefreshCounts {
+    pub ok: AtomicU64,
+    /// The OAuth server could not be reached or answered 5xx; retried on the next request.
+    pub failed: AtomicU64,
+    /// The OAuth server refused the refresh token (`invalid_grant`): needs a reinstall.
+    pub refused: AtomicU64,
 }
 
 impl AppClient {
@@ -254,6 +267,7 @@ impl AppClient {
             status,
             failure_logged: AtomicBool::new(false),
             may_refresh: true,
+            refreshes: RefreshCounts::default(),
         };
         if client.tokens().is_none() {
             client.set_not_installed();
@@ -284,6 +298,15 @@ impl AppClient {
     /// The current tokens (a copy).
     pub fn tokens(&self) -> Option<Tokens> {
         self.lock().tokens.clone()
+    }
+
+    /// Unix seconds when the current access token expires; `None` before the install.
+    pub fn expires(&self) -> Option<u64> {
+        self.lock().tokens.as_ref().map(|t| t.expires)
+    }
+
+    pub fn refresh_counts(&self) -> &RefreshCounts {
+        &self.refreshes
     }
 
     pub fn store(&self) -> &TokenStore {
@@ -384,6 +407,7 @@ impl AppClient {
                         );
                     }
                 }
+                self.refreshes.ok.fetch_add(1, Ordering::Relaxed);
                 log::info!(
                     "app mode: access token refreshed in {} ms, valid until unix time {}",
                     started.elapsed().as_millis(),
@@ -392,10 +416,12 @@ impl AppClient {
                 Ok(new)
             }
             Err(Refresh::Temporary(e)) => {
+                self.refreshes.failed.fetch_add(1, Ordering::Relaxed);
                 log::warn!("app mode: token refresh failed, will retry: {e}");
                 Err(e)
             }
             Err(Refresh::Refused(why)) => {
+                self.refreshes.refused.fetch_add(1, Ordering::Relaxed);
                 let msg = format!(
                     "app mode: Bitrix24 refused to refresh the OAuth token ({why}); calls wait \
                      in the outbox until the application is reinstalled on {}",

@@ -39,6 +39,20 @@ pub struct Snapshot {
     pub clicks: Vec<(&'static str, u64)>,
     /// Bitrix24 refuses our credentials (`Health::auth_error`).
     pub auth_error: Option<String>,
+    /// REST requests by (method, answer class), from `Health::rest`.
+    pub rest: Vec<((String, &'static str), u64)>,
+    /// App mode only: the OAuth token's state.
+    pub app: Option<AppView>,
+}
+
+/// What `/metrics` shows of app mode's OAuth tokens.
+#[derive(Debug, Clone, Default)]
+pub struct AppView {
+    /// Unix seconds when the access token expires; `None` before the install.
+    pub expires: Option<u64>,
+    pub refreshed: u64,
+    pub refresh_failed: u64,
+    pub refresh_refused: u64,
 }
 
 fn snapshot(ctx: &Ctx) -> Snapshot {
@@ -67,6 +81,16 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
             .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default(),
         auth_error: h.auth_error.lock().map(|e| e.clone()).unwrap_or_default(),
+        rest: h.rest.snapshot(),
+        app: s.app.as_ref().map(|a| {
+            let c = a.refresh_counts();
+            AppView {
+                expires: a.expires(),
+                refreshed: c.ok.load(Ordering::Relaxed),
+                refresh_failed: c.failed.load(Ordering::Relaxed),
+                refresh_refused: c.refused.load(Ordering::Relaxed),
+            }
+        }),
     }
 }
 
@@ -297,6 +321,77 @@ pub fn metrics_text(s: &Snapshot) -> String {
     let _ = writeln!(out, "callme_bitrix24_users {}", s.users);
     head(
         &mut out,
+        "callme_bitrix24_requests_total",
+        "counter",
+        "REST requests to Bitrix24 by method and answer (2xx, 429, 503, 4xx, 5xx, other, none = no answer).",
+    );
+    for ((method, class), n) in &s.rest {
+        let _ = writeln!(
+            out,
+            "callme_bitrix24_requests_total{{method=\"{}\",status=\"{class}\"}} {n}",
+            label(method)
+        );
+    }
+    head(
+        &mut out,
+        "callme_bitrix24_auth_error",
+        "gauge",
+        "1 while Bitrix24 refuses our credentials (see /healthz for why).",
+    );
+    let _ = writeln!(
+        out,
+        "callme_bitrix24_auth_error {}",
+        u8::from(s.auth_error.is_some())
+    );
+    if let Some(app) = &s.app {
+        head(
+            &mut out,
+            "callme_bitrix24_token_refreshes_total",
+            "counter",
+            "App mode: OAuth token refreshes by outcome (ok, failed = will retry, refused = reinstall needed).",
+        );
+        for (outcome, n) in [
+            ("ok", app.refreshed),
+            ("failed", app.refresh_failed),
+            ("refused", app.refresh_refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "callme_bitrix24_token_refreshes_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        if let Some(expires) = app.expires {
+            head(
+                &mut out,
+                "callme_bitrix24_token_expires_timestamp_seconds",
+                "gauge",
+                "App mode: Unix time when the current access token expires.",
+            );
+            let _ = writeln!(
+                out,
+                "callme_bitrix24_token_expires_timestamp_seconds {expires}"
+            );
+        }
+    }
+    let latency = &d.stats.card_latency;
+    head(
+        &mut out,
+        "callme_card_latency_seconds",
+        "histogram",
+        "From the phone starting to ring (the tracker's Show) to Bitrix24 accepting the card.",
+    );
+    for (le, n) in latency.cumulative() {
+        let _ = writeln!(out, "callme_card_latency_seconds_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "callme_card_latency_seconds_bucket{{le=\"+Inf\"}} {}\ncallme_card_latency_seconds_sum {}\ncallme_card_latency_seconds_count {}",
+        latency.count(),
+        latency.sum_seconds(),
+        latency.count()
+    );
+    head(
+        &mut out,
         "callme_click_to_call_total",
         "counter",
         "Click-to-call events by outcome.",
@@ -357,9 +452,56 @@ mod tests {
         );
         assert!(text.contains("callme_click_to_call_total{outcome=\"sent\"} 1"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
+            let sample = line.split(['{', ' ']).next().unwrap();
+            // A histogram's samples carry suffixes; HELP and TYPE name the histogram.
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|sfx| {
+                    sample
+                        .strip_suffix(sfx)
+                        .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                })
+                .unwrap_or(sample);
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+        // Webhook mode: no token metrics.
+        assert!(!text.contains("callme_bitrix24_token_"), "{text}");
+        assert!(text.contains("callme_bitrix24_auth_error 0\n"));
+    }
+
+    #[test]
+    fn card_latency_histogram_and_app_token_metrics() {
+        let mut s = Snapshot::default();
+        for ms in [120, 800, 800, 4_000, 700_000] {
+            s.delivery.stats.card_latency.observe_ms(ms);
+        }
+        s.rest = vec![(("batch".into(), "503"), 2)];
+        s.auth_error = Some("refused".into());
+        s.app = Some(AppView {
+            expires: Some(1_700_000_000),
+            refreshed: 3,
+            refresh_failed: 1,
+            refresh_refused: 0,
+        });
+        let text = metrics_text(&s);
+        for want in [
+            "# TYPE callme_card_latency_seconds histogram\n",
+            "callme_card_latency_seconds_bucket{le=\"0.25\"} 1\n",
+            "callme_card_latency_seconds_bucket{le=\"1\"} 3\n",
+            "callme_card_latency_seconds_bucket{le=\"5\"} 4\n",
+            "callme_card_latency_seconds_bucket{le=\"300\"} 4\n",
+            "callme_card_latency_seconds_bucket{le=\"+Inf\"} 5\n",
+            "callme_card_latency_seconds_sum 705.72\n",
+            "callme_card_latency_seconds_count 5\n",
+            "callme_bitrix24_requests_total{method=\"batch\",status=\"503\"} 2\n",
+            "callme_bitrix24_auth_error 1\n",
+            "callme_bitrix24_token_refreshes_total{outcome=\"ok\"} 3\n",
+            "callme_bitrix24_token_refreshes_total{outcome=\"failed\"} 1\n",
+            "callme_bitrix24_token_refreshes_total{outcome=\"refused\"} 0\n",
+            "callme_bitrix24_token_expires_timestamp_seconds 1700000000\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
     }
 
