@@ -1,7 +1,6 @@
 //! `/healthz`, `/status`, `/metrics` of the real binary.
 mod support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -10,6 +9,7 @@ use support::daemon::Running;
 use support::fake_ami::{wait_until, FakeAmi};
 use support::fake_bitrix::FakeBitrix;
 use support::http;
+use support::prometheus::check as check_prometheus;
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "amisecret-ops";
@@ -19,81 +19,6 @@ fn config(ami: &FakeAmi, portal: &FakeBitrix) -> String {
     let text = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
     let text = configs::set(&text, "asterisk", "reconnect_max", "0.5");
     configs::set(&text, "bitrix24", "app_token", TOKEN)
-}
-
-/// Check Prometheus text format 0.0.4 the way a scraper would: every sample line is
-/// `name{labels} value` with a valid name, valid label pairs and a float value, and every
-/// sampled metric has `# HELP` and `# TYPE`. Returns the samples as (name+labels, value).
-fn check_prometheus(text: &str) -> Vec<(String, f64)> {
-    let valid_name = |n: &str| {
-        let mut c = n.chars();
-        c.next()
-            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
-            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
-    };
-    let mut helped = BTreeSet::new();
-    let mut typed = BTreeSet::new();
-    let mut samples = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            helped.insert(rest.split(' ').next().unwrap().to_string());
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut it = rest.split(' ');
-            let name = it.next().unwrap();
-            let kind = it.next().unwrap_or("");
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                "{line}"
-            );
-            if kind == "counter" {
-                assert!(name.ends_with("_total"), "counter without _total: {name}");
-            }
-            typed.insert(name.to_string());
-            continue;
-        }
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("name value");
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("value not a float: {line}"));
-        let name = match series.split_once('{') {
-            Some((name, labels)) => {
-                let labels = labels.strip_suffix('}').expect("closing brace");
-                // label="value" pairs; values may contain escaped quotes.
-                let mut rest = labels;
-                while !rest.is_empty() {
-                    let (lname, after) = rest.split_once("=\"").expect("label=\"");
-                    assert!(valid_name(lname), "label name {lname:?} in {line}");
-                    let mut end = None;
-                    let mut escaped = false;
-                    for (i, c) in after.char_indices() {
-                        match (escaped, c) {
-                            (true, _) => escaped = false,
-                            (false, '\\') => escaped = true,
-                            (false, '"') => {
-                                end = Some(i);
-                                break;
-                            }
-                            _ => {}
-                        }
-                    }
-                    let end = end.expect("closing quote");
-                    rest = after[end + 1..].trim_start_matches(',');
-                }
-                name
-            }
-            None => series,
-        };
-        assert!(valid_name(name), "metric name {name:?}");
-        assert!(helped.contains(name), "no HELP for {name}");
-        assert!(typed.contains(name), "no TYPE for {name}");
-        samples.push((series.to_string(), value));
-    }
-    samples
 }
 
 #[test]

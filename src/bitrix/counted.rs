@@ -20,7 +20,8 @@ use super::Error;
 const MAX_METHODS: usize = 64;
 
 /// Requests by (method, answer class). The answer classes are `2xx`, `429`, `503`, `4xx`,
-/// `5xx`, `other` (an unexpected status) and `none` (no HTTP answer at all).
+/// `5xx`, `other` (an unexpected status) and `none` (no HTTP answer at all: the network, a
+/// timeout, or app mode refusing to send without a usable token).
 #[derive(Debug, Default)]
 pub struct RestCounts {
     counts: Mutex<BTreeMap<(String, &'static str), u64>>,

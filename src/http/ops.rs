@@ -296,6 +296,24 @@ pub fn metrics_text(s: &Snapshot) -> String {
     }
     head(
         &mut out,
+        "callme_bitrix24_retries_total",
+        "counter",
+        "Bitrix24 steps that failed and will be tried again.",
+    );
+    let _ = writeln!(out, "callme_bitrix24_retries_total {}", d.stats.retries);
+    head(
+        &mut out,
+        "callme_bitrix24_permanent_failures_total",
+        "counter",
+        "Bitrix24 steps given up on (logged with the full error).",
+    );
+    let _ = writeln!(
+        out,
+        "callme_bitrix24_permanent_failures_total {}",
+        d.stats.permanent_failures
+    );
+    head(
+        &mut out,
         "callme_bitrix24_queue_depth",
         "gauge",
         "Bitrix24 steps waiting to be sent.",
@@ -323,7 +341,7 @@ pub fn metrics_text(s: &Snapshot) -> String {
         &mut out,
         "callme_bitrix24_requests_total",
         "counter",
-        "REST requests to Bitrix24 by method and answer (2xx, 429, 503, 4xx, 5xx, other, none = no answer).",
+        "REST requests to Bitrix24 by method and answer: 2xx, 429, 503, 4xx, 5xx, other; none = no HTTP answer (network, timeout, or app mode unable to send).",
     );
     for ((method, class), n) in &s.rest {
         let _ = writeln!(
@@ -477,6 +495,8 @@ mod tests {
             s.delivery.stats.card_latency.observe_ms(ms);
         }
         s.rest = vec![(("batch".into(), "503"), 2)];
+        s.delivery.stats.retries = 7;
+        s.delivery.stats.permanent_failures = 1;
         s.auth_error = Some("refused".into());
         s.app = Some(AppView {
             expires: Some(1_700_000_000),
@@ -496,6 +516,8 @@ mod tests {
             "callme_card_latency_seconds_count 5\n",
             "callme_bitrix24_requests_total{method=\"batch\",status=\"503\"} 2\n",
             "callme_bitrix24_auth_error 1\n",
+            "callme_bitrix24_retries_total 7\n",
+            "callme_bitrix24_permanent_failures_total 1\n",
             "callme_bitrix24_token_refreshes_total{outcome=\"ok\"} 3\n",
             "callme_bitrix24_token_refreshes_total{outcome=\"failed\"} 1\n",
             "callme_bitrix24_token_refreshes_total{outcome=\"refused\"} 0\n",

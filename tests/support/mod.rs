@@ -14,6 +14,7 @@ pub mod fake_ami;
 pub mod fake_bitrix;
 pub mod fake_oauth;
 pub mod http;
+pub mod prometheus;
 pub mod wait;
 
 use std::path::PathBuf;
