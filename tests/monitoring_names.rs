@@ -9,12 +9,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::configs;
 use support::daemon::Running;
-use support::fake_ami::{wait_until, FakeAmi};
+use support::fake_ami::FakeAmi;
 use support::fake_bitrix::FakeBitrix;
 use support::fake_oauth::{FakeOAuth, CLIENT_ID, CLIENT_SECRET};
 use support::http::{form, request};
 use support::prometheus::{self, Exposition};
+use support::wait::wait_until;
 
 const WAIT: Duration = Duration::from_secs(20);
 const DOMAIN: &str = "test.bitrix24.ru";
@@ -187,16 +189,17 @@ fn every_metric_the_dashboard_and_rules_use_is_in_metrics() {
     let first = portal.enable_app(1000);
     let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
     let ami = FakeAmi::start("callme", SECRET);
-    let config = format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nauth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
-         portal = {DOMAIN}\noauth_url = {}\ntimeout = 5\nusers_refresh = 1\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\npublic_url = https://pbx.example.com/callme/\n\
-         [state]\ndir = {{state}}\n",
-        ami.port(),
+    // App mode, the user directory (and so a token refresh) every second.
+    let bitrix24 = format!(
+        "auth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
+         portal = {DOMAIN}\noauth_url = {}\ntimeout = 5\nusers_refresh = 1\n",
         oauth.url()
+    );
+    let config = configs::set(
+        &configs::daemon(ami.port(), SECRET, &bitrix24),
+        "http",
+        "public_url",
+        "https://pbx.example.com/callme/",
     );
     let daemon = Running::start(&config, &[]);
     let addr = daemon
