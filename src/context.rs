@@ -56,6 +56,11 @@ pub enum Control {
     },
     /// The Originate for this CALL_ID was refused (`Response: Error`) or could not be sent.
     OriginateFailed { call_id: String },
+    /// The toll-fraud guard refused this CALL_ID's number: finish it with `status`.
+    OriginateRefused {
+        call_id: String,
+        status: crate::calls::Status,
+    },
 }
 
 /// What the HTTP workers and click-to-call share with the daemon's threads.

@@ -505,6 +505,9 @@ fn apply_control(
         Control::OriginateFailed { call_id } => {
             tracker.originate_failed(&call_id, out);
         }
+        Control::OriginateRefused { call_id, status } => {
+            tracker.originate_refused(&call_id, status, out);
+        }
     }
 }
 

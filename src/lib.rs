@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod config;
 pub mod context;
 pub mod daemon;
+pub mod dial_policy;
 pub mod dryrun;
 pub mod histogram;
 pub mod http;

@@ -5,6 +5,8 @@
 //! [`phone::validate`] and comes out digits only, the internal number is digits, the CALL_ID
 //! uses a small safe alphabet, and the templates were checked when the config was loaded. The
 //! AMI writer's CR/LF guard (`ami::Error::Injection`) is the second line, not the only one.
+//! The number must also pass the toll-fraud guard (`[originate] allow`/`deny`,
+//! [`crate::dial_policy`]): [`build_action`] refuses any other, so no path can send one.
 //!
 //! The tracker is told about the Originate ([`Control::Originate`]) **before** it is sent, so
 //! the first AMI event of the new channel already finds it; a refused Originate is reported
@@ -19,9 +21,11 @@ use std::time::{Duration, Instant};
 use crate::ami::{self, Message};
 use crate::bitrix::{api, Directory};
 use crate::calls::tracker::Originate;
+use crate::calls::Status;
 use crate::clock::now_ms;
 use crate::config::OriginateConfig;
 use crate::context::{Context, Control};
+use crate::dial_policy::Refusal;
 use crate::phone::{self, PhoneConfig};
 
 /// How long we wait for Asterisk's `Response` to the Originate. With `Async: true` it comes at
@@ -50,6 +54,8 @@ pub enum Error {
     Ami(ami::Error),
     /// Asterisk answered `Response: Error`; holds its `Message:`.
     Rejected(String),
+    /// The toll-fraud guard does not allow this number (`[originate] allow`/`deny`).
+    Refused(Refusal),
 }
 
 impl fmt::Display for Error {
@@ -66,6 +72,7 @@ impl fmt::Display for Error {
             ),
             Error::Ami(e) => write!(f, "{e}"),
             Error::Rejected(msg) => write!(f, "Asterisk refused the Originate: {msg}"),
+            Error::Refused(r) => write!(f, "not dialled: {r}"),
         }
     }
 }
@@ -172,6 +179,7 @@ pub struct Request<'a> {
 pub fn build_action(cfg: &OriginateConfig, r: &Request) -> Result<Message, Error> {
     check_inner(r.inner)?;
     phone::validate(r.dial)?;
+    cfg.policy.check(r.dial).map_err(Error::Refused)?;
     if let Some(id) = r.call_id {
         check_call_id(id)?;
     }
@@ -315,6 +323,26 @@ pub fn abandon(daemon: &Context, call_id: &str, ext: &str, phone: &str) {
     expect(daemon, call_id, &new_ids(), ext, phone);
     let _ = daemon.control.send(Control::OriginateFailed {
         call_id: call_id.to_string(),
+    });
+}
+
+/// The `STATUS_CODE` Bitrix24 gets when it finishes a click-to-call the toll-fraud guard
+/// refused: `403` ("forbidden") for a number the policy does not allow, `423` ("blocked") for
+/// the rate limit. Both are in Bitrix24's list of codes (bitrix24-api.md §3.1).
+pub fn refusal_status(why: &Refusal) -> Status {
+    match why {
+        Refusal::Rate { .. } => Status::BLOCKED,
+        Refusal::Deny(_) | Refusal::NotAllowed => Status::FORBIDDEN,
+    }
+}
+
+/// Finish a Bitrix24 call the toll-fraud guard refused, with [`refusal_status`]. Nothing is
+/// sent to AMI.
+pub fn refuse(daemon: &Context, call_id: &str, ext: &str, phone: &str, why: &Refusal) {
+    expect(daemon, call_id, &new_ids(), ext, phone);
+    let _ = daemon.control.send(Control::OriginateRefused {
+        call_id: call_id.to_string(),
+        status: refusal_status(why),
     });
 }
 
@@ -493,6 +521,7 @@ pub fn message_of(resp: &Message) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dial_policy::{self, DialPolicy};
 
     fn ru() -> PhoneConfig {
         PhoneConfig::default()
@@ -628,7 +657,13 @@ mod tests {
         );
         // Without a CALL_ID (callme originate) only the marker variable is sent.
         let m = build_action(
-            &OriginateConfig::default(),
+            &OriginateConfig {
+                policy: DialPolicy {
+                    allow: dial_policy::parse_list("219").unwrap(),
+                    ..OriginateConfig::default().policy
+                },
+                ..OriginateConfig::default()
+            },
             &Request {
                 inner: "219",
                 dial: "219",
@@ -680,6 +715,49 @@ mod tests {
             build_action(&o, &req("219", "89991234567", None)),
             Err(Error::Ami(ami::Error::Injection { .. }))
         ));
+    }
+
+    #[test]
+    fn the_policy_is_checked_when_the_action_is_built() {
+        let ids = ids();
+        let o = OriginateConfig::default();
+        let req = |dial| Request {
+            inner: "219",
+            dial,
+            call_id: None,
+            ids: &ids,
+        };
+        assert!(build_action(&o, &req("89991234567")).is_ok());
+        assert!(matches!(
+            build_action(&o, &req("88091234567")),
+            Err(Error::Refused(Refusal::Deny(_)))
+        ));
+        assert!(matches!(
+            build_action(&o, &req("81049301234567")),
+            Err(Error::Refused(Refusal::Deny(_)))
+        ));
+        assert!(matches!(
+            build_action(&o, &req("219")),
+            Err(Error::Refused(Refusal::NotAllowed))
+        ));
+        let e = build_action(&o, &req("88091234567"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "not dialled: the number matches [originate] deny pattern _8809!"
+        );
+    }
+
+    #[test]
+    fn refusal_statuses() {
+        let rate = Refusal::Rate {
+            per_user: false,
+            limit: 3,
+        };
+        assert_eq!(refusal_status(&rate).code(), "423");
+        assert_eq!(refusal_status(&Refusal::NotAllowed).code(), "403");
+        assert_eq!(refusal_status(&Refusal::Deny("_00.".into())).code(), "403");
     }
 
     #[test]

@@ -10,7 +10,11 @@ pub struct Status(&'static str);
 impl Status {
     pub const ANSWERED: Status = Status("200");
     pub const MISSED: Status = Status("304");
+    /// The number is not allowed by `[originate]` allow/deny (toll-fraud guard).
+    pub const FORBIDDEN: Status = Status("403");
     pub const INVALID_NUMBER: Status = Status("404");
+    /// A click-to-call over the `[originate]` rate limits.
+    pub const BLOCKED: Status = Status("423");
     pub const UNAVAILABLE: Status = Status("480");
     pub const BUSY: Status = Status("486");
     pub const CONGESTION: Status = Status("503");
@@ -62,8 +66,10 @@ impl Status {
 }
 
 /// Every code [`Status`] can hold, so a code read back from disk maps to its constant.
-const KNOWN: [Status; 8] = [
+const KNOWN: [Status; 10] = [
     Status::ANSWERED,
+    Status::FORBIDDEN,
+    Status::BLOCKED,
     Status::MISSED,
     Status::INVALID_NUMBER,
     Status::UNAVAILABLE,

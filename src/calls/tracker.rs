@@ -455,9 +455,15 @@ impl Tracker {
 
     /// The Originate was refused outright (`Response: Error`): finish the Bitrix24 call.
     pub fn originate_failed(&mut self, call_id: &str, out: &mut Vec<Intent>) {
+        self.originate_refused(call_id, Status::OTHER, out);
+    }
+
+    /// The click-to-call was not dialled at all (the toll-fraud guard refused it): finish the
+    /// Bitrix24 call with `status`.
+    pub fn originate_refused(&mut self, call_id: &str, status: Status, out: &mut Vec<Intent>) {
         if let Some(i) = self.pending.iter().position(|(o, _)| o.call_id == call_id) {
             let (o, _) = self.pending.remove(i);
-            self.finish_unstarted(&o, Status::OTHER, out);
+            self.finish_unstarted(&o, status, out);
         }
     }
 

@@ -78,6 +78,10 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "dial_national",
             "dial_prefix",
             "callback_targets",
+            "allow",
+            "deny",
+            "max_per_user_per_minute",
+            "max_per_minute",
         ],
     ),
 ];

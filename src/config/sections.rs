@@ -12,6 +12,7 @@ use super::types::{
 };
 use super::validate::Validator;
 use super::values::*;
+use crate::dial_policy::{self, DialPolicy};
 use crate::phone::PhoneConfig;
 
 impl Validator<'_> {
@@ -308,7 +309,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn originate(&mut self) -> OriginateConfig {
+    pub(super) fn originate(&mut self, phone: &PhoneConfig) -> OriginateConfig {
         const S: &str = "originate";
         let d = OriginateConfig::default();
         let channel = self.value(S, "channel", d.channel, parse_channel_template);
@@ -334,6 +335,25 @@ impl Validator<'_> {
             d.callback_targets,
             parse_callback_targets,
         );
+        let d = DialPolicy::defaults(phone, dial_national, &dial_prefix);
+        let rate = |v: &str| parse_number(v, 1, dial_policy::MAX_RATE);
+        let policy = DialPolicy {
+            // Empty or absent: the defaults for [phone] (an empty allow list would silently
+            // turn click-to-call off).
+            allow: self
+                .optional(S, "allow", dial_policy::parse_list)
+                .unwrap_or(d.allow),
+            deny: self
+                .optional(S, "deny", dial_policy::parse_list)
+                .unwrap_or(d.deny),
+            max_per_user_per_minute: self.value(
+                S,
+                "max_per_user_per_minute",
+                d.max_per_user_per_minute,
+                rate,
+            ),
+            max_per_minute: self.value(S, "max_per_minute", d.max_per_minute, rate),
+        };
         OriginateConfig {
             channel,
             context,
@@ -342,6 +362,7 @@ impl Validator<'_> {
             dial_national,
             dial_prefix,
             callback_targets,
+            policy,
         }
     }
 }

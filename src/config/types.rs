@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::secret::{Secret, WebhookUrl};
+use crate::dial_policy::DialPolicy;
+use crate::phone::PhoneConfig;
 
 /// `[asterisk]`: the AMI connection.
 #[derive(Debug, Clone)]
@@ -237,6 +239,9 @@ pub struct OriginateConfig {
     /// to ring first. A line not listed rings the CRM item's responsible employee, then
     /// `[calls] default_user`.
     pub callback_targets: Vec<(String, String)>,
+    /// Toll-fraud guard: `allow`, `deny` and the rate limits (`crate::dial_policy`). The
+    /// defaults follow `[phone]`, `dial_national` and `dial_prefix`.
+    pub policy: DialPolicy,
 }
 
 impl Default for OriginateConfig {
@@ -251,6 +256,7 @@ impl Default for OriginateConfig {
             dial_national: true,
             dial_prefix: String::new(),
             callback_targets: Vec::new(),
+            policy: DialPolicy::defaults(&PhoneConfig::default(), true, ""),
         }
     }
 }

@@ -181,7 +181,7 @@ impl<'a> Validator<'a> {
         let http = self.http();
         let state = self.state();
         let recording = self.recording();
-        let originate = self.originate();
+        let originate = self.originate(&phone);
         Some(Config {
             asterisk: asterisk?,
             bitrix24: bitrix24?,

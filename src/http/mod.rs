@@ -29,6 +29,7 @@ use std::time::Instant;
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::context::Context;
+use crate::dial_policy::{RateLimiter, Refusal};
 use crate::originate::Dedup;
 
 pub use install::INSTALL_PATH;
@@ -88,10 +89,12 @@ impl Bound {
     /// Start `threads` workers.
     pub fn serve(self, daemon: Context, threads: usize) -> Server {
         let ctx = Arc::new(Ctx {
+            limiter: RateLimiter::new(&daemon.config.originate.policy),
             daemon,
             dedup: Dedup::default(),
             started: Instant::now(),
             clicks: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let workers = (0..threads.max(1))
@@ -153,6 +156,10 @@ struct Ctx {
     started: Instant,
     /// Click-to-call outcomes by name, for `/metrics` and `/status`.
     clicks: Mutex<BTreeMap<&'static str, u64>>,
+    /// Toll-fraud guard: Originates per minute.
+    limiter: RateLimiter,
+    /// Originates the guard refused, by reason (`callme_originate_refused_total`).
+    refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Ctx {
@@ -163,6 +170,28 @@ impl Ctx {
             .unwrap_or_else(|p| p.into_inner())
             .entry(outcome)
             .or_insert(0) += 1;
+    }
+
+    /// The toll-fraud guard for one Originate of `dial` by `who`: the number policy first, then
+    /// the rate limits (so a refused number does not use up the employee's quota). A refusal is
+    /// counted for `/metrics`.
+    fn guard(&self, dial: &str, who: &str) -> Result<(), Refusal> {
+        let verdict = self
+            .daemon
+            .config
+            .originate
+            .policy
+            .check(dial)
+            .and_then(|()| self.limiter.admit(who, Instant::now()));
+        if let Err(why) = &verdict {
+            *self
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(why.reason())
+                .or_insert(0) += 1;
+        }
+        verdict
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub rest: Vec<((String, &'static str), u64)>,
     /// App mode only: the OAuth token's state.
     pub app: Option<AppView>,
+    /// Originates the toll-fraud guard refused, by reason.
+    pub refused: Vec<(&'static str, u64)>,
 }
 
 /// What `/metrics` shows of app mode's OAuth tokens.
@@ -91,6 +93,11 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
                 refresh_refused: c.refused.load(Ordering::Relaxed),
             }
         }),
+        refused: ctx
+            .refused
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -169,6 +176,7 @@ fn status_json(s: &Snapshot) -> Value {
             "age_seconds": s.users_age.map(|a| a.as_secs()),
         },
         "click_to_call": s.clicks.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "originate_refused": s.refused.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -421,8 +429,29 @@ pub fn metrics_text(s: &Snapshot) -> String {
             label(outcome)
         );
     }
+    head(
+        &mut out,
+        "callme_originate_refused_total",
+        "counter",
+        "Originates the toll-fraud guard refused ([originate] allow, deny, rate limits), by reason.",
+    );
+    // Every reason is always printed, so an alert on the rate works from the first refusal.
+    for reason in REFUSAL_REASONS {
+        let n = s
+            .refused
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(
+            out,
+            "callme_originate_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     out
 }
+
+/// The `reason` labels of `callme_originate_refused_total` (`dial_policy::Refusal::reason`).
+const REFUSAL_REASONS: [&str; 3] = ["deny", "not_allowed", "rate"];
 
 #[cfg(test)]
 mod tests {
@@ -469,6 +498,11 @@ mod tests {
             text.contains("callme_calls_finished_total{direction=\"inbound\",status=\"200\"} 2")
         );
         assert!(text.contains("callme_click_to_call_total{outcome=\"sent\"} 1"));
+        assert!(text.contains("callme_originate_refused_total{reason=\"rate\"} 0"));
+        s.refused = vec![("deny", 2)];
+        let text = metrics_text(&s);
+        assert!(text.contains("callme_originate_refused_total{reason=\"deny\"} 2"));
+        assert!(text.contains("callme_originate_refused_total{reason=\"not_allowed\"} 0"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let sample = line.split(['{', ' ']).next().unwrap();
             // A histogram's samples carry suffixes; HELP and TYPE name the histogram.

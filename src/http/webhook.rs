@@ -13,6 +13,7 @@ use tiny_http::{Method, Request};
 use super::{form, header, reply, respond, Ctx, Reply};
 use crate::bitrix::oauth::Tokens;
 use crate::config::{Bitrix24Config, Secret};
+use crate::dial_policy::Refusal;
 use crate::originate::{self, Click};
 
 /// Largest body accepted. A real ONEXTERNALCALLSTART is under 2 KiB.
@@ -201,6 +202,26 @@ fn dispatch(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
     }
 }
 
+/// The internal number of `user_id` if the directory knows it (no reload), else empty: the
+/// tracker then finishes the call under the responsible/default user.
+fn known_inner(ctx: &Ctx, user_id: u64) -> String {
+    ctx.daemon
+        .directory
+        .read()
+        .ok()
+        .and_then(|d| d.inner_for(user_id).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// 403 for a number the policy does not allow, 429 past the rate limit. Bitrix24 does not
+/// retry either way; the text is for whoever reads its logs.
+fn refused_reply(why: &Refusal) -> Reply {
+    match why {
+        Refusal::Rate { .. } => reply(429, "too many calls, not dialled\n"),
+        _ => reply(403, "number not allowed by policy, not dialled\n"),
+    }
+}
+
 /// ONEXTERNALCALLSTART: validate, answer 200, then originate in this thread.
 fn start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
     let (call_id, user_id, number) = match start_fields(f) {
@@ -223,13 +244,7 @@ fn start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
                 return;
             }
             // Bitrix24 registered this call already; finish it so no card stays open.
-            let ext = daemon
-                .directory
-                .read()
-                .ok()
-                .and_then(|d| d.inner_for(user_id).map(str::to_string))
-                .unwrap_or_default();
-            originate::abandon(daemon, call_id, &ext, "");
+            originate::abandon(daemon, call_id, &known_inner(ctx, user_id), "");
             return;
         }
     };
@@ -237,6 +252,17 @@ fn start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
         log::info!("ONEXTERNALCALLSTART {call_id}: duplicate within 60 s, not dialling again");
         ctx.count_click("duplicate");
         return respond(req, reply(200, "ok (duplicate)\n"));
+    }
+    if let Err(why) = ctx.guard(&dial, &format!("user:{user_id}")) {
+        log::warn!(
+            "ONEXTERNALCALLSTART {call_id} from {from}: {dial} for Bitrix24 user {user_id} not \
+             dialled: {why}; finishing the call with STATUS_CODE {}",
+            originate::refusal_status(&why).code()
+        );
+        ctx.count_click("refused");
+        respond(req, refused_reply(&why));
+        originate::refuse(daemon, call_id, &known_inner(ctx, user_id), &dial, &why);
+        return;
     }
     respond(req, reply(200, "ok\n"));
     let click = Click {
@@ -280,6 +306,13 @@ fn callback_start(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
     {
         log::info!("ONEXTERNALCALLBACKSTART for {dial}: duplicate within 60 s, not dialling again");
         return respond(req, reply(200, "ok (duplicate)\n"));
+    }
+    // All website forms share one rate-limit bucket: nobody is behind them but the public.
+    if let Err(why) = ctx.guard(&dial, "callback") {
+        // Nothing exists in Bitrix24 yet (a callback is registered when the employee
+        // answers), so there is no call to finish.
+        log::warn!("ONEXTERNALCALLBACKSTART from {from}: {dial} not dialled: {why}");
+        return respond(req, refused_reply(&why));
     }
     respond(req, reply(200, "ok\n"));
     let cb = originate::Callback { dial, line, entity };

@@ -66,6 +66,7 @@ fn originate_defaults_and_values() {
                 ("7".into(), "219".into()),
                 ("8001231231".into(), "400".into())
             ],
+            policy: crate::dial_policy::DialPolicy::defaults(&PhoneConfig::default(), false, "9"),
         }
     );
     for bad in [
@@ -189,4 +190,41 @@ fn app_keys_rejected_in_webhook_mode() {
         "{e}"
     );
     assert!(!e.contains("topsecret"), "{e}");
+}
+
+#[test]
+fn originate_policy_keys() {
+    // Defaults follow [phone], dial_national and dial_prefix.
+    let o = parse_str(MINIMAL, "t.conf").unwrap().originate;
+    assert_eq!(o.policy.check("89991234567"), Ok(()));
+    assert!(o.policy.check("88091234567").is_err());
+    assert_eq!(o.policy.max_per_user_per_minute, 10);
+    assert_eq!(o.policy.max_per_minute, 60);
+    let de = with("phone", "country_code = 49\nnational_prefix = 0");
+    let o = parse_str(&de, "t.conf").unwrap().originate;
+    assert_eq!(o.policy.check("03012345678"), Ok(()));
+    assert!(o.policy.check("89991234567").is_err());
+    // Set explicitly; empty means the default.
+    let text = with(
+        "originate",
+        "allow = _8XXXXXXXXXX, _2XX\ndeny =\nmax_per_user_per_minute = 3\nmax_per_minute = 7",
+    );
+    let p = parse_str(&text, "t.conf").unwrap().originate.policy;
+    assert_eq!(p.check("219"), Ok(()));
+    assert!(p.check("88091234567").is_err(), "default deny kept");
+    assert_eq!((p.max_per_user_per_minute, p.max_per_minute), (3, 7));
+    // Bad values point at their line.
+    for (line, why) in [
+        ("allow = _8X.X", "only at the end"),
+        ("deny = +7809", "digits only"),
+        ("allow = _8[9-1]X", "[set]"),
+        ("max_per_minute = 0", "max_per_minute"),
+        ("max_per_user_per_minute = many", "max_per_user_per_minute"),
+    ] {
+        let text = with("originate", line);
+        let e = err(&text);
+        let want = format!("t.conf:{}: [originate] ", line_of(&text, line));
+        assert!(e.starts_with(&want), "{line}: {e}");
+        assert!(e.contains(why), "{line}: {e}");
+    }
 }
