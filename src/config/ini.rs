@@ -126,6 +126,9 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Ini, Error> {
             };
             let name = name.trim();
             if !after.trim().is_empty() {
+                // Escaped: the name is not checked yet and may hold control characters,
+                // which must not reach a terminal or the journal.
+                let name = name.escape_debug();
                 errors.push(syntax(
                     n,
                     format!(
@@ -404,6 +407,17 @@ mod tests {
         assert_eq!(split_list(" a, b ,,c, "), vec!["a", "b", "c"]);
         assert!(split_list("").is_empty());
         assert!(split_list(" , ").is_empty());
+    }
+
+    /// Found by the hostile-input suite (tests/hostile_parsers.rs, seed 156): a section name
+    /// with control characters followed by text was echoed raw.
+    #[test]
+    fn unexpected_text_after_a_section_is_escaped() {
+        let e = parse("[a\u{1}\u{1b}[2Jb] x\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(char::is_control), "{e:?}");
+        assert!(e.contains("[a\\u{1}\\u{1b}[2Jb]"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,12 @@
 
 use std::fmt;
 
+/// Most pairs accepted in one body: PHP's own default `max_input_vars`, so we accept what a
+/// PHP handler (Bitrix24's SDK) would. A real event has about 20. Without a cap a 64 KiB body
+/// of `a&a&a&…` becomes 32 768 pairs, two allocations each: the output is bounded by this
+/// number, not only by the body size.
+pub const MAX_PAIRS: usize = 1000;
+
 /// Why a body could not be decoded. Safe to log and to send back: it names a position, never
 /// the content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +21,8 @@ pub enum Error {
     BadEscape(usize),
     /// The decoded pair starting at this byte offset is not UTF-8.
     NotUtf8(usize),
+    /// More than [`MAX_PAIRS`] pairs.
+    TooMany,
 }
 
 impl fmt::Display for Error {
@@ -22,6 +30,7 @@ impl fmt::Display for Error {
         match self {
             Error::BadEscape(at) => write!(f, "bad percent escape at byte {at}"),
             Error::NotUtf8(at) => write!(f, "field at byte {at} is not UTF-8"),
+            Error::TooMany => write!(f, "more than {MAX_PAIRS} fields"),
         }
     }
 }
@@ -60,7 +69,8 @@ impl Form {
 }
 
 /// Decode a whole body. Empty pairs (`a=1&&b=2`) are skipped; a pair without `=` has an
-/// empty value, as in PHP.
+/// empty value, as in PHP. More than [`MAX_PAIRS`] pairs is an error (PHP would drop the rest
+/// with a warning; refusing is clearer).
 pub fn parse(body: &[u8]) -> Result<Form, Error> {
     let mut pairs = Vec::new();
     let mut start = 0;
@@ -69,6 +79,9 @@ pub fn parse(body: &[u8]) -> Result<Form, Error> {
         start += part.len() + 1;
         if part.is_empty() {
             continue;
+        }
+        if pairs.len() == MAX_PAIRS {
+            return Err(Error::TooMany);
         }
         let (k, v, v_at) = match part.iter().position(|&b| b == b'=') {
             Some(i) => (&part[..i], &part[i + 1..], at + i + 1),
@@ -152,6 +165,18 @@ mod tests {
         assert_eq!(parse(b"a=%4"), Err(Error::BadEscape(2)));
         assert_eq!(parse(b"a=1&b=%zz"), Err(Error::BadEscape(6)));
         assert_eq!(parse(b"%G0=1"), Err(Error::BadEscape(0)));
+    }
+
+    #[test]
+    fn pair_count_is_capped() {
+        let ok = "a=1&".repeat(MAX_PAIRS);
+        assert_eq!(parse(ok.as_bytes()).unwrap().len(), MAX_PAIRS);
+        let over = format!("{ok}b=2");
+        assert_eq!(parse(over.as_bytes()), Err(Error::TooMany));
+        // Empty pairs are not counted.
+        let empties = format!("{ok}{}", "&".repeat(5000));
+        assert_eq!(parse(empties.as_bytes()).unwrap().len(), MAX_PAIRS);
+        assert_eq!(Error::TooMany.to_string(), "more than 1000 fields");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod events;
 pub mod fake_ami;
 pub mod fake_bitrix;
 pub mod fake_oauth;
+pub mod gen;
 pub mod http;
 pub mod prometheus;
 pub mod wait;
