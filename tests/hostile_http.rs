@@ -14,12 +14,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::daemon::{e2e_config, Running};
-use support::fake_ami::{wait_until, FakeAmi};
+use support::configs;
+use support::daemon::Running;
+use support::fake_ami::FakeAmi;
 use support::fake_bitrix::FakeBitrix;
 use support::fake_oauth::{FakeOAuth, CLIENT_ID, CLIENT_SECRET};
 use support::gen::Gen;
 use support::http;
+use support::wait::wait_until;
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "amisecret-hostile";
@@ -146,16 +148,15 @@ fn healthy(addr: &str) -> bool {
 fn event_endpoint_under_hostile_bodies() {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
-    let conf = e2e_config(ami.port(), SECRET, &portal.webhook_url())
-        .replace(
-            "timeout = 5\n",
-            &format!("timeout = 5\napp_token = {TOKEN}\n"),
-        )
-        .replace(
-            "[state]",
-            "[originate]\ncallback_targets = 7:219\nmax_per_user_per_minute = 10000\n\
-             max_per_minute = 10000\n[state]",
-        );
+    let mut conf = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
+    conf = configs::set(&conf, "bitrix24", "app_token", TOKEN);
+    for (k, v) in [
+        ("callback_targets", "7:219"),
+        ("max_per_user_per_minute", "10000"),
+        ("max_per_minute", "10000"),
+    ] {
+        conf = configs::set(&conf, "originate", k, v);
+    }
     let daemon = Running::start(&conf, &[]);
     let addr = daemon.http_addr(WAIT).expect("HTTP listening");
     assert!(ami.wait_accepted(1, WAIT), "no AMI login");
@@ -249,15 +250,14 @@ fn install_endpoint_under_hostile_bodies() {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
     let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
-    let conf = format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nauth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
-         portal = test.bitrix24.ru\noauth_url = {}\ntimeout = 5\n\
-         [http]\nlisten = 127.0.0.1:0\n\
-         [state]\ndir = {{state}}\n",
+    let conf = configs::daemon(
         ami.port(),
-        oauth.url(),
+        SECRET,
+        &format!(
+            "auth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
+             portal = test.bitrix24.ru\noauth_url = {}\ntimeout = 5\n",
+            oauth.url()
+        ),
     );
     let daemon = Running::start(&conf, &[]);
     let addr = daemon.http_addr(WAIT).expect("HTTP listening");

@@ -8,27 +8,29 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::daemon::{e2e_config, Running, TempDir};
-use support::fake_ami::{wait_until, FakeAmi};
+use support::configs;
+use support::daemon::{Running, TempDir};
+use support::fake_ami::FakeAmi;
 use support::fake_bitrix::FakeBitrix;
 use support::http;
+use support::wait::wait_until;
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "amisecret-toll";
 const TOKEN: &str = "51610fefc120afg4b628cc82d6298cce";
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
-/// The e2e config with an app token and extra `[originate]` lines.
-fn config(ami: &FakeAmi, portal: &FakeBitrix, originate: &str) -> String {
-    e2e_config(ami.port(), SECRET, &portal.webhook_url())
-        .replace(
-            "timeout = 5\n",
-            &format!("timeout = 5\napp_token = {TOKEN}\n"),
-        )
-        .replace("[state]", &format!("[originate]\n{originate}\n[state]"))
+/// The shared webhook-mode config with an app token and extra `[originate]` keys.
+fn config(ami: &FakeAmi, portal: &FakeBitrix, originate: &[(&str, &str)]) -> String {
+    let base = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
+    let mut text = configs::set(&base, "bitrix24", "app_token", TOKEN);
+    for (k, v) in originate {
+        text = configs::set(&text, "originate", k, v);
+    }
+    text
 }
 
-fn start(ami: &FakeAmi, portal: &FakeBitrix, originate: &str) -> (Running, String) {
+fn start(ami: &FakeAmi, portal: &FakeBitrix, originate: &[(&str, &str)]) -> (Running, String) {
     let daemon = Running::start(&config(ami, portal, originate), &[]);
     let addr = daemon
         .http_addr(WAIT)
@@ -116,7 +118,7 @@ fn settle(ami: &FakeAmi) {
 fn denied_and_not_allowed_numbers_are_finished_403_and_never_dialled() {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
-    let (daemon, addr) = start(&ami, &portal, "");
+    let (daemon, addr) = start(&ami, &portal, &[]);
 
     // RU premium range 809: inside the national format, so only the deny list stops it.
     let premium = register(&portal, 19, "+78091234567");
@@ -180,7 +182,7 @@ fn rate_limits_per_employee_and_overall_finish_423() {
     let (daemon, addr) = start(
         &ami,
         &portal,
-        "max_per_user_per_minute = 2\nmax_per_minute = 3",
+        &[("max_per_user_per_minute", "2"), ("max_per_minute", "3")],
     );
     let mut dialled = 0;
     let mut refused = Vec::new();
@@ -223,7 +225,7 @@ fn rate_limits_per_employee_and_overall_finish_423() {
 fn callback_form_to_a_denied_number_is_not_dialled() {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
-    let (daemon, addr) = start(&ami, &portal, "callback_targets = 7:219");
+    let (daemon, addr) = start(&ami, &portal, &[("callback_targets", "7:219")]);
     let body = http::form(&[
         ("event", "ONEXTERNALCALLBACKSTART"),
         ("data[PHONE_NUMBER]", "+78091234567"),
@@ -250,7 +252,7 @@ fn originate_subcommand_refuses_denied_numbers() {
     let ami = FakeAmi::start("callme", SECRET);
     let dir = TempDir::new("callme-toll-cli");
     let conf = dir.path().join("callme.conf");
-    std::fs::write(&conf, config(&ami, &portal, "").replace("{state}", "/tmp")).unwrap();
+    std::fs::write(&conf, config(&ami, &portal, &[]).replace("{state}", "/tmp")).unwrap();
     let run = |to: &str| {
         Command::new(env!("CARGO_BIN_EXE_callme"))
             .args(["originate", "-c"])
