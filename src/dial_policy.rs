@@ -49,7 +49,8 @@ pub const DEFAULT_PER_USER: u32 = 10;
 pub const DEFAULT_OVERALL: u32 = 60;
 
 /// Largest accepted value of either rate limit. It also bounds the limiter's memory: it keeps
-/// one timestamp per admitted Originate in the window, so at most this many.
+/// two timestamps (overall and per employee) per Originate admitted in the last minute, so at
+/// most twice `max_per_minute`.
 pub const MAX_RATE: u32 = 10_000;
 
 /// Digits 0-9 as bits 0-9.
@@ -345,7 +346,7 @@ pub fn default_deny(phone: &PhoneConfig, dial_prefix: &str) -> Vec<Pattern> {
 }
 
 /// Sliding one-minute windows, per employee and overall. Only admitted Originates are
-/// counted, so refused attempts cannot lock an employee out for longer than a minute.
+/// counted: hammering on after a refusal does not push the employee's window further out.
 ///
 /// Memory: at most `max_per_minute` timestamps overall, and the per-employee queues together
 /// hold no more (every admitted Originate is in both); empty queues are dropped.
