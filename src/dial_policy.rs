@@ -31,6 +31,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::phone::PhoneConfig;
+use crate::text::escape_short;
 
 /// Longest pattern accepted (a phone number is at most 20 digits; a set like `[0-35-9]` takes
 /// several characters per digit).
@@ -84,10 +85,7 @@ impl Pattern {
             Err(format!(
                 "bad number pattern \"{}\": {why} (allowed: digits for one exact number, or _ \
                  followed by 0-9 X Z N [1-5] and a final . or !, e.g. _8XXXXXXXXXX)",
-                s.chars()
-                    .take(MAX_PATTERN)
-                    .flat_map(char::escape_debug)
-                    .collect::<String>()
+                escape_short(s, MAX_PATTERN)
             ))
         };
         if s.is_empty() {
