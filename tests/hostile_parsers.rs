@@ -20,16 +20,17 @@ use callme::dial_policy::{DialPolicy, Pattern};
 use callme::http::form;
 use support::gen::{Gen, SEEDS};
 
-/// Every real capture, raw.
+/// Every capture, raw: chan_sip, PJSIP and the legacy ones.
 fn captures() -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut v: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut v: Vec<_> = ["", "pjsip", "legacy"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(root.join(sub)).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "ami"))
         .collect();
     v.sort();
-    assert!(v.len() >= 8, "captures missing in {}", dir.display());
+    assert!(v.len() >= 20, "captures missing in {}", root.display());
     v.into_iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
