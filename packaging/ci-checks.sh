@@ -5,6 +5,7 @@
 #   3. rpmlint, with packaging/rpmlint.toml (EL9 policy on Debian's rpmlint): no errors
 #   4. systemd-analyze verify of packaging/callme.service
 #   5. packaging/check-glibc.sh: the binary runs on EL9's glibc 2.34
+#   6. vendor/patches/check.sh: vendor/tiny_http is tiny_http 0.12.0 plus the patch file
 #
 # It installs the Debian packages it needs (rpm, rpmlint, systemd, binutils). A tool that
 # cannot be installed is reported as "SKIPPED: <tool>: <why>" and its checks are skipped;
@@ -164,6 +165,17 @@ if have objdump binutils; then
     esac
 else
     skip "objdump: $why"
+fi
+
+echo "== 6. vendor/tiny_http is tiny_http 0.12.0 plus the patch file"
+if have patch patch; then
+    if vendor/patches/check.sh; then
+        pass "vendor/patches/check.sh: the patch file matches the vendored tree"
+    else
+        fail "vendor/patches/check.sh: patch file and vendor/tiny_http differ"
+    fi
+else
+    skip "patch: $why"
 fi
 
 echo "packaging: $passed passed, $failed failed, $skipped skipped"

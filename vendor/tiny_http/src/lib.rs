@@ -106,12 +106,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use limits::{AcceptThread, Backoff, Slot, Stats};
+
 use client::ClientConnection;
 use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::Limits;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -119,6 +122,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -140,17 +144,14 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // shared with the accept thread and the connections
+    stats: Arc<Stats>,
 }
 
+// accept errors are no longer passed on: the accept thread retries them itself
 enum Message {
-    Error(IoError),
     NewRequest(Request),
-}
-
-impl From<IoError> for Message {
-    fn from(e: IoError) -> Message {
-        Message::Error(e)
-    }
 }
 
 impl From<Request> for Message {
@@ -161,6 +162,7 @@ impl From<Request> for Message {
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)] // a compile-time check, never called
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
@@ -243,6 +245,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// [`Server::from_listener`] with [`Limits`] against slow and numerous clients.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -285,74 +296,101 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
-        thread::spawn(move || {
+        let stats = Arc::new(Stats::default());
+        let inside_stats = stats.clone();
+        let accept_loop = move || {
+            let _alive = AcceptThread(inside_stats.clone());
+            let stats = inside_stats;
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // accept errors never end this loop: they are logged once and retried
+            let mut backoff = Backoff::default();
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
+                let sock = match server.accept() {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        backoff.failed(&stats, &e);
+                        continue;
+                    }
+                };
+                // over the cap the connection is closed at once (dropped)
+                let slot = match Slot::acquire(&stats, limits.max_connections) {
+                    Some(slot) => slot,
+                    None => {
+                        backoff.rejected(limits.max_connections);
+                        continue;
+                    }
+                };
+                if let Err(e) = sock.set_timeouts(limits.idle_timeout, limits.write_timeout) {
+                    log::debug!("Dropping a new client: {}", e);
+                    continue;
+                }
 
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
+                use util::RefinedTcpStream;
+                let streams = match ssl {
+                    None => RefinedTcpStream::new(sock),
+                    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                    Some(ref ssl) => {
+                        // trying to apply SSL over the connection
+                        // if an error occurs, we just close the socket and resume listening
+                        let sock = match ssl.accept(sock) {
+                            Ok(s) => s,
+                            Err(_) => continue,
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        RefinedTcpStream::new(sock)
                     }
-                    Err(e) => Err(e),
+                    #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                    Some(ref _ssl) => unreachable!(),
                 };
+                // a failed `try_clone` (out of descriptors) costs this client only
+                let (read_closable, write_closable) = match streams {
+                    Ok(streams) => streams,
+                    Err(e) => {
+                        backoff.failed(&stats, &e);
+                        continue;
+                    }
+                };
+                backoff.succeeded(&stats);
 
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
+                let client = ClientConnection::new(write_closable, read_closable, &limits);
+                let messages = inside_messages.clone();
+                let mut client = Some((client, slot));
+                tasks_pool.spawn(Box::new(move || {
+                    // the slot is released when this task ends, however it ends
+                    if let Some((mut client, _slot)) = client.take() {
+                        // Synchronization is needed for HTTPS requests to avoid a deadlock
+                        if client.secure() {
+                            let (sender, receiver) = mpsc::channel();
+                            for rq in client.by_ref() {
+                                messages.push(rq.with_notify_sender(sender.clone()).into());
+                                if receiver.recv().is_err() {
+                                    break;
                                 }
                             }
-                        }));
+                        } else {
+                            for rq in client.by_ref() {
+                                messages.push(rq.into());
+                            }
+                        }
+                        // requests handed out still hold the connection: keep its slot
+                        client.wait_for_responses();
                     }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
-                    }
-                }
+                }));
             }
-            log::debug!("Terminating accept thread");
-        });
+        };
+        thread::Builder::new()
+            .name("tiny-http-accept".into())
+            .spawn(accept_loop)?;
 
         // result
         Ok(Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            stats,
         })
     }
 
@@ -372,14 +410,29 @@ impl Server {
 
     /// Returns the number of clients currently connected to the server.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.stats.connections()
+    }
+
+    /// How many connections were closed at once because `max_connections` were open.
+    pub fn rejected_connections(&self) -> u64 {
+        self.stats.rejected()
+    }
+
+    /// How many times `accept` (or setting up the connection it gave) failed.
+    pub fn accept_errors(&self) -> u64 {
+        self.stats.accept_errors()
+    }
+
+    /// `None` while the server accepts connections. `Some` with how long it has been unable
+    /// to: `accept` has failed (e.g. EMFILE) every time since then, or the accept thread
+    /// ended. Lets the embedder report itself unhealthy when this lasts.
+    pub fn accept_failing_for(&self) -> Option<Duration> {
+        self.stats.failing_for()
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
     pub fn recv(&self) -> IoResult<Request> {
         match self.messages.pop() {
-            Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(rq),
             None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
         }
@@ -388,7 +441,6 @@ impl Server {
     /// Same as `recv()` but doesn't block longer than timeout
     pub fn recv_timeout(&self, timeout: Duration) -> IoResult<Option<Request>> {
         match self.messages.pop_timeout(timeout) {
-            Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(Some(rq)),
             None => Ok(None),
         }
@@ -397,7 +449,6 @@ impl Server {
     /// Same as `recv()` but doesn't block.
     pub fn try_recv(&self) -> IoResult<Option<Request>> {
         match self.messages.try_pop() {
-            Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(Some(rq)),
             None => Ok(None),
         }
@@ -427,8 +478,12 @@ impl Drop for Server {
             #[cfg(unix)]
             ListenAddr::Unix(addr) => {
                 // TODO: use connect_addr when its stabilized.
-                let path = addr.as_pathname().unwrap();
-                std::os::unix::net::UnixStream::connect(path).map(Connection::from)
+                match addr.as_pathname() {
+                    Some(path) => {
+                        std::os::unix::net::UnixStream::connect(path).map(Connection::from)
+                    }
+                    None => Err(IoError::new(IoErrorKind::Other, "unnamed socket")),
+                }
             }
         };
         if let Ok(stream) = maybe_stream {

@@ -1,15 +1,17 @@
 pub use self::custom_stream::CustomStream;
+pub use self::deadline_reader::DeadlineReader;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
 pub use self::messages_queue::MessagesQueue;
 pub use self::refined_tcp_stream::RefinedTcpStream;
 pub use self::sequential::{SequentialReader, SequentialReaderBuilder};
-pub use self::sequential::{SequentialWriter, SequentialWriterBuilder};
+pub use self::sequential::SequentialWriterBuilder;
 pub use self::task_pool::TaskPool;
 
 use std::str::FromStr;
 
 mod custom_stream;
+mod deadline_reader;
 mod equal_reader;
 mod fused_reader;
 mod messages_queue;

@@ -1,6 +1,6 @@
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ struct Sharing {
 
     // number of idle worker threads
     waiting_tasks: AtomicUsize,
+
+    // a thread could not be started; logged once until one can
+    spawn_failing: AtomicBool,
 }
 
 /// Minimum number of active threads.
@@ -54,6 +57,7 @@ impl TaskPool {
                 condvar: Condvar::new(),
                 active_tasks: AtomicUsize::new(0),
                 waiting_tasks: AtomicUsize::new(0),
+                spawn_failing: AtomicBool::new(false),
             }),
         };
 
@@ -67,7 +71,11 @@ impl TaskPool {
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
-        let mut queue = self.sharing.todo.lock().unwrap();
+        let mut queue = self
+            .sharing
+            .todo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
 
         if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
             self.add_thread(Some(code));
@@ -80,7 +88,9 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // `thread::spawn` panics when no thread can be made (EAGAIN under a thread or memory
+        // limit). Then the task, and the connection it owns, is dropped instead.
+        let run = move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -90,7 +100,7 @@ impl TaskPool {
 
             loop {
                 let mut task: Box<dyn FnMut() + Send> = {
-                    let mut todo = sharing.todo.lock().unwrap();
+                    let mut todo = sharing.todo.lock().unwrap_or_else(PoisonError::into_inner);
 
                     let task;
                     loop {
@@ -102,13 +112,16 @@ impl TaskPool {
 
                         let received =
                             if sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS {
-                                todo = sharing.condvar.wait(todo).unwrap();
+                                todo = sharing
+                                    .condvar
+                                    .wait(todo)
+                                    .unwrap_or_else(PoisonError::into_inner);
                                 true
                             } else {
                                 let (new_lock, waitres) = sharing
                                     .condvar
                                     .wait_timeout(todo, Duration::from_millis(5000))
-                                    .unwrap();
+                                    .unwrap_or_else(PoisonError::into_inner);
                                 todo = new_lock;
                                 !waitres.timed_out()
                             };
@@ -123,7 +136,18 @@ impl TaskPool {
 
                 task();
             }
-        });
+        };
+        let spawned = thread::Builder::new()
+            .name("tiny-http-conn".into())
+            .spawn(run);
+        match spawned {
+            Ok(_) => self.sharing.spawn_failing.store(false, Ordering::Relaxed),
+            Err(e) => {
+                if !self.sharing.spawn_failing.swap(true, Ordering::Relaxed) {
+                    log::error!("Cannot start a thread for a client, dropping it: {}", e);
+                }
+            }
+        }
     }
 }
 
