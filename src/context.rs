@@ -31,6 +31,8 @@ pub struct Health {
     pub auth_error: AuthStatus,
     /// Every REST request to the portal, by method and answer (`/metrics`).
     pub rest: Arc<RestCounts>,
+    /// The HTTP listener; down (unable to accept) makes `/healthz` 503 and stops the watchdog.
+    pub listener: crate::listener_watch::Watch,
 }
 
 #[derive(Clone, Debug, Default)]

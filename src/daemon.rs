@@ -103,7 +103,7 @@ impl Daemon {
         app: Option<Arc<AppClient>>,
         auth_error: AuthStatus,
     ) -> Result<Daemon, http::Error> {
-        let listener = http::bind(cfg.http.listen)?;
+        let listener = http::bind(cfg.http.listen, http::listener::limits(&cfg.http))?;
         let health = Arc::new(Health {
             auth_error,
             ..Health::default()

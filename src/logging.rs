@@ -17,4 +17,5 @@ pub fn init(debug: bool) {
     }
     b.format_timestamp(None); // journald stamps every line itself
     let _ = b.try_init();
+    crate::panic_hook::install();
 }

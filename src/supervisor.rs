@@ -14,7 +14,8 @@ use crate::daemon::Daemon;
 use crate::notify;
 
 /// Tells systemd how the daemon is doing (sd_notify): READY once AMI is logged in, WATCHDOG
-/// while the state thread is alive, STATUS when the summary line changes.
+/// while the state thread is alive and the HTTP listener accepts connections, STATUS when
+/// the summary line changes.
 pub struct Supervisor {
     /// `$NOTIFY_SOCKET`, read once; `None` when not started by systemd.
     socket: Option<OsString>,
@@ -26,6 +27,8 @@ pub struct Supervisor {
     last_watchdog: Option<Instant>,
     /// The state thread missed its deadline; logged once per episode.
     stalled: bool,
+    /// The HTTP listener has been unable to accept for too long; logged once per episode.
+    listener_down: bool,
     /// A notify error was logged; not repeated every tick.
     notify_failed: bool,
 }
@@ -41,6 +44,7 @@ impl Supervisor {
             last_status: String::new(),
             last_watchdog: None,
             stalled: false,
+            listener_down: false,
             notify_failed: false,
         }
     }
@@ -60,6 +64,21 @@ impl Supervisor {
             self.last_status = status;
         }
 
+        // A listener that cannot accept (out of descriptors, or its thread gone) means no
+        // webhook and no click-to-call while AMI looks fine: /healthz says 503 and the
+        // keepalive below stops, so systemd restarts us.
+        let listener_down = health.listener.down_for();
+        match (listener_down, self.listener_down) {
+            (Some(d), false) => log::error!(
+                "HTTP listener cannot accept connections for {} s; /healthz answers 503 and \
+                 the watchdog keepalive (under systemd) stops so that callme is restarted",
+                d.as_secs()
+            ),
+            (None, true) => log::warn!("HTTP listener accepts connections again"),
+            _ => {}
+        }
+        self.listener_down = listener_down.is_some();
+
         let Some(interval) = self.watchdog else {
             return;
         };
@@ -75,7 +94,9 @@ impl Supervisor {
             .load(Ordering::Relaxed)
             .max(self.started_ms);
         let silent_ms = now_ms.saturating_sub(last);
-        if silent_ms <= limit {
+        if self.listener_down {
+            // withheld; said above
+        } else if silent_ms <= limit {
             if self.stalled {
                 log::warn!("state thread is responsive again; watchdog keepalive resumed");
                 self.stalled = false;

@@ -1,5 +1,6 @@
 //! The `callme run` supervisor: READY only after the AMI login, STATUS on change, and the
-//! watchdog keepalive withheld while the state thread is silent. Notifications land in a
+//! watchdog keepalive withheld while the state thread is silent or the HTTP listener cannot
+//! accept connections. Notifications land in a
 //! Unix datagram socket the test reads, as systemd's would.
 
 use std::os::unix::net::UnixDatagram;
@@ -100,4 +101,40 @@ fn watchdog_stops_while_the_state_thread_is_silent() {
     sup.tick(&health, t0 + Duration::from_secs(8), ms0 + 8000);
     assert_eq!(watchdogs(received(&sock)), 1, "resumed");
     assert!(!sup.is_stalled());
+}
+
+#[test]
+fn watchdog_stops_while_the_listener_cannot_accept() {
+    use callme::listener_watch::ListenerStats;
+    use std::sync::{Arc, Mutex};
+    let interval = Duration::from_secs(2);
+    let (mut sup, sock, _dir) = supervised("listener", Some(interval));
+    let health = Health::default();
+    let failing = Arc::new(Mutex::new(None));
+    let f = failing.clone();
+    health.listener.attach_probe(move || {
+        Some(ListenerStats {
+            failing_for: *f.lock().unwrap(),
+            ..ListenerStats::default()
+        })
+    });
+    let t0 = Instant::now();
+    let ms0 = sup.started_ms();
+    let watchdogs = |v: Vec<String>| v.iter().filter(|m| *m == "WATCHDOG=1").count();
+    let mut tick = |secs: u64| {
+        // the state thread is alive throughout
+        health
+            .state_alive_ms
+            .store(ms0 + secs * 1000, Ordering::Relaxed);
+        sup.tick(&health, t0 + Duration::from_secs(secs), ms0 + secs * 1000);
+        watchdogs(received(&sock))
+    };
+    assert_eq!(tick(0), 1);
+    *failing.lock().unwrap() = Some(Duration::from_secs(2));
+    assert_eq!(tick(1), 1, "a short run of accept errors is tolerated");
+    *failing.lock().unwrap() = Some(Duration::from_secs(6));
+    assert_eq!(tick(2), 0, "withheld");
+    assert_eq!(tick(3), 0, "still withheld");
+    *failing.lock().unwrap() = None;
+    assert_eq!(tick(4), 1, "resumed");
 }

@@ -46,6 +46,7 @@ pub fn run(path: &Path, signals: Signals) -> ExitCode {
             (None, None) => String::new(),
         }
     );
+    crate::http::listener::raise_fd_limit(cfg.http.max_connections);
     let daemon = match Daemon::start(&cfg) {
         Ok(d) => d,
         Err(e) => {

@@ -53,7 +53,17 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         "phone",
         &["country_code", "national_prefix", "national_length"],
     ),
-    ("http", &["listen", "threads", "public_url"]),
+    (
+        "http",
+        &[
+            "listen",
+            "threads",
+            "public_url",
+            "max_connections",
+            "idle_timeout",
+            "request_timeout",
+        ],
+    ),
     ("state", &["dir", "outbox_warn"]),
     (
         "recording",

@@ -239,10 +239,18 @@ impl Validator<'_> {
         });
         let threads = self.value(S, "threads", d.threads, |v| parse_number(v, 1, 64));
         let public_url = self.optional(S, "public_url", parse_public_url);
+        let max_connections = self.value(S, "max_connections", d.max_connections, |v| {
+            parse_number(v, 8, HttpConfig::MAX_MAX_CONNECTIONS)
+        });
+        let idle_timeout = self.value(S, "idle_timeout", d.idle_timeout, parse_secs);
+        let request_timeout = self.value(S, "request_timeout", d.request_timeout, parse_secs);
         HttpConfig {
             listen,
             threads,
             public_url,
+            max_connections,
+            idle_timeout,
+            request_timeout,
         }
     }
 

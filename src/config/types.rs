@@ -150,6 +150,22 @@ pub struct HttpConfig {
     /// with `/`. In app mode the event handler bound with `event.bind` is
     /// `{public_url}bitrix24/event`. `None`: events are not bound automatically.
     pub public_url: Option<String>,
+    /// Most connections open at once; more are closed at once (docs/security.md).
+    pub max_connections: usize,
+    /// How long a client may stay silent (keep-alive, or within a request).
+    pub idle_timeout: Duration,
+    /// How long a client may take to send a request, from its first byte.
+    pub request_timeout: Duration,
+}
+
+impl HttpConfig {
+    /// `max_connections` by default. Measured (docs/security.md, "Connection limits"): a full
+    /// cap costs about 30 MB of RSS in a release build and 35 MB in the test build, within
+    /// the 40 MB bound of the flood test, and leaves room above its 1,220 connections.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1536;
+    /// The largest `max_connections` accepted: two open files each still fit in the 65,536
+    /// callme asks for.
+    pub const MAX_MAX_CONNECTIONS: usize = 30_000;
 }
 
 impl Default for HttpConfig {
@@ -158,6 +174,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             threads: 4,
             public_url: None,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }

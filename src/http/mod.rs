@@ -16,6 +16,7 @@ mod ops;
 mod webhook;
 
 pub mod form;
+pub mod listener;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,12 +68,13 @@ pub struct Bound {
     addr: SocketAddr,
 }
 
-/// Bind `addr` (port 0: any free port; see [`Bound::addr`]).
-pub fn bind(addr: SocketAddr) -> Result<Bound, Error> {
-    let server = tiny_http::Server::http(addr).map_err(|e| Error::Bind {
-        addr,
-        reason: e.to_string(),
-    })?;
+/// Bind `addr` (port 0: any free port; see [`Bound::addr`]) with `limits`
+/// ([`listener::limits`]).
+pub fn bind(addr: SocketAddr, limits: tiny_http::Limits) -> Result<Bound, Error> {
+    let bind_error = |reason: String| Error::Bind { addr, reason };
+    let tcp = std::net::TcpListener::bind(addr).map_err(|e| bind_error(e.to_string()))?;
+    let server = tiny_http::Server::from_listener_with_limits(tcp, None, limits)
+        .map_err(|e| bind_error(e.to_string()))?;
     let bound = server.server_addr().to_ip().unwrap_or(addr);
     Ok(Bound {
         server: Arc::new(server),
@@ -88,6 +90,7 @@ impl Bound {
 
     /// Start `threads` workers.
     pub fn serve(self, daemon: Context, threads: usize) -> Server {
+        daemon.health.listener.attach(&self.server);
         let ctx = Arc::new(Ctx {
             limiter: RateLimiter::new(&daemon.config.originate.policy),
             daemon,

@@ -17,6 +17,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::context::DeliveryView;
 use crate::isotime;
+use crate::listener_watch::{ListenerStats, DOWN_AFTER};
 
 /// The state thread stamps `state_alive_ms` at least once a second; this much silence means
 /// it is stuck.
@@ -45,6 +46,8 @@ pub struct Snapshot {
     pub app: Option<AppView>,
     /// Originates the toll-fraud guard refused, by reason.
     pub refused: Vec<(&'static str, u64)>,
+    /// The HTTP listener (`Health::listener`); `None` when not running.
+    pub listener: Option<ListenerStats>,
 }
 
 /// What `/metrics` shows of app mode's OAuth tokens.
@@ -98,10 +101,12 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
             .lock()
             .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default(),
+        listener: h.listener.stats(),
     }
 }
 
-/// 200 `ok` when AMI is logged in and the state thread is alive; 503 with the reason.
+/// 200 `ok` when AMI is logged in, the state thread is alive and the listener accepts
+/// connections; 503 with the reason.
 pub(super) fn healthz(ctx: &Ctx) -> Reply {
     match health_problem(&snapshot(ctx)) {
         None => reply(200, "ok\n"),
@@ -113,6 +118,14 @@ fn health_problem(s: &Snapshot) -> Option<String> {
     // First: calls cannot reach Bitrix24 at all until an operator acts.
     if let Some(e) = &s.auth_error {
         return Some(format!("Bitrix24 authorization: {e}"));
+    }
+    if let Some(down) = s.listener.and_then(|l| l.failing_for) {
+        if down >= DOWN_AFTER {
+            return Some(format!(
+                "HTTP listener cannot accept connections for {} s",
+                down.as_secs()
+            ));
+        }
     }
     if !s.ami_logged_in {
         return Some("AMI is not logged in".to_string());
@@ -177,6 +190,12 @@ fn status_json(s: &Snapshot) -> Value {
         },
         "click_to_call": s.clicks.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "originate_refused": s.refused.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "http": s.listener.map(|l| json!({
+            "connections": l.connections,
+            "rejected_connections": l.rejected,
+            "accept_errors": l.accept_errors,
+            "accept_failing_seconds": l.failing_for.map(|d| d.as_secs_f64()),
+        })),
     })
 }
 
@@ -447,6 +466,28 @@ pub fn metrics_text(s: &Snapshot) -> String {
             "callme_originate_refused_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    let l = s.listener.unwrap_or_default();
+    head(
+        &mut out,
+        "callme_http_connections",
+        "gauge",
+        "HTTP connections open now ([http] max_connections caps them).",
+    );
+    let _ = writeln!(out, "callme_http_connections {}", l.connections);
+    head(
+        &mut out,
+        "callme_http_rejected_connections_total",
+        "counter",
+        "HTTP connections closed at once because max_connections were open.",
+    );
+    let _ = writeln!(out, "callme_http_rejected_connections_total {}", l.rejected);
+    head(
+        &mut out,
+        "callme_http_accept_errors_total",
+        "counter",
+        "Failed accepts on the HTTP listener (e.g. out of open files).",
+    );
+    let _ = writeln!(out, "callme_http_accept_errors_total {}", l.accept_errors);
     out
 }
 
@@ -473,6 +514,17 @@ mod tests {
         );
         s.state_silent_ms = Some(900);
         assert_eq!(health_problem(&s), None);
+        let failing = |secs| ListenerStats {
+            failing_for: Some(Duration::from_secs(secs)),
+            ..ListenerStats::default()
+        };
+        s.listener = Some(failing(2));
+        assert_eq!(health_problem(&s), None, "a short accept hiccup");
+        s.listener = Some(failing(7));
+        assert_eq!(
+            health_problem(&s).as_deref(),
+            Some("HTTP listener cannot accept connections for 7 s")
+        );
     }
 
     #[test]

@@ -41,6 +41,14 @@ fn bad_numbers() {
     }
     let e = err(&with("http", "threads = 65"));
     assert!(e.contains("from 1 to 64"), "{e}");
+    for bad in [
+        "max_connections = 7",
+        "max_connections = 30001",
+        "idle_timeout = 0",
+    ] {
+        let e = err(&with("http", bad));
+        assert!(e.starts_with("t.conf:7: [http] "), "{bad}: {e}");
+    }
     let e = err(&with("bitrix24", "burst = 0"));
     assert!(e.starts_with("t.conf:5: [bitrix24] burst = \"0\""), "{e}");
     for bad in [

@@ -132,6 +132,9 @@ national_length = 11
 [http]
 listen = [::]:9090
 threads = 64
+max_connections = 100
+idle_timeout = 2.5
+request_timeout = 30
 [state]
 dir = /tmp/callme
 outbox_warn = 50
@@ -179,6 +182,9 @@ outbox_warn = 50
     );
     assert_eq!(cfg.http.listen, "[::]:9090".parse().unwrap());
     assert_eq!(cfg.http.threads, 64);
+    assert_eq!(cfg.http.max_connections, 100);
+    assert_eq!(cfg.http.idle_timeout, Duration::from_millis(2500));
+    assert_eq!(cfg.http.request_timeout, secs(30));
     assert_eq!(cfg.state.dir, PathBuf::from("/tmp/callme"));
     assert_eq!(cfg.state.outbox_warn, 50);
 }
