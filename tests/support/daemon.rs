@@ -50,6 +50,22 @@ impl Running {
     /// systemd variables of the test's own environment are never passed on, so a test run
     /// under a systemd service does not notify that service.
     pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
+        Self::spawn(config, args, env, None)
+    }
+
+    /// [`Running::start_with_env`] under `ulimit ULIMIT` (e.g. `-Sn 1024`), set for the
+    /// daemon only: it runs as `sh -c 'ulimit ULIMIT; exec callme ...'`, so the pid is still
+    /// the daemon's.
+    pub fn start_with_ulimit(
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ulimit: &str,
+    ) -> Running {
+        Self::spawn(config, args, env, Some(ulimit))
+    }
+
+    fn spawn(config: &str, args: &[&str], env: &[(&str, &str)], ulimit: Option<&str>) -> Running {
         let dir = TempDir::new("callme-e2e");
         let state = dir.path().join("state");
         fs::create_dir_all(&state).expect("state dir");
@@ -60,7 +76,18 @@ impl Running {
         )
         .expect("write config");
         let stderr = dir.path().join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_callme"))
+        let bin = env!("CARGO_BIN_EXE_callme");
+        let mut cmd = match ulimit {
+            None => Command::new(bin),
+            Some(u) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit {u} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+        };
+        let child = cmd
             .arg("run")
             .arg("-c")
             .arg(&conf)

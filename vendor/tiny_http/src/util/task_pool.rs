@@ -77,7 +77,10 @@ impl TaskPool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // A woken thread counts as waiting until it has taken its task, so compare with the
+        // tasks already queued: `== 0` queued a burst of tasks behind one idle thread, and
+        // with connection tasks that block for long, those clients waited unserved.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
