@@ -454,3 +454,63 @@ fn accept_failing_with_emfile_recovers() {
     assert_no_panic(&daemon);
     daemon.kill();
 }
+
+/// Read what the server sends until it closes (or `within` passes); the status code.
+fn status_of(mut s: TcpStream, within: Duration) -> Option<u16> {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+}
+
+/// A head over 8 KiB gets 431; a client that trickles its head gets 408 once
+/// `request_timeout` has passed; a silent one is closed after `idle_timeout`. The webhook
+/// is answered throughout.
+#[test]
+fn oversized_slow_and_silent_requests_are_cut_off() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let cfg = config(&ami, &portal, "idle_timeout = 1\nrequest_timeout = 1\n");
+    let (mut daemon, addr) = start(&cfg, "-Sn 1024", &ami);
+
+    let mut big = TcpStream::connect(addr).unwrap();
+    let pad = "a".repeat(9 * 1024);
+    let _ = big.write_all(format!("GET /healthz HTTP/1.1\r\nX-Pad: {pad}\r\n\r\n").as_bytes());
+    assert_eq!(status_of(big, WAIT), Some(431));
+
+    // One byte every 300 ms: never silent for the idle timeout, but over the request timeout.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    let t0 = Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nX-Slow: abcdefghijklmnopqrstuvwxyz\r\n\r\n";
+    for b in head.chunks(1) {
+        if slow.write_all(b).is_err() {
+            break;
+        }
+        // A deliberately slow sender: the pause is the behaviour under test.
+        thread::sleep(Duration::from_millis(300));
+        if t0.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let cut_after = t0.elapsed();
+    assert_eq!(status_of(slow, WAIT), Some(408), "after {cut_after:?}");
+
+    let silent = TcpStream::connect(addr).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(status_of(silent, WAIT), None, "closed without an answer");
+    let closed_after = t0.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(5),
+        "a silent client held its connection for {closed_after:?}"
+    );
+    click(&portal, &ami, addr, &daemon);
+    println!(
+        "cut off: 9 KiB head -> 431; trickled head -> 408 (writes stopped after \
+         {cut_after:?}); silent client closed after {closed_after:?} (idle_timeout 1 s)"
+    );
+    assert_no_panic(&daemon);
+    daemon.kill();
+}
