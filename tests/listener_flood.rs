@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use support::clicks::{event_body, register};
+use support::configs;
 use support::daemon::Running;
-use support::fake_ami::{wait_until, FakeAmi};
+use support::fake_ami::FakeAmi;
 use support::fake_bitrix::FakeBitrix;
 use support::http;
+use support::wait::wait_until;
 
 const WAIT: Duration = Duration::from_secs(20);
 /// The bound from the issue: a webhook is answered within this, flood or not.
@@ -33,17 +35,15 @@ const RSS_LIMIT_KB: u64 = 40 * 1024;
 /// baseline, and the first connections of a flood run on them.
 const POOL_IDLE_THREADS: u64 = 4;
 
-fn config(ami: &FakeAmi, portal: &FakeBitrix, http_extra: &str) -> String {
-    format!(
-        "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-         ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-         [bitrix24]\nwebhook_url = {}\napp_token = {TOKEN}\ntimeout = 5\n\
-         [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\nthreads = 2\n{http_extra}\
-         [state]\ndir = {{state}}\n",
-        ami.port(),
-        portal.webhook_url()
-    )
+/// The daemon against the fake PBX and portal, with `http` keys set in `[http]`.
+fn config(ami: &FakeAmi, portal: &FakeBitrix, http: &[(&str, &str)]) -> String {
+    let text = configs::webhook(ami.port(), SECRET, &portal.webhook_url());
+    let text = configs::set(&text, "bitrix24", "app_token", TOKEN);
+    let mut text = configs::set(&text, "http", "threads", "2");
+    for (key, value) in http {
+        text = configs::set(&text, "http", key, value);
+    }
+    text
 }
 
 /// The test process holds the flood's client ends: give it room (the daemon's own limit is
@@ -91,51 +91,6 @@ fn next_phone() -> String {
     format!("+7999{:07}", 1_234_567 + N.fetch_add(1, Ordering::SeqCst))
 }
 
-/// Register an outgoing call to `phone` for user 19 at the fake portal (as Bitrix24 does
-/// before it posts ONEXTERNALCALLSTART); its CALL_ID.
-fn register(portal: &FakeBitrix, phone: &str) -> String {
-    let url = portal.webhook_url();
-    let addr = url.trim_start_matches("http://").split('/').next().unwrap();
-    let body = json!({"USER_ID": 19, "PHONE_NUMBER": phone, "TYPE": 1}).to_string();
-    let r = http::request(
-        addr,
-        "POST",
-        "/rest/1/testcode/telephony.externalcall.register.json",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let v: Value = serde_json::from_str(&r.body).unwrap();
-    v["result"]["CALL_ID"].as_str().unwrap().to_string()
-}
-
-/// An ONEXTERNALCALLSTART as Bitrix24 posts it (bitrix24-api.md §5.3).
-fn event_body(call_id: &str, phone: &str) -> String {
-    http::form(&[
-        ("event", "ONEXTERNALCALLSTART"),
-        ("event_handler_id", "1055"),
-        ("data[PHONE_NUMBER]", phone),
-        ("data[PHONE_NUMBER_INTERNATIONAL]", phone),
-        ("data[EXTENSION]", ""),
-        ("data[USER_ID]", "19"),
-        ("data[CALL_LIST_ID]", "0"),
-        ("data[LINE_NUMBER]", "7"),
-        ("data[IS_MOBILE]", "0"),
-        ("data[CALL_ID]", call_id),
-        ("data[CRM_ENTITY_TYPE]", "CONTACT"),
-        ("data[CRM_ENTITY_ID]", "797"),
-        ("ts", "1773236988"),
-        ("auth[domain]", "some-domain.bitrix24.com"),
-        (
-            "auth[client_endpoint]",
-            "https://some-domain.bitrix24.com/rest/",
-        ),
-        ("auth[server_endpoint]", "https://oauth.bitrix.info/rest/"),
-        ("auth[member_id]", "a223c6b9410f85df78e9377d6c4f7213"),
-        ("auth[application_token]", TOKEN),
-    ])
-}
-
 /// POST the webhook; its status and how long the answer took, or why there was none
 /// (connection refused, closed without an answer, or no answer within `ANSWER_WITHIN`).
 fn post_event(addr: SocketAddr, body: &str) -> Result<(u16, Duration), String> {
@@ -166,7 +121,7 @@ fn click(portal: &FakeBitrix, ami: &FakeAmi, addr: SocketAddr, d: &Running) -> D
     let before = ami.actions_named("Originate").len();
     let phone = next_phone();
     let call_id = register(portal, &phone);
-    let (status, took) = post_event(addr, &event_body(&call_id, &phone))
+    let (status, took) = post_event(addr, &event_body(&call_id, "19", &phone, None, TOKEN))
         .unwrap_or_else(|e| panic!("webhook not answered: {e}; log:\n{}", d.log()));
     assert_eq!(status, 200, "log:\n{}", d.log());
     assert!(
@@ -254,7 +209,11 @@ fn flood_below_the_cap_with_1024_open_files() {
     let ami = FakeAmi::start("callme", SECRET);
     // Long timeouts, so the flood is certainly held while the test looks at it; the default
     // max_connections (1536) is the one under test.
-    let cfg = config(&ami, &portal, "idle_timeout = 60\nrequest_timeout = 60\n");
+    let cfg = config(
+        &ami,
+        &portal,
+        &[("idle_timeout", "60"), ("request_timeout", "60")],
+    );
     let (mut daemon, addr) = start(&cfg, "-Sn 1024", &ami);
     let log = daemon.log();
     assert!(
@@ -320,7 +279,11 @@ fn flood_over_the_cap_is_closed_at_once_and_times_out() {
     let cfg = config(
         &ami,
         &portal,
-        "max_connections = 32\nidle_timeout = 2\nrequest_timeout = 2\n",
+        &[
+            ("max_connections", "32"),
+            ("idle_timeout", "2"),
+            ("request_timeout", "2"),
+        ],
     );
     let (mut daemon, addr) = start(&cfg, "-Sn 1024", &ami);
     click(&portal, &ami, addr, &daemon);
@@ -341,7 +304,7 @@ fn flood_over_the_cap_is_closed_at_once_and_times_out() {
     // The flood's sockets stay open on our side; the daemon times them out.
     let phone = next_phone();
     let call_id = register(&portal, &phone);
-    let body = event_body(&call_id, &phone);
+    let body = event_body(&call_id, "19", &phone, None, TOKEN);
     let mut answer = None;
     assert!(
         wait_until(WAIT, || {
@@ -360,9 +323,10 @@ fn flood_over_the_cap_is_closed_at_once_and_times_out() {
         .unwrap_or_else(|| panic!("no rejected counter in:\n{metrics}"));
     drop(flood);
     println!(
-        "flood over the cap: 200 connections against max_connections = 32: {rejected} closed \
-         at once; threads {baseline} -> {peak_threads}; webhook answered {recovered_in:?} \
-         after the flood began (idle timeout 2 s), the flood still open"
+        "flood over the cap: 200 connections against max_connections = 32: {rejected} \
+         connections closed at once (the flood's over the cap, and the webhook's tries while \
+         the slots were taken); threads {baseline} -> {peak_threads}; webhook answered \
+         {recovered_in:?} after the flood began (idle timeout 2 s), the flood still open"
     );
     assert!(rejected > 0, "{metrics}");
     // 32 connections add at most 32 - POOL_IDLE_THREADS threads beyond the baseline; the
@@ -385,7 +349,11 @@ fn accept_failing_with_emfile_recovers() {
     raise_own_fd_limit();
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
-    let cfg = config(&ami, &portal, "idle_timeout = 60\nrequest_timeout = 60\n");
+    let cfg = config(
+        &ami,
+        &portal,
+        &[("idle_timeout", "60"), ("request_timeout", "60")],
+    );
     let (mut daemon, addr) = start(&cfg, "-n 64", &ami);
     let log = daemon.log();
     assert!(
@@ -415,7 +383,7 @@ fn accept_failing_with_emfile_recovers() {
     // may still meet its last connections, so allow a few tries within the bound.
     let phone = next_phone();
     let call_id = register(&portal, &phone);
-    let body = event_body(&call_id, &phone);
+    let body = event_body(&call_id, "19", &phone, None, TOKEN);
     let mut answer = None;
     assert!(
         wait_until(ANSWER_WITHIN, || {
@@ -473,7 +441,11 @@ fn status_of(mut s: TcpStream, within: Duration) -> Option<u16> {
 fn oversized_slow_and_silent_requests_are_cut_off() {
     let portal = FakeBitrix::start();
     let ami = FakeAmi::start("callme", SECRET);
-    let cfg = config(&ami, &portal, "idle_timeout = 1\nrequest_timeout = 1\n");
+    let cfg = config(
+        &ami,
+        &portal,
+        &[("idle_timeout", "1"), ("request_timeout", "1")],
+    );
     let (mut daemon, addr) = start(&cfg, "-Sn 1024", &ami);
 
     let mut big = TcpStream::connect(addr).unwrap();

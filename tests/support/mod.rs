@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod captures;
+pub mod clicks;
 pub mod configs;
 pub mod daemon;
 #[macro_use]
