@@ -19,22 +19,17 @@ use support::configs;
 use support::daemon::{Running, TempDir};
 use support::fake_ami::FakeAmi;
 use support::fake_bitrix::FakeBitrix;
-use support::fake_oauth::{FakeOAuth, CLIENT_ID, CLIENT_SECRET};
+use support::fake_oauth::{FakeOAuth, CLIENT_SECRET};
 use support::http::{form, request};
 use support::wait::{wait_for, wait_until};
 
-const DOMAIN: &str = "test.bitrix24.ru";
-const MEMBER: &str = "member-1";
+const MEMBER: &str = "a223c6b9410f85df78e9377d6c4f7213";
 const APP_TOKEN: &str = "application-token-1";
 const SECRET: &str = "amisecret-app";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn app_config_text(oauth: &FakeOAuth, state: &str, ami_port: u16) -> String {
-    let bitrix24 = format!(
-        "auth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
-         portal = {DOMAIN}\noauth_url = {}\ntimeout = 5\nusers_refresh = 1\n",
-        oauth.url()
-    );
+fn app_config_text(portal: &FakeBitrix, oauth: &FakeOAuth, state: &str, ami_port: u16) -> String {
+    let bitrix24 = configs::app_bitrix24(&portal.host(), &oauth.url());
     let text = configs::daemon(ami_port, SECRET, &bitrix24);
     let text = configs::set(
         &text,
@@ -52,7 +47,7 @@ fn tokens(portal: &FakeBitrix, (access, refresh): (String, String)) -> Tokens {
         expires: 4_000_000_000,
         client_endpoint: portal.client_endpoint(),
         member_id: MEMBER.into(),
-        domain: DOMAIN.into(),
+        domain: portal.host(),
         application_token: APP_TOKEN.into(),
     }
 }
@@ -93,8 +88,13 @@ fn status(addr: &str) -> Value {
     serde_json::from_str(&get(addr, "/status").1).expect("/status is JSON")
 }
 
-fn app_client(oauth: &FakeOAuth, dir: &TempDir, status: AuthStatus) -> AppClient {
-    let text = app_config_text(oauth, &dir.path().display().to_string(), 1);
+fn app_client(
+    portal: &FakeBitrix,
+    oauth: &FakeOAuth,
+    dir: &TempDir,
+    status: AuthStatus,
+) -> AppClient {
+    let text = app_config_text(portal, oauth, &dir.path().display().to_string(), 1);
     let cfg = configs::parse(&text);
     AppClient::new(
         cfg.bitrix24.app.as_ref().unwrap(),
@@ -114,12 +114,13 @@ fn twenty_calls_cross_token_expiries() {
     let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
     let dir = TempDir::new("callme-app-expiry");
     let status = AuthStatus::default();
-    let app = Arc::new(app_client(&oauth, &dir, status.clone()));
+    let app = Arc::new(app_client(&portal, &oauth, &dir, status.clone()));
     app.install(tokens(&portal, first)).expect("install");
 
     let directory = Directory::from_users(api::users_all(&*app).expect("user.get"), Instant::now());
     let employees: Vec<String> = directory.inners().map(String::from).collect();
     let mut cfg = DeliverConfig::from_config(&configs::parse(&app_config_text(
+        &portal,
         &oauth,
         &dir.path().display().to_string(),
         1,
@@ -191,7 +192,7 @@ fn concurrent_calls_refresh_once_at_a_time() {
     let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
     let dir = TempDir::new("callme-app-concurrent");
     let status = AuthStatus::default();
-    let app = Arc::new(app_client(&oauth, &dir, status.clone()));
+    let app = Arc::new(app_client(&portal, &oauth, &dir, status.clone()));
     app.install(tokens(&portal, first)).unwrap();
     let workers: Vec<_> = (0..4)
         .map(|_| {
@@ -240,7 +241,10 @@ fn refused_refresh_waits(answered: &str) {
     let first = portal.enable_app(1000);
     let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
     let ami = FakeAmi::start("callme", SECRET);
-    let mut d = Running::start(&app_config_text(&oauth, "{state}", ami.port()), &[]);
+    let mut d = Running::start(
+        &app_config_text(&portal, &oauth, "{state}", ami.port()),
+        &[],
+    );
     let addr = d.http_addr(WAIT).expect("HTTP address");
     assert!(ami.wait_accepted(1, WAIT), "AMI login");
 
@@ -337,7 +341,10 @@ fn install_endpoint_checks() {
     let first = portal.enable_app(1000);
     let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
     let ami = FakeAmi::start("callme", SECRET);
-    let d = Running::start(&app_config_text(&oauth, "{state}", ami.port()), &[]);
+    let d = Running::start(
+        &app_config_text(&portal, &oauth, "{state}", ami.port()),
+        &[],
+    );
     let addr = d.http_addr(WAIT).expect("HTTP address");
     let t1 = tokens(&portal, first);
 
@@ -384,7 +391,7 @@ fn install_endpoint_checks() {
     let bad_member = Tokens {
         access_token: a,
         refresh_token: r,
-        member_id: "member-2".into(),
+        member_id: "b334d7c0521096e089488ed7d5a8324".into(),
         ..t1.clone()
     };
     assert_eq!(
@@ -412,7 +419,7 @@ fn install_endpoint_checks() {
     let other_member = form(&[
         ("event", "ONAPPTEST"),
         ("auth[application_token]", APP_TOKEN),
-        ("auth[member_id]", "member-2"),
+        ("auth[member_id]", "b334d7c0521096e089488ed7d5a8324"),
     ]);
     assert_eq!(post(&addr, "/bitrix24/event", &other_member).0, 403);
     let good = form(&[
@@ -444,8 +451,9 @@ fn install_endpoint_checks() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
+    let host = portal.host();
     for want in [
-        DOMAIN,
+        host.as_str(),
         MEMBER,
         "tokens stored: yes",
         "valid until",
@@ -461,6 +469,140 @@ fn install_endpoint_checks() {
         CLIENT_SECRET,
     ] {
         assert!(!text.contains(secret), "{secret} printed");
+    }
+}
+
+/// Forged installs (issue #13): each is refused with 403, leaves `oauth.json` as it was (absent
+/// before the first install, byte for byte after it), and is logged with its reason but no
+/// token. The real install works after all of them. `[bitrix24] member_id` is pinned here.
+#[test]
+fn forged_installs_are_refused() {
+    let portal = FakeBitrix::start();
+    let first = portal.enable_app(1000);
+    let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
+    let ami = FakeAmi::start("callme", SECRET);
+    let text = app_config_text(&portal, &oauth, "{state}", ami.port());
+    let d = Running::start(&configs::set(&text, "bitrix24", "member_id", MEMBER), &[]);
+    let addr = d.http_addr(WAIT).expect("HTTP address");
+    let path = d.dir.path().join("state/oauth.json");
+    let real = tokens(&portal, first);
+
+    // What an attacker can post: the right domain, but REST calls pointed at their server;
+    // the right endpoint with a token the portal never issued; a working token of another
+    // application on the same portal; our app's token for another portal identity.
+    let evil = FakeBitrix::start();
+    evil.enable_app(1000);
+    let forged = |secrets: &mut Vec<String>| {
+        let (a, r) = portal.issue_tokens();
+        let (fa, fr) = portal.issue_foreign_tokens();
+        let list = vec![
+            (
+                "foreign endpoint",
+                Tokens {
+                    client_endpoint: evil.client_endpoint(),
+                    ..tokens(&portal, (a.clone(), r.clone()))
+                },
+                "client_endpoint",
+            ),
+            (
+                "https endpoint of another host",
+                Tokens {
+                    client_endpoint: "https://evil.example/rest/".into(),
+                    ..tokens(&portal, (a.clone(), r.clone()))
+                },
+                "client_endpoint",
+            ),
+            (
+                "unknown token",
+                tokens(&portal, ("access-forged".into(), "refresh-forged".into())),
+                "not confirmed by the portal",
+            ),
+            (
+                "token of another app",
+                tokens(&portal, (fa.clone(), fr.clone())),
+                "belongs to application local.other.2",
+            ),
+            (
+                "member_id mismatch",
+                Tokens {
+                    member_id: "b334d7c0521096e089488ed7d5a8324".into(),
+                    ..tokens(&portal, (a.clone(), r.clone()))
+                },
+                "member_id",
+            ),
+        ];
+        secrets.extend([
+            a,
+            r,
+            fa,
+            fr,
+            "access-forged".into(),
+            "refresh-forged".into(),
+        ]);
+        list
+    };
+    let mut secrets = vec![real.access_token.clone(), real.refresh_token.clone()];
+    for (what, t, _) in forged(&mut secrets) {
+        let (code, body) = post(&addr, "/bitrix24/install", &install_body(&t));
+        assert_eq!(code, 403, "{what}: {body}\n{}", d.log());
+        assert!(!path.exists(), "{what}: oauth.json written");
+    }
+    // The endpoint is checked before anything is sent; nothing ever reaches the evil server.
+    assert!(evil.token_log().is_empty(), "{:?}", evil.token_log());
+    assert_eq!(get(&addr, "/healthz").0, 503, "still not installed");
+
+    // The portal cannot be asked: not stored either, and Bitrix24 is told to try again.
+    portal.set_down(true);
+    assert_eq!(
+        post(&addr, "/bitrix24/install", &install_body(&real)).0,
+        503
+    );
+    portal.set_down(false);
+    assert!(!path.exists());
+
+    // The real install works, and is verified at the configured portal with its own token.
+    assert_eq!(
+        post(&addr, "/bitrix24/install", &install_body(&real)).0,
+        200
+    );
+    assert!(portal
+        .token_log()
+        .iter()
+        .any(|(tok, st)| *tok == real.access_token && *st == 200));
+    let stored = fs::read_to_string(&path).unwrap();
+    assert!(stored.contains(&real.access_token));
+    assert!(
+        wait_until(WAIT, || get(&addr, "/healthz").0 == 200),
+        "{}",
+        d.log()
+    );
+
+    // Once installed, the same forgeries (with the stored application token, even) change
+    // nothing.
+    for (what, t, _) in forged(&mut secrets) {
+        assert_eq!(
+            post(&addr, "/bitrix24/install", &install_body(&t)).0,
+            403,
+            "{what} after install"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), stored, "{what}");
+    }
+    assert!(evil.token_log().is_empty());
+
+    let log = d.log();
+    for (what, _, reason) in forged(&mut Vec::new()) {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("install from") && l.contains("refused") && l.contains(reason)),
+            "{what}: no log line with {reason:?}:\n{log}"
+        );
+    }
+    for secret in secrets
+        .iter()
+        .map(String::as_str)
+        .chain([APP_TOKEN, CLIENT_SECRET])
+    {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
 }
 

@@ -13,13 +13,12 @@ use support::configs;
 use support::daemon::Running;
 use support::fake_ami::FakeAmi;
 use support::fake_bitrix::FakeBitrix;
-use support::fake_oauth::{FakeOAuth, CLIENT_ID, CLIENT_SECRET};
+use support::fake_oauth::FakeOAuth;
 use support::http::{form, request};
 use support::prometheus::{self, Exposition};
 use support::wait::wait_until;
 
 const WAIT: Duration = Duration::from_secs(20);
-const DOMAIN: &str = "test.bitrix24.ru";
 const SECRET: &str = "amisecret-monitoring";
 
 fn contrib(name: &str) -> String {
@@ -163,7 +162,7 @@ fn install_body(portal: &FakeBitrix, (access, refresh): (String, String)) -> Str
         ("auth[expires_in]", "3600"),
         ("auth[client_endpoint]", &portal.client_endpoint()),
         ("auth[member_id]", "member-1"),
-        ("auth[domain]", DOMAIN),
+        ("auth[domain]", &portal.host()),
         ("auth[application_token]", "application-token-1"),
     ])
 }
@@ -190,11 +189,7 @@ fn every_metric_the_dashboard_and_rules_use_is_in_metrics() {
     let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
     let ami = FakeAmi::start("callme", SECRET);
     // App mode, the user directory (and so a token refresh) every second.
-    let bitrix24 = format!(
-        "auth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
-         portal = {DOMAIN}\noauth_url = {}\ntimeout = 5\nusers_refresh = 1\n",
-        oauth.url()
-    );
+    let bitrix24 = configs::app_bitrix24(&portal.host(), &oauth.url());
     let config = configs::set(
         &configs::daemon(ami.port(), SECRET, &bitrix24),
         "http",

@@ -18,6 +18,12 @@
 //! `/healthz` and `/status`, and every call fails with a *retryable* error, so the outbox keeps
 //! the steps until an administrator reinstalls the app and new tokens arrive.
 //!
+//! An install is taken only when it is verifiably ours (`AppClient::install`): its
+//! `client_endpoint` is the configured portal's, and its access token works *there*, for *our*
+//! application (`app.info` answers with our `client_id`). REST calls only ever go to the
+//! configured portal ([`AppConfig::endpoint`]); the endpoint an event or the OAuth server names
+//! is checked, never followed.
+//!
 //! No token and no client secret is ever logged or put in an error message.
 
 use std::fmt;
@@ -178,12 +184,17 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
-/// Why an install event was refused.
+/// Why an install event was refused. Nothing is stored in any case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallError {
-    /// Not from the portal we were installed on (wrong token, member_id or domain). The text
-    /// names the check, never a value.
+    /// Not from our portal (endpoint, domain, member_id, or the stored application token of a
+    /// reinstall). The text names the check, never a value.
     Forbidden(&'static str),
+    /// The configured portal did not confirm the tokens: it refused the access token, or it
+    /// answered for another application. The text holds no token.
+    Unverified(String),
+    /// The configured portal could not be asked (network, 5xx): try the install again.
+    Unreachable(String),
     /// The tokens could not be saved; the install is not taken.
     Store(StoreError),
 }
@@ -192,6 +203,12 @@ impl fmt::Display for InstallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InstallError::Forbidden(why) => write!(f, "refused: {why}"),
+            InstallError::Unverified(why) => {
+                write!(f, "refused: not confirmed by the portal: {why}")
+            }
+            InstallError::Unreachable(why) => {
+                write!(f, "refused: the portal could not confirm the tokens: {why}")
+            }
             InstallError::Store(e) => write!(f, "cannot save the tokens: {e}"),
         }
     }
@@ -207,7 +224,7 @@ struct TokenState {
     broken: Option<String>,
 }
 
-/// A [`Transport`] that calls `{client_endpoint}{method}.json` with `auth=<access_token>` in
+/// A [`Transport`] that calls `{endpoint}{method}.json` (the configured portal) with `auth=<access_token>` in
 /// the JSON body, refreshing the token as described in the module docs.
 pub struct AppClient {
     agent: ureq::Agent,
@@ -215,6 +232,10 @@ pub struct AppClient {
     client_secret: Secret,
     oauth_url: String,
     portal: String,
+    /// `AppConfig::endpoint`: where every REST call goes.
+    endpoint: String,
+    /// `[bitrix24] member_id`, if the operator pinned the portal.
+    member_id: Option<String>,
     store: TokenStore,
     state: Mutex<TokenState>,
     /// Held for a whole refresh (and an install), so only one runs at a time.
@@ -241,11 +262,32 @@ pub struct RefreshCounts {
 }
 
 impl AppClient {
-    /// Load the stored tokens, if any. A token file that cannot be read is logged and
-    /// treated as "not installed": the next install event replaces it.
+    /// Load the stored tokens, if any. A token file that cannot be read, or that belongs to
+    /// another portal than the configured one (another endpoint, or a `member_id` other than
+    /// the pinned one: the config changed, or a forged install was stored by an older
+    /// version), is logged and treated as "not installed": the next install replaces it.
     pub fn new(cfg: &AppConfig, state_dir: &Path, timeout: Duration, status: AuthStatus) -> Self {
         let store = TokenStore::new(state_dir);
+        let endpoint = cfg.endpoint();
         let tokens = match store.load() {
+            Ok(Some(t)) if !t.client_endpoint.eq_ignore_ascii_case(&endpoint) => {
+                log::error!(
+                    "app mode: {} holds tokens for {}, not for [bitrix24] portal ({endpoint}); \
+                     ignored until the application is installed again",
+                    store.path().display(),
+                    t.client_endpoint
+                );
+                None
+            }
+            Ok(Some(t)) if cfg.member_id.as_ref().is_some_and(|m| *m != t.member_id) => {
+                log::error!(
+                    "app mode: {} holds tokens of member_id {}, not [bitrix24] member_id; \
+                     ignored until the application is installed again",
+                    store.path().display(),
+                    t.member_id
+                );
+                None
+            }
             Ok(t) => t,
             Err(e) => {
                 log::error!("app mode: {e}");
@@ -258,6 +300,8 @@ impl AppClient {
             client_secret: cfg.client_secret.clone(),
             oauth_url: cfg.oauth_url.clone(),
             portal: cfg.portal.clone(),
+            endpoint,
+            member_id: cfg.member_id.clone(),
             store,
             state: Mutex::new(TokenState {
                 tokens,
@@ -313,28 +357,48 @@ impl AppClient {
         &self.store
     }
 
-    /// Take the tokens of an install event. The first install must come from `[bitrix24]
-    /// portal`; every later one must carry the stored `application_token` (compared in
-    /// constant time) and `member_id`, so nobody else can swap our tokens for theirs.
-    /// The tokens are saved before they are used.
+    /// Take the tokens of an install event, if all of these hold (else nothing changes):
+    ///
+    /// - `auth[client_endpoint]` is the configured portal's endpoint and `auth[domain]` is
+    ///   `[bitrix24] portal`, so our REST calls can never be pointed elsewhere;
+    /// - `member_id` is the pinned `[bitrix24] member_id`, if set;
+    /// - when tokens are stored (a reinstall), it carries the stored `application_token`
+    ///   (compared in constant time) and `member_id`;
+    /// - the configured portal accepts the new access token and says it belongs to our
+    ///   application (`app.info` answers `CODE` = `client_id`), asked at the configured
+    ///   endpoint, never at the posted one.
+    ///
+    /// The cheap checks come first, so a stranger cannot make us call the portal for a
+    /// reinstall. The tokens are saved before they are used.
     pub fn install(&self, new: Tokens) -> Result<(), InstallError> {
         let _one = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !new.client_endpoint.eq_ignore_ascii_case(&self.endpoint) {
+            return Err(InstallError::Forbidden(
+                "auth[client_endpoint] is not the endpoint of [bitrix24] portal",
+            ));
+        }
+        if !new.domain.eq_ignore_ascii_case(&self.portal) {
+            return Err(InstallError::Forbidden("domain is not [bitrix24] portal"));
+        }
+        if self.member_id.as_ref().is_some_and(|m| *m != new.member_id) {
+            return Err(InstallError::Forbidden(
+                "member_id is not [bitrix24] member_id",
+            ));
+        }
         let old = self.tokens();
-        match &old {
-            Some(old) => {
-                if !Secret::new(old.application_token.clone()).ct_eq(&new.application_token) {
-                    return Err(InstallError::Forbidden("bad application_token"));
-                }
-                if old.member_id != new.member_id {
-                    return Err(InstallError::Forbidden("wrong member_id"));
-                }
+        if let Some(old) = &old {
+            if !Secret::new(old.application_token.clone()).ct_eq(&new.application_token) {
+                return Err(InstallError::Forbidden("bad application_token"));
             }
-            None => {
-                if !new.domain.eq_ignore_ascii_case(&self.portal) {
-                    return Err(InstallError::Forbidden("domain is not [bitrix24] portal"));
-                }
+            if old.member_id != new.member_id {
+                return Err(InstallError::Forbidden("wrong member_id"));
             }
         }
+        self.verify(&new)?;
+        let new = Tokens {
+            client_endpoint: self.endpoint.clone(),
+            ..new
+        };
         self.store.save(&new).map_err(InstallError::Store)?;
         let mut st = self.lock();
         st.tokens = Some(new);
@@ -353,6 +417,33 @@ impl AppClient {
             self.tokens().map(|t| t.member_id).unwrap_or_default()
         );
         Ok(())
+    }
+
+    /// Ask the configured portal, with `t`'s access token, which application it belongs to
+    /// (`app.info`: for a local application its `CODE` is the `client_id`). A token the portal does not know, or one of another
+    /// application, is refused; so is an answer without `CODE`.
+    fn verify(&self, t: &Tokens) -> Result<(), InstallError> {
+        let reply = match self.send(t, "app.info", &Value::Null) {
+            Ok(r) => r,
+            Err(e) if e.is_retryable() => return Err(InstallError::Unreachable(e.to_string())),
+            Err(e) => return Err(InstallError::Unverified(format!("app.info: {e}"))),
+        };
+        let code = reply
+            .result
+            .get("CODE")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if code == self.client_id {
+            return Ok(());
+        }
+        Err(InstallError::Unverified(if code.is_empty() {
+            "app.info answered without CODE".to_string()
+        } else {
+            format!(
+                "the token belongs to application {}, not to [bitrix24] client_id",
+                truncate(code, 128)
+            )
+        }))
     }
 
     /// The tokens to send now, or why there are none.
@@ -499,16 +590,13 @@ impl AppClient {
             .ok()
             .or_else(|| field("expires_in").parse::<u64>().ok().map(|s| now + s))
             .unwrap_or(now + 3600);
-        let endpoint = field("client_endpoint");
+        // The answer's client_endpoint is not followed: REST calls go to the configured
+        // portal only.
         Ok(Tokens {
             access_token: access,
             refresh_token: refresh,
             expires,
-            client_endpoint: if endpoint.is_empty() {
-                old.client_endpoint.clone()
-            } else {
-                endpoint
-            },
+            client_endpoint: self.endpoint.clone(),
             member_id: old.member_id.clone(),
             domain: old.domain.clone(),
             application_token: old.application_token.clone(),
@@ -529,11 +617,8 @@ impl AppClient {
         };
         body.insert("auth".into(), json!(t.access_token));
         let bytes = serde_json::to_vec(&body).map_err(|e| Error::Decode(e.to_string()))?;
-        let mut base = t.client_endpoint.clone();
-        if !base.ends_with('/') {
-            base.push('/');
-        }
-        let url = format!("{base}{method}.json");
+        // Never `t.client_endpoint`: that came from outside.
+        let url = format!("{}{method}.json", self.endpoint);
         if log::log_enabled!(log::Level::Debug) {
             log::debug!(
                 "bitrix24 -> POST {url} {}",

@@ -32,6 +32,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "client_secret",
             "portal",
             "oauth_url",
+            "insecure_http",
         ],
     ),
     (

@@ -62,8 +62,17 @@ impl Validator<'_> {
                 _ => Err("unknown mode (allowed: webhook, app)".to_string()),
             }
         });
+        // `no` is fine in webhook mode (the example config says it), `yes` is a mistake.
+        let insecure_http = self.value(S, "insecure_http", false, parse_bool);
         let (webhook_url, app) = match auth {
             AuthMode::Webhook => {
+                if insecure_http {
+                    let line = self.line_of(S, &["insecure_http"]);
+                    self.error(
+                        line,
+                        format!("[{S}] insecure_http is only used with auth = app (allowed: no, or set auth = app)"),
+                    );
+                }
                 for key in ["client_id", "client_secret", "portal"] {
                     if let Some(e) = self.entry(S, key).filter(|e| !e.value.is_empty()) {
                         let line = e.line;
@@ -80,7 +89,7 @@ impl Validator<'_> {
                 let url = self.optional(S, "webhook_url", WebhookUrl::parse);
                 let client_id = self.required(S, "client_id", parse_client_id);
                 let client_secret = self.required(S, "client_secret", |v| Ok(Secret::new(v)));
-                let portal = self.required(S, "portal", parse_domain);
+                let portal = self.required(S, "portal", parse_portal);
                 let oauth_url = self.value(
                     S,
                     "oauth_url",
@@ -93,6 +102,8 @@ impl Validator<'_> {
                         client_secret,
                         portal,
                         oauth_url,
+                        member_id: None,
+                        insecure_http,
                     }),
                     _ => None,
                 };
@@ -107,7 +118,10 @@ impl Validator<'_> {
         let rate = self.value(S, "rate", 2.0, parse_rate);
         let burst = self.value(S, "burst", 50, parse_burst);
         // Checked after every other key, so all problems are reported at once.
-        let (webhook_url, app) = (webhook_url?, app?);
+        let (webhook_url, mut app) = (webhook_url?, app?);
+        if let Some(app) = app.as_mut() {
+            app.member_id = member_id.clone();
+        }
         Some(Bitrix24Config {
             auth,
             webhook_url,

@@ -40,7 +40,9 @@ pub struct Bitrix24Config {
     pub app_token: Option<Secret>,
     /// If set, incoming events must carry this `auth[domain]`.
     pub domain: Option<String>,
-    /// If set, incoming events must carry this `auth[member_id]`.
+    /// The portal's identity. If set, incoming events must carry this `auth[member_id]`; in
+    /// app mode it also pins the install: an install event with another `member_id` is
+    /// refused, even the first one (copied into [`AppConfig::member_id`]).
     pub member_id: Option<String>,
     /// Per request.
     pub timeout: Duration,
@@ -134,10 +136,26 @@ pub struct AppConfig {
     pub client_id: String,
     /// The local application's `client_secret` ("Application key").
     pub client_secret: Secret,
-    /// The portal's host name; the first install event must come from it (`auth[domain]`).
+    /// The portal's host name (optionally `:port`). Install events must name it as
+    /// `auth[domain]`, their `auth[client_endpoint]` must be [`AppConfig::endpoint`], and every
+    /// REST call goes there, whatever an event says.
     pub portal: String,
     /// Where tokens are refreshed; configurable so tests can point it at a fake server.
     pub oauth_url: String,
+    /// `[bitrix24] member_id`: when set, the only portal identity an install may carry.
+    pub member_id: Option<String>,
+    /// `[bitrix24] insecure_http`: talk to the portal over plain `http://` (tests against a
+    /// fake portal on loopback only; a real portal is always `https://`).
+    pub insecure_http: bool,
+}
+
+impl AppConfig {
+    /// `https://{portal}/rest/`: the only REST endpoint app mode uses, and the only
+    /// `auth[client_endpoint]` an install may carry.
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.insecure_http { "http" } else { "https" };
+        format!("{scheme}://{}/rest/", self.portal)
+    }
 }
 
 /// `[http]`: the webhook and ops endpoints.

@@ -219,6 +219,17 @@ pub(super) fn parse_username(v: &str) -> Result<String, String> {
     }
 }
 
+/// `[bitrix24] portal`: a host name with an optional `:port` (a self-hosted Bitrix24 on a
+/// port of its own), as the portal sends it in `auth[domain]`.
+pub(super) fn parse_portal(v: &str) -> Result<String, String> {
+    let (host, port) = v.rsplit_once(':').unwrap_or((v, ""));
+    let port_ok = v == host || port.parse::<u16>().is_ok_and(|p| p > 0);
+    match parse_domain(host) {
+        Ok(_) if port_ok => Ok(v.to_ascii_lowercase()),
+        _ => Err("not a portal (allowed: the portal's host name, optionally with :port, e.g. portal.bitrix24.ru, without https://)".to_string()),
+    }
+}
+
 pub(super) fn parse_domain(v: &str) -> Result<String, String> {
     let ok = v
         .bytes()

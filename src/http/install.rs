@@ -1,10 +1,12 @@
 //! `POST /bitrix24/install`: the local application's install event (ONAPPINSTALL) in app mode
 //! (`docs/app-mode.md`). It carries the OAuth tokens we call Bitrix24 with.
 //!
-//! The same size and encoding limits as `/bitrix24/event` apply. Trust: the first install
-//! must name `[bitrix24] portal` as `auth[domain]`; once tokens are stored, a later install
-//! (a reinstall after the app was removed, or a new pair after a refused refresh) must carry
-//! the stored `application_token` and `member_id`, so a stranger cannot swap our tokens.
+//! The same size and encoding limits as `/bitrix24/event` apply. Trust: an install is taken
+//! only if its endpoint and domain are the configured portal's, its access token works there
+//! for our application (`app.info`), its `member_id` is the pinned one, and (once tokens are
+//! stored) it carries the stored `application_token` and `member_id`: see
+//! [`AppClient::install`](crate::bitrix::oauth::AppClient::install). A refused install changes
+//! nothing on disk and is logged with the reason, never with a token.
 //! After a successful install the events are bound (`event.bind`) if `[http] public_url` is
 //! set; that happens after the answer, since Bitrix24 waits for it.
 
@@ -81,6 +83,17 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
         Err(InstallError::Forbidden(why)) => {
             log::warn!("Bitrix24 install from {from} refused: {why}");
             return respond(req, reply(403, "forbidden\n"));
+        }
+        Err(e @ InstallError::Unverified(_)) => {
+            log::warn!("Bitrix24 install from {from} {e}");
+            return respond(req, reply(403, "forbidden\n"));
+        }
+        Err(e @ InstallError::Unreachable(_)) => {
+            log::warn!("Bitrix24 install from {from} {e}; nothing stored, install again");
+            return respond(
+                req,
+                reply(503, "the portal could not be asked; try again\n"),
+            );
         }
         Err(e @ InstallError::Store(_)) => {
             log::error!("Bitrix24 install from {from}: {e}");

@@ -32,6 +32,19 @@ pub fn webhook(ami_port: u16, secret: &str, webhook_url: &str) -> String {
     )
 }
 
+/// The `[bitrix24]` body of app mode against the fake portal at `portal_host`
+/// (`FakeBitrix::host`) over plain http (`insecure_http`: loopback only), refreshing at
+/// `oauth_url` (`FakeOAuth::url`) with the fake OAuth server's client, and the user directory
+/// reloaded every second.
+pub fn app_bitrix24(portal_host: &str, oauth_url: &str) -> String {
+    use super::fake_oauth::{CLIENT_ID, CLIENT_SECRET};
+    format!(
+        "auth = app\nclient_id = {CLIENT_ID}\nclient_secret = {CLIENT_SECRET}\n\
+         portal = {portal_host}\ninsecure_http = yes\noauth_url = {oauth_url}\ntimeout = 5\n\
+         users_refresh = 1\n"
+    )
+}
+
 /// The least config that validates, for library tests that build a `Config` and never
 /// connect to AMI.
 pub fn offline(webhook_url: &str) -> String {

@@ -68,6 +68,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use super::fake_oauth::CLIENT_ID;
+
 /// The webhook's user id and secret code in [`FakeBitrix::webhook_url`].
 pub const WEBHOOK_USER: &str = "1";
 pub const WEBHOOK_CODE: &str = "testcode";
@@ -172,7 +174,9 @@ struct State {
 pub type Refresher = Arc<dyn Fn(&str) -> Option<(String, String)> + Send + Sync>;
 
 /// The portal's side of app mode (bitrix24-api.md §1.3): access tokens that expire after a
-/// number of requests, refresh tokens that are rotated on use.
+/// number of requests, refresh tokens that are rotated on use. A token the portal never issued
+/// gets 401 `invalid_token`; `app.info` answers which application a token belongs to (`CODE`:
+/// the `client_id`), so an install can be verified.
 #[derive(Default)]
 struct AppAuth {
     /// Requests each new access token is good for.
@@ -186,7 +190,13 @@ struct AppAuth {
     log: Vec<(String, u16)>,
     /// `event.bind` calls: (event, handler).
     bound: Vec<(String, String)>,
+    /// Access tokens of another application on this portal: `app.info` answers with
+    /// [`OTHER_APP`] for them, with our `CLIENT_ID` for the rest.
+    foreign: BTreeSet<String>,
 }
+
+/// The `client_id` (`app.info` `CODE`) of the other application tokens can belong to.
+pub const OTHER_APP: &str = "local.other.2";
 
 impl AppAuth {
     fn issue(&mut self) -> (String, String) {
@@ -279,6 +289,16 @@ impl FakeBitrix {
         self.shared.lock().app.as_mut().expect("app mode").issue()
     }
 
+    /// A fresh pair that belongs to another application installed on this portal: it works,
+    /// but `app.info` says [`OTHER_APP`].
+    pub fn issue_foreign_tokens(&self) -> (String, String) {
+        let mut st = self.shared.lock();
+        let app = st.app.as_mut().expect("app mode");
+        let pair = app.issue();
+        app.foreign.insert(pair.0.clone());
+        pair
+    }
+
     /// The OAuth server's side: trade an unused refresh token for a new pair.
     pub fn refresher(&self) -> Refresher {
         let shared = self.shared.clone();
@@ -290,6 +310,11 @@ impl FakeBitrix {
             }
             Some(app.issue())
         })
+    }
+
+    /// `127.0.0.1:PORT`: the portal's "domain" (`[bitrix24] portal`, `auth[domain]`).
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// `http://127.0.0.1:PORT/rest/`: the `client_endpoint` of app mode.
@@ -723,12 +748,24 @@ fn app_call(st: &mut State, method: &str, params: &mut Value) -> Outcome {
             description: "Wrong authorization data".into(),
         }),
     };
+    let foreign = app.foreign.contains(&token);
     app.log
         .push((token, failure.as_ref().map_or(200, |f| f.status)));
     if let Some(f) = failure {
         return Err(f);
     }
     match method {
+        // For a local application, CODE is its client_id (dev.1c-bitrix.ru app.info).
+        "app.info" => ok(json!({
+            "ID": "7",
+            "CODE": if foreign { OTHER_APP } else { CLIENT_ID },
+            "VERSION": 1,
+            "STATUS": "L",
+            "INSTALLED": true,
+            "PAYMENT_EXPIRED": "N",
+            "DAYS": null,
+            "LICENSE": "ru_project",
+        })),
         "event.get" => ok(Value::Array(
             app.bound
                 .iter()

@@ -179,6 +179,43 @@ fn app_mode_keys() {
 }
 
 #[test]
+fn app_mode_endpoint_and_pins() {
+    let base = "[asterisk]\nusername = u\nsecret = s\n[bitrix24]\nauth = app\n\
+                client_id = local.5f1a.123\nclient_secret = topsecret\n";
+    let cfg = parse_str(&format!("{base}portal = P.Bitrix24.ru\n"), "t").unwrap();
+    let app = cfg.bitrix24.app.as_ref().unwrap();
+    assert_eq!(app.endpoint(), "https://p.bitrix24.ru/rest/");
+    assert_eq!(app.member_id, None);
+    assert!(!app.insecure_http);
+    // A self-hosted portal on its own port; plain http only when asked for; member_id pins.
+    let cfg = parse_str(
+        &format!("{base}portal = b24.example.com:8443\nmember_id = a223c6\ninsecure_http = yes\n"),
+        "t",
+    )
+    .unwrap();
+    let app = cfg.bitrix24.app.as_ref().unwrap();
+    assert_eq!(app.endpoint(), "http://b24.example.com:8443/rest/");
+    assert_eq!(app.member_id.as_deref(), Some("a223c6"));
+    assert_eq!(cfg.bitrix24.member_id.as_deref(), Some("a223c6"));
+    for bad in [
+        "https://p.bitrix24.ru",
+        "p.bitrix24.ru:0",
+        "p.bitrix24.ru:x",
+        "p.bitrix24.ru/rest",
+    ] {
+        let e = err(&format!("{base}portal = {bad}\n"));
+        assert!(e.contains("not a portal"), "{bad}: {e}");
+    }
+    // insecure_http is an app-mode key.
+    let e = err("[asterisk]\nusername = u\nsecret = s\n[bitrix24]\n\
+         webhook_url = https://p.bitrix24.ru/rest/1/abc/\ninsecure_http = yes\n");
+    assert!(
+        e.contains("insecure_http is only used with auth = app"),
+        "{e}"
+    );
+}
+
+#[test]
 fn app_keys_rejected_in_webhook_mode() {
     let e = err(&with(
         "bitrix24",
