@@ -69,7 +69,7 @@ pub struct Daemon {
 impl Daemon {
     /// Start every thread. Returns once they run; AMI login and the user directory load happen
     /// in the background (and are retried), so a PBX or portal that is down does not stop us.
-    /// Fails only if the HTTP listener cannot be bound (checked before any thread starts).
+    /// Fails only if an HTTP listener cannot be bound (checked before any thread starts).
     pub fn start(cfg: &Config) -> Result<Daemon, http::Error> {
         let status = AuthStatus::default();
         let b = &cfg.bitrix24;
@@ -103,7 +103,15 @@ impl Daemon {
         app: Option<Arc<AppClient>>,
         auth_error: AuthStatus,
     ) -> Result<Daemon, http::Error> {
-        let listener = http::bind(cfg.http.listen, http::listener::limits(&cfg.http))?;
+        let listener = http::bind("listen", cfg.http.listen, http::listener::limits(&cfg.http))?;
+        let ops_listener = match cfg.http.ops_listen {
+            Some(addr) => Some(http::bind(
+                "ops_listen",
+                addr,
+                http::listener::ops_limits(&cfg.http),
+            )?),
+            None => None,
+        };
         let health = Arc::new(Health {
             auth_error,
             ..Health::default()
@@ -173,7 +181,7 @@ impl Daemon {
             })
             .expect("spawn delivery thread");
 
-        let http = listener.serve(context.clone(), cfg.http.threads);
+        let http = listener.serve(context.clone(), cfg.http.threads, ops_listener);
 
         Ok(Daemon {
             health,
@@ -188,6 +196,11 @@ impl Daemon {
     /// The address the HTTP server listens on (the real port when `listen` used port 0).
     pub fn http_addr(&self) -> std::net::SocketAddr {
         self.http.addr()
+    }
+
+    /// The ops listener's address (`[http] ops_listen`), if there is one.
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.ops_addr()
     }
 
     /// Block until the daemon's threads end (they run until [`Daemon::shutdown`]).

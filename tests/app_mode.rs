@@ -83,7 +83,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (r.status, r.body)
 }
 
-/// The daemon's `/status` document.
+/// The daemon's `/status` document, from the ops listener at `addr`.
 fn status(addr: &str) -> Value {
     serde_json::from_str(&get(addr, "/status").1).expect("/status is JSON")
 }
@@ -246,6 +246,7 @@ fn refused_refresh_waits(answered: &str) {
         &[],
     );
     let addr = d.http_addr(WAIT).expect("HTTP address");
+    let ops = d.ops_addr(WAIT).expect("ops address");
     assert!(ami.wait_accepted(1, WAIT), "AMI login");
 
     // Not installed yet: unhealthy, and says why.
@@ -269,7 +270,7 @@ fn refused_refresh_waits(answered: &str) {
         "healthy after install"
     );
     // The user directory loads once the app is installed (retried every users_refresh).
-    assert!(wait_until(WAIT, || status(&addr)["users"]["count"]
+    assert!(wait_until(WAIT, || status(&ops)["users"]["count"]
         .as_u64()
         .is_some_and(|n| n > 0)));
 
@@ -289,10 +290,10 @@ fn refused_refresh_waits(answered: &str) {
     // The delivery thread has met the refusal once it counts a retry; the call must then
     // still be waiting in the outbox, not dropped.
     let held = wait_for(WAIT, || {
-        let s = status(&addr);
+        let s = status(&ops);
         (s["bitrix24"]["retries"].as_u64()? > 0).then_some(s)
     })
-    .unwrap_or_else(|| panic!("no retry after the refusal: {}", status(&addr)));
+    .unwrap_or_else(|| panic!("no retry after the refusal: {}", status(&ops)));
     let b = &held["bitrix24"];
     assert!(b["queue_depth"].as_u64().unwrap() > 0, "{held}");
     assert_eq!(b["permanent_failures"], 0, "{held}");
@@ -616,6 +617,7 @@ fn webhook_wrong_auth_type_is_said_once_and_not_retried() {
     let cfg = support::daemon::e2e_config(ami.port(), SECRET, &portal.webhook_url());
     let d = Running::start(&cfg, &[]);
     let addr = d.http_addr(WAIT).expect("HTTP address");
+    let ops = d.ops_addr(WAIT).expect("ops address");
     assert!(ami.wait_accepted(1, WAIT));
     // Two calls on each driver: chan_sip (Asterisk 20) and PJSIP (Asterisk 22).
     for capture in [
@@ -631,11 +633,11 @@ fn webhook_wrong_auth_type_is_said_once_and_not_retried() {
     // All four registers fail for good and take their calls' later steps with them: the queue
     // empties with nothing left to retry. A retryable error would keep it non-empty.
     let settled = wait_for(WAIT, || {
-        let s = status(&addr);
+        let s = status(&ops);
         let b = &s["bitrix24"];
         (b["permanent_failures"].as_u64()? >= 4 && b["queue_depth"].as_u64()? == 0).then_some(s)
     })
-    .unwrap_or_else(|| panic!("steps still queued: {}\n{}", status(&addr), d.log()));
+    .unwrap_or_else(|| panic!("steps still queued: {}\n{}", status(&ops), d.log()));
     assert_eq!(settled["bitrix24"]["permanent_failures"], 4, "{settled}");
     assert_eq!(settled["bitrix24"]["retries"], 0, "{settled}");
     let registers = portal
@@ -652,7 +654,7 @@ fn webhook_wrong_auth_type_is_said_once_and_not_retried() {
         "{log}"
     );
     assert_eq!(
-        status(&addr)["bitrix24"]["auth_error"],
+        status(&ops)["bitrix24"]["auth_error"],
         "this portal requires app mode; see README § App mode"
     );
     let (code, text) = get(&addr, "/healthz");

@@ -200,6 +200,7 @@ fn every_metric_the_dashboard_and_rules_use_is_in_metrics() {
     let addr = daemon
         .http_addr(WAIT)
         .unwrap_or_else(|| panic!("no HTTP line; log:\n{}", daemon.log()));
+    let ops = daemon.ops_addr(WAIT).expect("ops listener");
     assert!(ami.wait_accepted(1, WAIT), "AMI login");
     let r = request(
         &addr,
@@ -212,7 +213,7 @@ fn every_metric_the_dashboard_and_rules_use_is_in_metrics() {
     assert!(
         wait_until(WAIT, || {
             let s: Value =
-                serde_json::from_str(&request(&addr, "GET", "/status", &[], b"").body).unwrap();
+                serde_json::from_str(&request(&ops, "GET", "/status", &[], b"").body).unwrap();
             s["users"]["count"].as_u64().unwrap_or(0) > 0
         }),
         "users not loaded:\n{}",
@@ -225,7 +226,7 @@ fn every_metric_the_dashboard_and_rules_use_is_in_metrics() {
     portal.expire_all();
     let mut exp = Exposition::default();
     let ready = wait_until(WAIT, || {
-        exp = metrics(&addr);
+        exp = metrics(&ops);
         value(&exp, "callme_card_latency_seconds_count") >= 1.0
             && exp
                 .samples

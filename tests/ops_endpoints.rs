@@ -1,4 +1,6 @@
-//! `/healthz`, `/status`, `/metrics` of the real binary.
+//! `/healthz`, `/status`, `/metrics` of the real binary, and which listener serves them:
+//! `/status` and `/metrics` only on the ops listener (`[http] ops_listen`), behind
+//! `[http] ops_token` when it is set; `/healthz` on both.
 mod support;
 
 use std::time::Duration;
@@ -41,6 +43,7 @@ fn healthz_status_metrics(missed: &str) {
     let addr = daemon
         .http_addr(WAIT)
         .unwrap_or_else(|| panic!("no HTTP line; log:\n{}", daemon.log()));
+    let ops = daemon.ops_addr(WAIT).expect("ops listener");
     assert!(ami.wait_logins(1, WAIT));
 
     let r = http::request(&addr, "GET", "/healthz", &[], b"");
@@ -66,7 +69,7 @@ fn healthz_status_metrics(missed: &str) {
     ));
     let mut status = Value::Null;
     assert!(wait_until(WAIT, || {
-        let r = http::request(&addr, "GET", "/status", &[], b"");
+        let r = http::request(&ops, "GET", "/status", &[], b"");
         assert_eq!(r.status, 200);
         assert_eq!(r.header("Content-Type"), Some("application/json"));
         assert!(!r.body.contains(SECRET), "AMI secret in /status");
@@ -96,7 +99,7 @@ fn healthz_status_metrics(missed: &str) {
     ));
     let mut samples = Vec::new();
     assert!(wait_until(WAIT, || {
-        let r = http::request(&addr, "GET", "/metrics", &[], b"");
+        let r = http::request(&ops, "GET", "/metrics", &[], b"");
         assert_eq!(r.status, 200);
         assert!(r
             .header("Content-Type")
@@ -144,15 +147,140 @@ fn shutdown_stops_the_http_server() {
     let ami = FakeAmi::start("callme", SECRET);
     let mut daemon = Running::start(&config(&ami, &portal), &[]);
     let addr = daemon.http_addr(WAIT).expect("HTTP line");
-    assert_eq!(
-        http::request(&addr, "GET", "/metrics", &[], b"").status,
-        200
-    );
+    let ops = daemon.ops_addr(WAIT).expect("ops line");
+    assert_eq!(http::request(&ops, "GET", "/metrics", &[], b"").status, 200);
     daemon.terminate();
     let status = daemon.wait_exit(WAIT).expect("stops");
     assert!(status.success(), "{}", daemon.log());
+    for a in [&addr, &ops] {
+        assert!(
+            std::net::TcpStream::connect(a).is_err(),
+            "{a} still listening"
+        );
+    }
+}
+
+fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    http::request(addr, "GET", path, headers, b"").status
+}
+
+/// `/status` shows live caller numbers: the public listener (the one the reverse proxy
+/// exposes) answers 404 for it and for `/metrics`; the ops listener answers them, and does not
+/// serve the Bitrix24 endpoints. `/healthz` answers on both.
+#[test]
+fn status_and_metrics_only_on_the_ops_listener() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let daemon = Running::start(&config(&ami, &portal), &[]);
+    let public = daemon.http_addr(WAIT).expect("HTTP line");
+    let ops = daemon.ops_addr(WAIT).expect("ops line");
+    assert_ne!(public, ops);
+    for path in ["/status", "/metrics", "/status?x=1"] {
+        assert_eq!(
+            get(&public, path, &[]),
+            404,
+            "{path} on the public listener"
+        );
+        assert_eq!(get(&ops, path, &[]), 200, "{path} on the ops listener");
+    }
+    assert!(wait_until(WAIT, || get(&public, "/healthz", &[]) == 200
+        && get(&ops, "/healthz", &[]) == 200));
+    // The Bitrix24 event endpoint is the public listener's only (it answers 403 there: no
+    // token in this body). The install endpoint (404 in webhook mode anyway) is not on the
+    // ops listener either.
+    let post = |addr: &str, path: &str| {
+        let form = [("Content-Type", "application/x-www-form-urlencoded")];
+        http::request(addr, "POST", path, &form, b"event=X").status
+    };
+    assert_eq!(post(&public, "/bitrix24/event"), 403);
+    assert_eq!(post(&ops, "/bitrix24/event"), 404);
+    assert_eq!(post(&ops, "/bitrix24/install"), 404);
+}
+
+/// With `ops_token`, `/status` and `/metrics` need `Authorization: Bearer <ops_token>`:
+/// 401 without it or with another token, 200 with it. `/healthz` needs none. The token is
+/// never logged.
+#[test]
+fn ops_token_guards_status_and_metrics() {
+    const OPS_TOKEN: &str = "ops-token-5f0c2a9e7d41b3";
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let text = configs::set(&config(&ami, &portal), "http", "ops_token", OPS_TOKEN);
+    let daemon = Running::start(&text, &[]);
+    let public = daemon.http_addr(WAIT).expect("HTTP line");
+    let ops = daemon.ops_addr(WAIT).expect("ops line");
+    let good = format!("Bearer {OPS_TOKEN}");
+    for path in ["/status", "/metrics"] {
+        let r = http::request(&ops, "GET", path, &[], b"");
+        assert_eq!(r.status, 401, "{path} without a token");
+        assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
+        for wrong in [
+            "Bearer ops-token-5f0c2a9e7d41b4",
+            "Bearer ops-token-5f0c2a9e7d41b",
+            "Basic b3BzOnRva2Vu",
+            OPS_TOKEN,
+        ] {
+            assert_eq!(
+                get(&ops, path, &[("Authorization", wrong)]),
+                401,
+                "{path} {wrong}"
+            );
+        }
+        assert_eq!(get(&ops, path, &[("Authorization", &good)]), 200, "{path}");
+        assert_eq!(
+            get(
+                &ops,
+                path,
+                &[("authorization", &format!("bearer {OPS_TOKEN}"))]
+            ),
+            200
+        );
+        // The public listener does not serve them, token or not.
+        assert_eq!(
+            get(&public, path, &[("Authorization", &good)]),
+            404,
+            "{path}"
+        );
+    }
+    assert_ne!(get(&ops, "/healthz", &[]), 401);
+    assert!(!daemon.log().contains(OPS_TOKEN));
+}
+
+/// `ops_listen =` (empty): no ops listener. With `ops_token`, `/status` and `/metrics` are
+/// served on the public listener behind the token; without, nowhere.
+#[test]
+fn without_ops_listener_the_token_guards_the_public_listener() {
+    const OPS_TOKEN: &str = "ops-token-0123456789abcdef";
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let text = configs::set(&config(&ami, &portal), "http", "ops_listen", "");
+    let guarded = Running::start(&configs::set(&text, "http", "ops_token", OPS_TOKEN), &[]);
+    let off = Running::start(&text, &[]);
+    let good = format!("Bearer {OPS_TOKEN}");
+    let public = guarded.http_addr(WAIT).expect("HTTP line");
+    for path in ["/status", "/metrics"] {
+        assert_eq!(get(&public, path, &[]), 401, "{path}");
+        assert_eq!(
+            get(&public, path, &[("Authorization", &good)]),
+            200,
+            "{path}"
+        );
+    }
+    let public = off.http_addr(WAIT).expect("HTTP line");
+    for path in ["/status", "/metrics"] {
+        assert_eq!(get(&public, path, &[]), 404, "{path}");
+        assert_eq!(
+            get(&public, path, &[("Authorization", &good)]),
+            404,
+            "{path}"
+        );
+    }
+    for d in [&guarded, &off] {
+        assert!(d.ops_addr(Duration::ZERO).is_none(), "{}", d.log());
+    }
     assert!(
-        std::net::TcpStream::connect(&addr).is_err(),
-        "still listening"
+        off.log().contains("/status and /metrics are off"),
+        "{}",
+        off.log()
     );
 }

@@ -105,8 +105,10 @@ fn param(params: &Value, key: &str) -> String {
     }
 }
 
-fn metric(addr: &str, reason: &str) -> u64 {
-    let r = http::request(addr, "GET", "/metrics", &[], b"");
+/// `callme_originate_refused_total{reason}` from `/metrics` on the ops listener.
+fn metric(daemon: &Running, reason: &str) -> u64 {
+    let ops = daemon.ops_addr(WAIT).expect("ops listener");
+    let r = http::request(&ops, "GET", "/metrics", &[], b"");
     assert_eq!(r.status, 200);
     let name = format!("callme_originate_refused_total{{reason=\"{reason}\"}} ");
     r.body
@@ -165,9 +167,9 @@ fn denied_and_not_allowed_numbers_are_finished_403_and_never_dialled() {
         1,
         "only the allowed one"
     );
-    assert_eq!(metric(&addr, "deny"), 2);
-    assert_eq!(metric(&addr, "not_allowed"), 1);
-    assert_eq!(metric(&addr, "rate"), 0);
+    assert_eq!(metric(&daemon, "deny"), 2);
+    assert_eq!(metric(&daemon, "not_allowed"), 1);
+    assert_eq!(metric(&daemon, "rate"), 0);
     let premium_finishes = portal
         .commands()
         .iter()
@@ -228,7 +230,7 @@ fn rate_limits_per_employee_and_overall_finish_423() {
     }
     settle(&ami);
     assert_eq!(ami.actions_named("Originate").len(), 3);
-    assert_eq!(metric(&addr, "rate"), 2);
+    assert_eq!(metric(&daemon, "rate"), 2);
     let log = daemon.log();
     assert!(log.contains("max_per_user_per_minute"), "{log}");
     assert!(log.contains("max_per_minute)"), "{log}");
@@ -250,7 +252,7 @@ fn callback_form_to_a_denied_number_is_not_dialled() {
     assert_eq!(r.status, 403, "{}", r.body);
     settle(&ami);
     assert!(ami.actions_named("Originate").is_empty());
-    assert_eq!(metric(&addr, "deny"), 1);
+    assert_eq!(metric(&daemon, "deny"), 1);
     // Nothing was registered for a callback, so nothing is finished either.
     assert!(!portal
         .requests()

@@ -14,7 +14,13 @@ use std::fmt;
 use super::Error;
 
 /// Keys whose values never appear in `Debug` output or error messages.
-pub(crate) const SECRET_KEYS: &[&str] = &["secret", "app_token", "webhook_url", "client_secret"];
+pub(crate) const SECRET_KEYS: &[&str] = &[
+    "secret",
+    "app_token",
+    "webhook_url",
+    "client_secret",
+    "ops_token",
+];
 
 /// One `key = value` line.
 #[derive(Clone, PartialEq, Eq)]

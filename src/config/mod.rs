@@ -143,6 +143,26 @@ fn warn_risky(cfg: &Config, path: &Path) {
             path.display()
         );
     }
+    if cfg.bitrix24.app.as_ref().is_some_and(|a| a.insecure_http) {
+        log::warn!(
+            "{}: [bitrix24] insecure_http = yes: the portal is called over plain http://, \
+             tokens are sent unencrypted (meant for tests only)",
+            path.display()
+        );
+    }
+    match (cfg.http.ops_listen, &cfg.http.ops_token) {
+        (Some(ops), None) if !ops.ip().is_loopback() => log::warn!(
+            "{}: [http] ops_listen {ops} is not a loopback address and ops_token is empty, so \
+             anyone who reaches it sees /status (live caller numbers); set ops_token",
+            path.display()
+        ),
+        (None, None) => log::warn!(
+            "{}: [http] ops_listen and ops_token are empty: /status and /metrics are served \
+             nowhere",
+            path.display()
+        ),
+        _ => {}
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -58,6 +58,8 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         "http",
         &[
             "listen",
+            "ops_listen",
+            "ops_token",
             "threads",
             "public_url",
             "max_connections",

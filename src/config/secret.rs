@@ -31,6 +31,15 @@ impl Secret {
     }
 }
 
+/// In constant time ([`Secret::ct_eq`]), so a config compared with another leaks nothing.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.ct_eq(&other.0)
+    }
+}
+
+impl Eq for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"***\"")

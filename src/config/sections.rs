@@ -251,6 +251,30 @@ impl Validator<'_> {
                 "not an address (allowed: IP:PORT, e.g. 127.0.0.1:8080 or [::]:8080; host names are not accepted)".to_string()
             })
         });
+        let errors_before = self.errors.len();
+        let ops_listen = self.value(S, "ops_listen", d.ops_listen, |v| {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.parse::<SocketAddr>().map(Some).map_err(|_| {
+                "not an address (allowed: IP:PORT, e.g. 127.0.0.1:8081, or empty for no ops listener)".to_string()
+            })
+        });
+        let ops_token = self.optional(S, "ops_token", parse_ops_token);
+        if let Some(ops) = ops_listen.filter(|_| self.errors.len() == errors_before) {
+            let overlaps = ops.port() != 0
+                && ops.port() == listen.port()
+                && (ops.ip() == listen.ip()
+                    || ops.ip().is_unspecified()
+                    || listen.ip().is_unspecified());
+            if overlaps {
+                let line = self.line_of(S, &["ops_listen", "listen"]);
+                self.error(
+                    line,
+                    format!("[{S}] ops_listen ({ops}) is the address of listen ({listen}) (allowed: another port, e.g. 127.0.0.1:8081, or empty for no ops listener)"),
+                );
+            }
+        }
         let threads = self.value(S, "threads", d.threads, |v| parse_number(v, 1, 64));
         let public_url = self.optional(S, "public_url", parse_public_url);
         let max_connections = self.value(S, "max_connections", d.max_connections, |v| {
@@ -260,6 +284,8 @@ impl Validator<'_> {
         let request_timeout = self.value(S, "request_timeout", d.request_timeout, parse_secs);
         HttpConfig {
             listen,
+            ops_listen,
+            ops_token,
             threads,
             public_url,
             max_connections,

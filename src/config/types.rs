@@ -158,10 +158,18 @@ impl AppConfig {
     }
 }
 
-/// `[http]`: the webhook and ops endpoints.
+/// `[http]`: the listeners. `listen` is the public one (the Bitrix24 endpoints and
+/// `/healthz`); `ops_listen` the private one (`/healthz`, `/status`, `/metrics`), because
+/// `/status` shows live caller numbers (docs/security.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// The ops listener; `None` (`ops_listen =` empty): none, and `/status` and `/metrics`
+    /// are served on `listen` behind `ops_token`, or nowhere without it.
+    pub ops_listen: Option<SocketAddr>,
+    /// If set, `/status` and `/metrics` need `Authorization: Bearer <ops_token>`, on
+    /// whichever listener serves them.
+    pub ops_token: Option<Secret>,
     /// Worker threads, 1..=64.
     pub threads: usize,
     /// Where Bitrix24 reaches this server from outside (through the reverse proxy), ending
@@ -190,6 +198,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            // Loopback only; not 9090, the port of Prometheus itself.
+            ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            ops_token: None,
             threads: 4,
             public_url: None,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ini;
+use super::secret::Secret;
 use super::types::MIB;
 
 /// Longest accepted seconds value: one day. Anything longer is a typo (`3000` for `300`?) and
@@ -216,6 +217,16 @@ pub(super) fn parse_username(v: &str) -> Result<String, String> {
         )
     } else {
         Ok(v.to_string())
+    }
+}
+
+/// `[http] ops_token`: sent in an `Authorization: Bearer` header, so visible ASCII without
+/// spaces; at least 16 characters, so it cannot be guessed. The error never repeats it.
+pub(super) fn parse_ops_token(v: &str) -> Result<Secret, String> {
+    if v.len() >= 16 && v.len() <= 256 && v.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(Secret::new(v))
+    } else {
+        Err("not a usable token (allowed: 16 to 256 visible ASCII characters without spaces, e.g. the output of `openssl rand -hex 24`)".to_string())
     }
 }
 

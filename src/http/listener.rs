@@ -1,4 +1,4 @@
-//! The public listener's limits, its descriptors and its health (issue #19,
+//! The listeners' limits, their descriptors and the public listener's health (issue #19,
 //! docs/security.md "Connection limits").
 //!
 //! tiny_http (patched in `vendor/`) runs one thread per connection and uses two descriptors
@@ -27,7 +27,12 @@ pub const NOFILE_CAP: u64 = 65_536;
 /// connections, the outbox and journal files, stdio, with room to spare.
 pub const FD_HEADROOM: u64 = 128;
 
-/// The limits handed to tiny_http.
+/// Connections the ops listener (`[http] ops_listen`) holds at once: it serves an operator
+/// and a Prometheus scrape, on loopback by default, so a small cap is plenty and keeps its
+/// descriptors out of the public listener's way.
+pub const OPS_MAX_CONNECTIONS: usize = 16;
+
+/// The limits handed to tiny_http for the public listener.
 pub fn limits(cfg: &HttpConfig) -> tiny_http::Limits {
     tiny_http::Limits {
         max_connections: Some(cfg.max_connections),
@@ -38,9 +43,19 @@ pub fn limits(cfg: &HttpConfig) -> tiny_http::Limits {
     }
 }
 
-/// Open files needed for `max_connections` connections.
+/// The limits of the ops listener: the public listener's timeouts and header limit, and
+/// [`OPS_MAX_CONNECTIONS`].
+pub fn ops_limits(cfg: &HttpConfig) -> tiny_http::Limits {
+    tiny_http::Limits {
+        max_connections: Some(OPS_MAX_CONNECTIONS),
+        ..limits(cfg)
+    }
+}
+
+/// Open files needed for `max_connections` connections on the public listener, plus the ops
+/// listener's [`OPS_MAX_CONNECTIONS`] (counted whether or not it is configured).
 pub fn fds_needed(max_connections: usize) -> u64 {
-    2 * max_connections as u64 + FD_HEADROOM
+    2 * (max_connections + OPS_MAX_CONNECTIONS) as u64 + FD_HEADROOM
 }
 
 /// Raise the soft open-files limit (up to [`NOFILE_CAP`]) and say what we got; warn when it
@@ -66,7 +81,8 @@ pub fn raise_fd_limit(max_connections: usize) {
             if after.soft < need {
                 log::warn!(
                     "open files limit {} is below the {need} that [http] max_connections = \
-                     {max_connections} needs (2 per connection + {FD_HEADROOM}): a flood of \
+                     {max_connections} needs (2 per connection, the ops listener's \
+                     {OPS_MAX_CONNECTIONS} included, + {FD_HEADROOM}): a flood of \
                      connections can exhaust it; raise LimitNOFILE= in the unit or lower \
                      max_connections",
                     after.soft
@@ -83,7 +99,7 @@ mod tests {
 
     #[test]
     fn descriptors_needed() {
-        assert_eq!(fds_needed(1536), 3200);
+        assert_eq!(fds_needed(1536), 3232);
         assert!(fds_needed(HttpConfig::MAX_MAX_CONNECTIONS) <= NOFILE_CAP);
     }
 }

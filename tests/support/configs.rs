@@ -11,13 +11,14 @@ pub fn asterisk(port: u16, secret: &str) -> String {
 }
 
 /// A `callme run` config against the fake AMI on `ami_port`, with `bitrix24` as the body of
-/// the `[bitrix24]` section: `default_user = 201` (user 1 of the fake portal), the HTTP server
-/// on a free port, and `{state}` for the state directory (`Running::start` fills it in).
+/// the `[bitrix24]` section: `default_user = 201` (user 1 of the fake portal), the public and
+/// the ops listener each on a free port (`Running::http_addr`, `Running::ops_addr`), and
+/// `{state}` for the state directory (`Running::start` fills it in).
 pub fn daemon(ami_port: u16, secret: &str, bitrix24: &str) -> String {
     format!(
         "{}[bitrix24]\n{bitrix24}\
          [calls]\ndefault_user = 201\n\
-         [http]\nlisten = 127.0.0.1:0\n\
+         [http]\nlisten = 127.0.0.1:0\nops_listen = 127.0.0.1:0\n\
          [state]\ndir = {{state}}\n",
         asterisk(ami_port, secret)
     )

@@ -114,15 +114,26 @@ impl Running {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// The HTTP server's address (`127.0.0.1:PORT`), read from the daemon's info line
+    /// The public HTTP listener's address (`127.0.0.1:PORT`), read from the daemon's info line
     /// `HTTP listening on ADDR`; waits up to `timeout` for it.
     pub fn http_addr(&self, timeout: Duration) -> Option<String> {
+        self.logged_addr("HTTP listening on ", timeout)
+    }
+
+    /// The ops listener's address (`/status`, `/metrics`), from the info line
+    /// `HTTP ops listening on ADDR`; waits up to `timeout` for it.
+    pub fn ops_addr(&self, timeout: Duration) -> Option<String> {
+        self.logged_addr("HTTP ops listening on ", timeout)
+    }
+
+    fn logged_addr(&self, prefix: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(addr) = self.log().lines().find_map(|l| {
-                l.split_once("HTTP listening on ")
-                    .map(|(_, a)| a.trim().to_string())
-            }) {
+            if let Some(addr) = self
+                .log()
+                .lines()
+                .find_map(|l| l.split_once(prefix).map(|(_, a)| a.trim().to_string()))
+            {
                 return Some(addr);
             }
             if Instant::now() >= deadline {

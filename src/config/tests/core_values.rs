@@ -106,6 +106,26 @@ fn bad_addresses_and_paths() {
         e.starts_with("t.conf:7: [http] listen = \"localhost:8080\": not an address"),
         "{e}"
     );
+    let e = err(&with("http", "ops_listen = localhost:8081"));
+    assert!(
+        e.contains("[http] ops_listen = \"localhost:8081\": not an address"),
+        "{e}"
+    );
+    for same in ["127.0.0.1:8080", "0.0.0.0:8080"] {
+        let e = err(&with("http", &format!("ops_listen = {same}")));
+        assert!(e.contains("ops_listen ("), "{same}: {e}");
+        assert!(e.contains("is the address of listen"), "{same}: {e}");
+    }
+    // The token is a secret: a bad one is never repeated.
+    for bad in [
+        "short-token",
+        "has a space in the middle",
+        "tok\u{e9}n-with-non-ascii-x",
+    ] {
+        let e = err(&with("http", &format!("ops_token = {bad}")));
+        assert!(e.contains("[http] ops_token: not a usable token"), "{e}");
+        assert!(!e.contains(bad), "{e}");
+    }
     let e = err(&with("http", "listen = 8080"));
     assert!(e.contains("IP:PORT"), "{e}");
     let e = err(&with("state", "dir = var/lib/callme"));

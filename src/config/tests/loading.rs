@@ -87,6 +87,8 @@ fn defaults() {
     assert_eq!(cfg.calls, CallsConfig::default());
     assert_eq!(cfg.phone, PhoneConfig::default());
     assert_eq!(cfg.http.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(cfg.http.ops_listen, Some("127.0.0.1:8081".parse().unwrap()));
+    assert!(cfg.http.ops_token.is_none());
     assert_eq!(cfg.http.threads, 4);
     assert_eq!(cfg.state.dir, PathBuf::from("/var/lib/callme"));
     assert_eq!(cfg.source, PathBuf::from("t.conf"));
@@ -131,6 +133,8 @@ national_prefix =
 national_length = 11
 [http]
 listen = [::]:9090
+ops_listen =
+ops_token = 0123456789abcdef0123
 threads = 64
 max_connections = 100
 idle_timeout = 2.5
@@ -181,6 +185,11 @@ outbox_warn = 50
         }
     );
     assert_eq!(cfg.http.listen, "[::]:9090".parse().unwrap());
+    assert_eq!(cfg.http.ops_listen, None);
+    assert_eq!(
+        cfg.http.ops_token.as_ref().map(|t| t.expose()),
+        Some("0123456789abcdef0123")
+    );
     assert_eq!(cfg.http.threads, 64);
     assert_eq!(cfg.http.max_connections, 100);
     assert_eq!(cfg.http.idle_timeout, Duration::from_millis(2500));

@@ -33,7 +33,7 @@ fn unknown_key_without_suggestion() {
     let e = err(&with("http", "colour = blue"));
     assert!(
         e.starts_with(
-            "t.conf:7: unknown key `colour` in [http] (allowed keys: listen, threads, public_url, max_connections, idle_timeout, request_timeout)"
+            "t.conf:7: unknown key `colour` in [http] (allowed keys: listen, ops_listen, ops_token, threads, public_url, max_connections, idle_timeout, request_timeout)"
         ),
         "{e}"
     );
