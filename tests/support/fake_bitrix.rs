@@ -190,6 +190,8 @@ struct AppAuth {
     log: Vec<(String, u16)>,
     /// `event.bind` calls: (event, handler).
     bound: Vec<(String, String)>,
+    /// Every (access, refresh) pair issued, in order, for tests that look for leaks.
+    issued: Vec<(String, String)>,
     /// Access tokens of another application on this portal: `app.info` answers with
     /// [`OTHER_APP`] for them, with our `CLIENT_ID` for the rest.
     foreign: BTreeSet<String>,
@@ -201,12 +203,19 @@ pub const OTHER_APP: &str = "local.other.2";
 impl AppAuth {
     fn issue(&mut self) -> (String, String) {
         self.serial += 1;
+        // Long and unlike any other text, so a test that looks for a leaked token in a log
+        // cannot miss it or find it by chance.
         let (a, r) = (
-            format!("access-{}", self.serial),
-            format!("refresh-{}", self.serial),
+            format!("access-{}-{}", self.serial, hex32(&("access", self.serial))),
+            format!(
+                "refresh-{}-{}",
+                self.serial,
+                hex32(&("refresh", self.serial))
+            ),
         );
         self.access.insert(a.clone(), self.uses);
         self.refresh.insert(r.clone());
+        self.issued.push((a.clone(), r.clone()));
         (a, r)
     }
 }
@@ -287,6 +296,16 @@ impl FakeBitrix {
     /// A fresh pair, as a new install event would bring (the old pairs stay valid).
     pub fn issue_tokens(&self) -> (String, String) {
         self.shared.lock().app.as_mut().expect("app mode").issue()
+    }
+
+    /// Every (access, refresh) pair the portal issued so far, refreshed ones included.
+    pub fn issued_tokens(&self) -> Vec<(String, String)> {
+        self.shared
+            .lock()
+            .app
+            .as_ref()
+            .map(|a| a.issued.clone())
+            .unwrap_or_default()
     }
 
     /// A fresh pair that belongs to another application installed on this portal: it works,
