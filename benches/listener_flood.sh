@@ -4,6 +4,9 @@
 #
 #   benches/listener_flood.sh target/release/callme 1220 [PORT]
 #
+# The flood goes to the public listener on PORT; /metrics is read from the ops listener on
+# PORT+1, which has connection slots of its own.
+#
 # Starts `callme run` with soft RLIMIT_NOFILE 1024 (as systemd gives a unit without
 # LimitNOFILE) and no PBX or portal (so /healthz answers 503 "AMI is not logged in", which is
 # an answer all the same), opens N idle connections with python3 (every other one sends half
@@ -14,6 +17,7 @@ set -eu
 BIN=$1
 N=$2
 PORT=${3:-18931}
+OPS_PORT=$((PORT + 1))
 dir=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
@@ -28,6 +32,7 @@ secret = flood-bench-secret
 webhook_url = http://127.0.0.1:1/rest/1/flood/
 [http]
 listen = 127.0.0.1:$PORT
+ops_listen = 127.0.0.1:$OPS_PORT
 idle_timeout = 60
 request_timeout = 60
 [state]
@@ -65,7 +70,7 @@ until [ -e "$dir/opened" ]; do sleep 0.1; done
 sleep 2
 peak_threads=$(field Threads)
 peak_rss=$(field VmRSS)
-metrics=$(curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -E '^callme_http_' | tr '\n' ' ' || true)
+metrics=$(curl -s --max-time 5 "http://127.0.0.1:$OPS_PORT/metrics" | grep -E '^callme_http_' | tr '\n' ' ' || true)
 healthz=$(curl -s -o /dev/null -w '%{http_code} in %{time_total} s' --max-time 10 "http://127.0.0.1:$PORT/healthz" || true)
 wait "$flood" || true
 t0=$(date +%s%N)
@@ -73,5 +78,5 @@ while [ "$(field Threads)" -gt "$base_threads" ]; do sleep 0.1; done
 t1=$(date +%s%N)
 grep -m1 "open files limit" "$dir/log" || true
 echo "N=$N: threads $base_threads -> $peak_threads; RSS $base_rss kB -> $peak_rss kB"
-echo "  during the flood: /healthz $healthz; /metrics: ${metrics:-(closed: all slots taken)}"
+echo "  during the flood: /healthz $healthz; /metrics (ops listener): ${metrics:-(no answer)}"
 echo "  threads back to $base_threads $(( (t1 - t0) / 1000000 )) ms after the flood closed"

@@ -315,7 +315,14 @@ fn flood_over_the_cap_is_closed_at_once_and_times_out() {
         daemon.log()
     );
     let recovered_in = t0.elapsed();
-    let metrics = http::request(&addr.to_string(), "GET", "/metrics", &[], b"").body;
+    let metrics = http::request(
+        &daemon.ops_addr(WAIT).expect("ops listener"),
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .body;
     let rejected: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("callme_http_rejected_connections_total "))
@@ -403,7 +410,14 @@ fn accept_failing_with_emfile_recovers() {
     );
     let log = daemon.log();
     let logged = log.matches("Error accepting new client").count();
-    let metrics = http::request(&addr.to_string(), "GET", "/metrics", &[], b"").body;
+    let metrics = http::request(
+        &daemon.ops_addr(WAIT).expect("ops listener"),
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .body;
     let failed: usize = metrics
         .lines()
         .find_map(|l| l.strip_prefix("callme_http_accept_errors_total "))
