@@ -246,12 +246,13 @@ impl Validator<'_> {
     pub(super) fn http(&mut self) -> HttpConfig {
         const S: &str = "http";
         let d = HttpConfig::default();
+        // The overlap check below only on addresses that parsed.
+        let errors_before = self.errors.len();
         let listen = self.value(S, "listen", d.listen, |v| {
             v.parse::<SocketAddr>().map_err(|_| {
                 "not an address (allowed: IP:PORT, e.g. 127.0.0.1:8080 or [::]:8080; host names are not accepted)".to_string()
             })
         });
-        let errors_before = self.errors.len();
         let ops_listen = self.value(S, "ops_listen", d.ops_listen, |v| {
             if v.is_empty() {
                 return Ok(None);
@@ -260,7 +261,6 @@ impl Validator<'_> {
                 "not an address (allowed: IP:PORT, e.g. 127.0.0.1:8081, or empty for no ops listener)".to_string()
             })
         });
-        let ops_token = self.optional(S, "ops_token", parse_ops_token);
         if let Some(ops) = ops_listen.filter(|_| self.errors.len() == errors_before) {
             let overlaps = ops.port() != 0
                 && ops.port() == listen.port()
@@ -275,6 +275,7 @@ impl Validator<'_> {
                 );
             }
         }
+        let ops_token = self.optional(S, "ops_token", parse_ops_token);
         let threads = self.value(S, "threads", d.threads, |v| parse_number(v, 1, 64));
         let public_url = self.optional(S, "public_url", parse_public_url);
         let max_connections = self.value(S, "max_connections", d.max_connections, |v| {
