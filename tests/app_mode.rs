@@ -249,10 +249,12 @@ fn refused_refresh_waits(answered: &str) {
     let ops = d.ops_addr(WAIT).expect("ops address");
     assert!(ami.wait_accepted(1, WAIT), "AMI login");
 
-    // Not installed yet: unhealthy, and says why.
-    let (code, text) = get(&addr, "/healthz");
+    // Not installed yet: unhealthy, and says why on the ops listener only (the public one
+    // must not tell strangers that the install URL is open).
+    let (code, text) = get(&ops, "/healthz");
     assert_eq!(code, 503);
     assert!(text.contains("not installed"), "{text}");
+    assert_eq!(get(&addr, "/healthz"), (503, "unhealthy\n".to_string()));
 
     let t1 = tokens(&portal, first);
     assert_eq!(post(&addr, "/bitrix24/install", &install_body(&t1)).0, 200);
@@ -279,11 +281,11 @@ fn refused_refresh_waits(answered: &str) {
     portal.expire_all();
     assert!(ami.push(&support::capture_tail(answered)));
     assert!(
-        wait_until(WAIT, || get(&addr, "/healthz")
+        wait_until(WAIT, || get(&ops, "/healthz")
             .1
             .contains("refused to refresh")),
         "healthz: {:?}\n{}",
-        get(&addr, "/healthz"),
+        get(&ops, "/healthz"),
         d.log()
     );
     assert_eq!(get(&addr, "/healthz").0, 503);
@@ -657,7 +659,8 @@ fn webhook_wrong_auth_type_is_said_once_and_not_retried() {
         status(&ops)["bitrix24"]["auth_error"],
         "this portal requires app mode; see README § App mode"
     );
-    let (code, text) = get(&addr, "/healthz");
+    let (code, text) = get(&ops, "/healthz");
     assert_eq!(code, 503);
     assert!(text.contains("requires app mode"), "{text}");
+    assert_eq!(get(&addr, "/healthz"), (503, "unhealthy\n".to_string()));
 }

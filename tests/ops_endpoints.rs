@@ -46,10 +46,13 @@ fn healthz_status_metrics(missed: &str) {
     let ops = daemon.ops_addr(WAIT).expect("ops listener");
     assert!(ami.wait_logins(1, WAIT));
 
-    let r = http::request(&addr, "GET", "/healthz", &[], b"");
+    let r = http::request(&ops, "GET", "/healthz", &[], b"");
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.body.trim(), "AMI is not logged in");
     assert_eq!(r.body.lines().count(), 1);
+    // The public listener says no more than that it is unhealthy.
+    let r = http::request(&addr, "GET", "/healthz", &[], b"");
+    assert_eq!((r.status, r.body.as_str()), (503, "unhealthy\n"));
 
     ami.set_secret(SECRET);
     assert!(ami.wait_accepted(1, WAIT), "no accepted login");

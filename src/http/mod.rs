@@ -2,7 +2,8 @@
 //!
 //! - the **public** one (`[http] listen`, behind the TLS reverse proxy Bitrix24 reaches):
 //!   Bitrix24 events (`POST /bitrix24/event`), the app install event (`POST
-//!   /bitrix24/install`, app mode) and `GET /healthz`;
+//!   /bitrix24/install`, app mode) and `GET /healthz` (status only: its 503 says
+//!   `unhealthy`, not why, since a reason such as "not installed yet" helps an attacker);
 //! - the **ops** one (`[http] ops_listen`, loopback by default): `GET /healthz`, `/status` and
 //!   `/metrics`. `/status` shows live caller numbers, so it never answers on the public
 //!   listener, except when there is no ops listener and `[http] ops_token` is set: then
@@ -294,7 +295,13 @@ fn handle(ctx: &Ctx, role: Role, req: Request) {
                 );
             }
             let resp = match path.as_str() {
-                "/healthz" => ops::healthz(ctx),
+                // The reason only where /status could be read too.
+                "/healthz" => ops::healthz(
+                    ctx,
+                    role == Role::Ops
+                        || (ops_served_on(&ctx.daemon.config.http, role)
+                            && bearer_ok(ctx.daemon.config.http.ops_token.as_ref(), &req)),
+                ),
                 "/status" => ops::status(ctx),
                 _ => ops::metrics(ctx),
             };

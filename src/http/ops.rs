@@ -106,11 +106,14 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
 }
 
 /// 200 `ok` when AMI is logged in, the state thread is alive and the listener accepts
-/// connections; 503 with the reason.
-pub(super) fn healthz(ctx: &Ctx) -> Reply {
+/// connections; 503 with the reason when `reason` (the ops listener), a bare `unhealthy`
+/// otherwise: the public listener must not tell strangers that the app is not installed
+/// yet, or why Bitrix24 refuses us.
+pub(super) fn healthz(ctx: &Ctx, reason: bool) -> Reply {
     match health_problem(&snapshot(ctx)) {
         None => reply(200, "ok\n"),
-        Some(why) => reply(503, &format!("{why}\n")),
+        Some(why) if reason => reply(503, &format!("{why}\n")),
+        Some(_) => reply(503, "unhealthy\n"),
     }
 }
 
