@@ -754,4 +754,122 @@ mod tests {
         assert!(!e.contains("leak"), "{e}");
         let _ = fs::remove_dir_all(&dir);
     }
+
+    /// A portal on loopback where nothing listens (a port bound, then freed), over plain
+    /// http, so a check that reaches the network fails as `Unreachable` at once.
+    fn closed_portal() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    }
+
+    fn config(portal: &str, member_id: Option<&str>) -> AppConfig {
+        AppConfig {
+            client_id: "local.1.2".into(),
+            client_secret: Secret::new("cs"),
+            portal: portal.into(),
+            oauth_url: format!("http://{portal}/oauth/token/"),
+            member_id: member_id.map(String::from),
+            insecure_http: true,
+        }
+    }
+
+    fn tokens_of(portal: &str) -> Tokens {
+        Tokens {
+            client_endpoint: format!("http://{portal}/rest/"),
+            domain: portal.into(),
+            ..tokens()
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("callme-oauth-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// The checks that need no portal refuse before any request, and store nothing.
+    #[test]
+    fn install_refuses_another_endpoint_domain_or_member_before_asking() {
+        let dir = temp_dir("checks");
+        let portal = closed_portal();
+        let app = AppClient::new(
+            &config(&portal, Some("m1")),
+            &dir,
+            Duration::from_secs(5),
+            AuthStatus::default(),
+        );
+        let good = tokens_of(&portal);
+        let cases = [
+            (
+                Tokens {
+                    client_endpoint: "https://evil.example/rest/".into(),
+                    ..good.clone()
+                },
+                "auth[client_endpoint] is not the endpoint of [bitrix24] portal",
+            ),
+            (
+                Tokens {
+                    client_endpoint: format!("https://{portal}/rest/"),
+                    ..good.clone()
+                },
+                "auth[client_endpoint] is not the endpoint of [bitrix24] portal",
+            ),
+            (
+                Tokens {
+                    domain: "evil.bitrix24.ru".into(),
+                    ..good.clone()
+                },
+                "domain is not [bitrix24] portal",
+            ),
+            (
+                Tokens {
+                    member_id: "m2".into(),
+                    ..good.clone()
+                },
+                "member_id is not [bitrix24] member_id",
+            ),
+        ];
+        for (t, why) in cases {
+            assert_eq!(app.install(t), Err(InstallError::Forbidden(why)));
+            assert!(!dir.join(TOKEN_FILE).exists());
+        }
+        // Past those checks the portal is asked; here it cannot be reached.
+        assert!(matches!(
+            app.install(good),
+            Err(InstallError::Unreachable(_))
+        ));
+        assert!(!dir.join(TOKEN_FILE).exists());
+        assert!(app.tokens().is_none());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A token file of another endpoint or another (pinned) member_id is not used.
+    #[test]
+    fn stored_tokens_of_another_portal_are_ignored() {
+        let dir = temp_dir("load");
+        let portal = closed_portal();
+        let store = TokenStore::new(&dir);
+        let load = |member: Option<&str>| {
+            AppClient::new(
+                &config(&portal, member),
+                &dir,
+                Duration::from_secs(5),
+                AuthStatus::default(),
+            )
+            .tokens()
+        };
+        let good = tokens_of(&portal);
+        store.save(&good).unwrap();
+        assert_eq!(load(None), Some(good.clone()));
+        assert_eq!(load(Some("m1")), Some(good.clone()));
+        assert_eq!(load(Some("m2")), None);
+        store
+            .save(&Tokens {
+                client_endpoint: "https://evil.example/rest/".into(),
+                ..good
+            })
+            .unwrap();
+        assert_eq!(load(None), None);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
