@@ -14,9 +14,11 @@ pub mod events;
 pub mod fake_ami;
 pub mod fake_bitrix;
 pub mod fake_oauth;
+pub mod gate;
 pub mod gen;
 pub mod http;
 pub mod prometheus;
+pub mod rng;
 pub mod wait;
 
 use std::path::PathBuf;
