@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod captures;
+pub mod chaos;
 pub mod clicks;
 pub mod configs;
 pub mod daemon;
@@ -17,8 +18,10 @@ pub mod fake_oauth;
 pub mod gate;
 pub mod gen;
 pub mod http;
+pub mod invariants;
 pub mod prometheus;
 pub mod rng;
+pub mod traffic;
 pub mod wait;
 
 use std::path::PathBuf;
