@@ -108,6 +108,36 @@ fn a_full_disk_for_4_s_loses_no_call() {
     }
 }
 
+/// While the state dir's files cannot grow (`EFBIG`), `/healthz` says 503 with the reason;
+/// once the disk has room again it says 200.
+#[test]
+#[ignore = "fails until #16 point 5: /healthz stays 200 while every journal write fails"]
+fn a_full_disk_turns_healthz_503_until_it_has_room_again() {
+    let mut rig = chaos::Rig::new(true, "rate = 20\nusers_refresh = 2\n");
+    rig.start_limited(chaos::FULL_DISK_BLOCKS);
+    assert!(rig.ami.wait_accepted(1, Duration::from_secs(20)));
+    let mut spec = TrafficSpec::new(16_005, 20, 5.0);
+    spec.speed = 3.0;
+    let traffic = support::traffic::Traffic::start(spec, rig.ami.clone(), rig.portal.clone());
+    let mut last = None;
+    let failing = support::fake_ami::wait_until(Duration::from_secs(20), || {
+        last = rig.healthz();
+        last.as_ref().is_some_and(|(s, _)| *s == 503)
+    });
+    assert!(
+        rig.logs().join("\n").contains("File too large"),
+        "no write failed, so this tested nothing"
+    );
+    assert!(failing, "/healthz while writes fail: {last:?}");
+    assert!(rig.daemon.as_ref().is_some_and(|d| d.lift_file_limit()));
+    let back = support::fake_ami::wait_until(Duration::from_secs(20), || {
+        last = rig.healthz();
+        last.as_ref().is_some_and(|(s, _)| *s == 200)
+    });
+    assert!(back, "/healthz once the disk has room: {last:?}");
+    drop(traffic);
+}
+
 /// `FAULT_SEED=n`: replay one seed (with `FAULT_KINDS=portal`, portal faults only).
 #[test]
 #[ignore = "replays FAULT_SEED; run by hand"]

@@ -73,9 +73,9 @@ pub struct Schedule {
 /// Which faults a random schedule may draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kinds {
-    /// Portal trouble only (refusing, 5xx, rate limit, slow answers).
+    /// Portal trouble once the daemon runs (refusing, 5xx, rate limit, slow answers).
     Portal,
-    /// Everything, daemon and AMI faults included.
+    /// Everything: the portal down at start, daemon and AMI faults included.
     All,
 }
 
@@ -88,7 +88,10 @@ impl Schedule {
         let mut traffic = TrafficSpec::new(seed, calls, rate);
         traffic.speed = 3.0;
         let span = calls as f64 / rate; // seconds of call starts
-        let portal_down_at_start = rng.chance(0.3).then(|| rng.range_f64(0.5, 3.0));
+        let portal_down_at_start = rng
+            .chance(0.3)
+            .then(|| rng.range_f64(0.5, 3.0))
+            .filter(|_| kinds == Kinds::All);
         let mut faults = Vec::new();
         for _ in 0..1 + rng.below(3) {
             let at = rng.range_f64(0.2, span + 2.0);
@@ -281,6 +284,12 @@ impl Rig {
         serde_json::from_str(&body).ok()
     }
 
+    /// `GET /healthz` of the running daemon: (status, body).
+    pub fn healthz(&self) -> Option<(u16, String)> {
+        let addr = self.daemon.as_ref()?.http_addr(Duration::from_secs(5))?;
+        http_fetch(&addr, "/healthz")
+    }
+
     /// Bytes in the state dir (every file, recursively).
     pub fn state_bytes(&self) -> u64 {
         dir_bytes(self.state.path())
@@ -309,6 +318,12 @@ impl Drop for Rig {
 /// `GET path` over a fresh connection; the body, or `None` on any failure (the daemon may be
 /// stopping: unlike `support::http::request`, this never panics).
 fn http_get(addr: &str, path: &str) -> Option<String> {
+    let (status, body) = http_fetch(addr, path)?;
+    (status == 200).then_some(body)
+}
+
+/// `GET path`: (status, body), or `None` on any failure.
+fn http_fetch(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -320,7 +335,8 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 pub fn dir_bytes(p: &Path) -> u64 {
@@ -531,24 +547,48 @@ fn settle(rig: &mut Rig, traffic: &Traffic, timeout: Duration) {
         .filter(|c| c.expected().is_some() && invariants::in_reach(c, &conns))
         .map(|c| c.external_id.clone())
         .collect();
-    let done = wait_until(timeout, || {
+    let idle = |rig: &Rig| {
+        rig.status().is_some_and(|v| {
+            v["bitrix24"]["queue_depth"].as_u64() == Some(0)
+                && v["active_calls"].as_array().is_some_and(Vec::is_empty)
+        })
+    };
+    // Until every call in reach is finished, or the daemon has had nothing to do for a few
+    // seconds (then nothing more will come: a lost call stays lost).
+    let mut idle_since: Option<Instant> = None;
+    let mut all_done = false;
+    while Instant::now() < deadline {
         let finished: std::collections::HashSet<String> = rig
             .portal
             .finished_calls()
             .iter()
             .filter_map(|r| r["EXTERNAL_CALL_ID"].as_str().map(str::to_string))
             .collect();
-        must.iter().all(|m| finished.contains(m))
-    });
+        all_done = must.iter().all(|m| finished.contains(m));
+        if all_done {
+            break;
+        }
+        if idle(rig) {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(3) {
+                break;
+            }
+        } else {
+            idle_since = None;
+        }
+        // A polling period (the daemon's /status is the condition), not a synchronisation.
+        thread::sleep(Duration::from_millis(200));
+    }
     // Then the queue drains (late duplicates would show up now).
     let drained = wait_until(deadline.saturating_duration_since(Instant::now()), || {
-        rig.status().is_some_and(|v| {
-            v["bitrix24"]["queue_depth"].as_u64() == Some(0)
-                && v["active_calls"].as_array().is_some_and(Vec::is_empty)
-        })
+        let ok = idle(rig);
+        if !ok {
+            thread::sleep(Duration::from_millis(100));
+        }
+        ok
     });
     rig.note(format!(
-        "settled: every reachable call finished: {done}; daemon idle: {drained}"
+        "settled: every call in reach finished: {all_done}; daemon idle: {drained}"
     ));
 }
 

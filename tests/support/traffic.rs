@@ -726,10 +726,11 @@ struct Feeder {
     done: Arc<AtomicBool>,
 }
 
-/// A call being played: its identity and template.
+/// A call being played: its identity, template and events not sent yet.
 struct Playing {
     id: Identity,
     template: &'static Template,
+    left: usize,
 }
 
 impl Feeder {
@@ -792,7 +793,14 @@ impl Feeder {
                     queue.push(Reverse((due, seq, index, k)));
                     seq += 1;
                 }
-                playing.insert(index, Playing { id, template });
+                playing.insert(
+                    index,
+                    Playing {
+                        id,
+                        template,
+                        left: template.events.len(),
+                    },
+                );
                 next_call += 1;
                 if next_call > spec.endless {
                     next_start_ms += 1000.0 / spec.rate * rng.range_f64(0.5, 1.5);
@@ -804,7 +812,7 @@ impl Feeder {
                     break;
                 }
                 queue.pop();
-                self.send(&playing[&call], k);
+                self.send(&mut playing, call, k);
             }
             let all_started = next_call >= total;
             if all_started && queue.is_empty() {
@@ -814,7 +822,7 @@ impl Feeder {
                 }
                 if self.release.load(Ordering::SeqCst) {
                     for (call, k) in std::mem::take(&mut held) {
-                        self.send(&playing[&call], k);
+                        self.send(&mut playing, call, k);
                     }
                     break;
                 }
@@ -834,12 +842,19 @@ impl Feeder {
         }
     }
 
-    fn send(&self, p: &Playing, k: usize) {
+    /// Send event `k` of `call`; a call whose last event went out is forgotten.
+    fn send(&self, playing: &mut HashMap<usize, Playing>, call: usize, k: usize) {
+        let Some(p) = playing.get_mut(&call) else {
+            return;
+        };
+        p.left -= 1;
         let e = &p.template.events[k];
         let fields = p.id.render(e);
         let name = fields.first().map(|(_, v)| v.clone()).unwrap_or_default();
         let bytes = wire(&fields, SystemTime::now());
-        let call = p.id.index;
+        if p.left == 0 {
+            playing.remove(&call);
+        }
         let mut at = Instant::now();
         let conn = self.ami.emit(&bytes, || {
             at = Instant::now();
