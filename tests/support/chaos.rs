@@ -175,16 +175,12 @@ impl Rig {
             &format!(":{}/", portal.port()),
             &format!(":{}/", gate.port()),
         );
-        let config = format!(
-            "[asterisk]\nhost = 127.0.0.1\nport = {}\nusername = callme\nsecret = {SECRET}\n\
-             ping_interval = 1\nreconnect_min = 0.2\nreconnect_max = 1\n\
-             [bitrix24]\nwebhook_url = {webhook}\ntimeout = 5\n{bitrix_extra}\
-             [calls]\ndefault_user = 201\n\
-             [http]\nlisten = 127.0.0.1:0\n\
-             [state]\ndir = {}\n",
+        let config = super::configs::daemon(
             ami.port(),
-            state.path().display()
-        );
+            SECRET,
+            &format!("webhook_url = {webhook}\ntimeout = 5\n{bitrix_extra}"),
+        )
+        .replace("{state}", &state.path().display().to_string());
         Rig {
             portal,
             gate,
@@ -553,11 +549,19 @@ fn settle(rig: &mut Rig, traffic: &Traffic, timeout: Duration) {
                 && v["active_calls"].as_array().is_some_and(Vec::is_empty)
         })
     };
-    // Until every call in reach is finished, or the daemon has had nothing to do for a few
-    // seconds (then nothing more will come: a lost call stays lost).
+    // Until every call in reach is finished, or the daemon has nothing to do: `/status` says
+    // so and the portal has seen no request for longer than the daemon's request timeout
+    // (5 s), so no request is in flight either (`/status` is refreshed only between two
+    // requests). Then nothing more will come: a lost call stays lost.
+    let quiet = Duration::from_secs(6);
     let mut idle_since: Option<Instant> = None;
+    let mut requests = (rig.portal.request_count(), Instant::now());
     let mut all_done = false;
     while Instant::now() < deadline {
+        let n = rig.portal.request_count();
+        if n != requests.0 {
+            requests = (n, Instant::now());
+        }
         let finished: std::collections::HashSet<String> = rig
             .portal
             .finished_calls()
@@ -570,7 +574,7 @@ fn settle(rig: &mut Rig, traffic: &Traffic, timeout: Duration) {
         }
         if idle(rig) {
             let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_secs(3) {
+            if since.elapsed() >= Duration::from_secs(3) && requests.1.elapsed() >= quiet {
                 break;
             }
         } else {
@@ -616,6 +620,14 @@ pub fn explain(s: &Schedule, report: &Report, rig: &Rig) -> String {
         let _ = writeln!(out, "{tl}");
     }
     let logs = rig.logs();
+    // The whole logs, kept after the run for a closer look.
+    for (i, log) in logs.iter().enumerate() {
+        let path =
+            std::env::temp_dir().join(format!("callme-fault-seed-{}-run-{}.log", s.seed, i + 1));
+        if fs::write(&path, log).is_ok() {
+            let _ = writeln!(out, "daemon run {} log: {}", i + 1, path.display());
+        }
+    }
     let keys: Vec<&String> = report.offenders.iter().take(5).collect();
     for (i, log) in logs.iter().enumerate() {
         let _ = writeln!(

@@ -490,6 +490,11 @@ impl FakeBitrix {
         self.shared.lock().delay = delay;
     }
 
+    /// How many requests arrived so far (cheaper than [`FakeBitrix::requests`]).
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
     /// Every successful register so far, re-registrations included.
     pub fn registrations(&self) -> Vec<Registration> {
         self.shared.lock().registrations.clone()
