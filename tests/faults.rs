@@ -88,6 +88,7 @@ fn a_full_disk_for_4_s_loses_no_call() {
         seed: 16_004,
         traffic,
         portal_down_at_start: None,
+        slow_at_start: None,
         disk_full_at_start: Some(4.0),
         faults: Vec::new(),
         bitrix_extra: "rate = 20\nusers_refresh = 2\n".into(),
@@ -106,6 +107,26 @@ fn a_full_disk_for_4_s_loses_no_call() {
     if !report.ok() {
         panic!("{}", chaos::explain(&s, &report, &rig));
     }
+}
+
+/// The first call begins right after the AMI login, while the user directory is still
+/// loading (every portal answer takes 300 ms for the first 2 s): it is registered like the
+/// others.
+#[test]
+fn the_first_calls_after_a_start_are_registered_while_the_directory_loads() {
+    let mut traffic = TrafficSpec::new(16_006, 12, 6.0);
+    traffic.speed = 3.0;
+    traffic.mix = [40, 15, 10, 15, 10, 10, 0];
+    check(&Schedule {
+        seed: 16_006,
+        traffic,
+        portal_down_at_start: None,
+        slow_at_start: Some((2.0, 300)),
+        disk_full_at_start: None,
+        faults: Vec::new(),
+        bitrix_extra: "rate = 20\nusers_refresh = 2\n".into(),
+        settle: Duration::from_secs(45),
+    });
 }
 
 /// While the state dir's files cannot grow (`EFBIG`), `/healthz` says 503 with the reason;
@@ -199,6 +220,7 @@ fn kill_9_mid_stream_every_call_alive_while_up_is_registered_once_and_finished_o
         seed: 16_001,
         traffic,
         portal_down_at_start: None,
+        slow_at_start: None,
         disk_full_at_start: None,
         faults: vec![(4.0, Fault::Kill9 { down: 2.0 })],
         bitrix_extra: String::new(),
@@ -223,6 +245,7 @@ fn portal_refusing_at_start_all_100_calls_registered_once_and_finished_once() {
         seed: 16_002,
         traffic,
         portal_down_at_start: Some(outage),
+        slow_at_start: None,
         disk_full_at_start: None,
         faults: Vec::new(),
         bitrix_extra: String::new(),

@@ -58,6 +58,9 @@ pub struct Schedule {
     pub traffic: TrafficSpec,
     /// The portal refuses connections for this long after the daemon starts.
     pub portal_down_at_start: Option<f64>,
+    /// (seconds, ms): every portal answer is held this many ms from before the daemon starts
+    /// until this many seconds after the traffic starts (a slow user directory load).
+    pub slow_at_start: Option<(f64, u64)>,
     /// The daemon starts with `RLIMIT_FSIZE` at [`FULL_DISK_BLOCKS`] (writes past 8 KiB fail
     /// with `EFBIG`), lifted this many seconds after the traffic starts.
     pub disk_full_at_start: Option<f64>,
@@ -136,6 +139,7 @@ impl Schedule {
             seed,
             traffic,
             portal_down_at_start,
+            slow_at_start: None,
             disk_full_at_start: None,
             faults,
             bitrix_extra: "rate = 20\nusers_refresh = 2\n".into(),
@@ -373,6 +377,9 @@ fn steps(s: &Schedule) -> Vec<(f64, Step)> {
     if let Some(secs) = s.disk_full_at_start {
         v.push((secs, Step::LiftLimit));
     }
+    if let Some((secs, _)) = s.slow_at_start {
+        v.push((secs, Step::Delay(0)));
+    }
     for (at, f) in &s.faults {
         let at = *at;
         match f {
@@ -484,6 +491,9 @@ pub fn run(s: &Schedule) -> (Report, Rig) {
     if s.portal_down_at_start.is_some() {
         rig.note("portal refusing connections from the start");
     }
+    if let Some((_, ms)) = s.slow_at_start {
+        rig.apply(&Step::Delay(ms));
+    }
     match s.disk_full_at_start {
         Some(_) => rig.start_limited(FULL_DISK_BLOCKS),
         None => rig.start(),
@@ -550,18 +560,12 @@ fn settle(rig: &mut Rig, traffic: &Traffic, timeout: Duration) {
         })
     };
     // Until every call in reach is finished, or the daemon has nothing to do: `/status` says
-    // so and the portal has seen no request for longer than the daemon's request timeout
-    // (5 s), so no request is in flight either (`/status` is refreshed only between two
-    // requests). Then nothing more will come: a lost call stays lost.
-    let quiet = Duration::from_secs(6);
+    // so, and has for 3 s while the portal was serving nothing (`/status` is refreshed only
+    // between two requests, so a request in flight can hide work). Then nothing more will
+    // come: a lost call stays lost.
     let mut idle_since: Option<Instant> = None;
-    let mut requests = (rig.portal.request_count(), Instant::now());
     let mut all_done = false;
     while Instant::now() < deadline {
-        let n = rig.portal.request_count();
-        if n != requests.0 {
-            requests = (n, Instant::now());
-        }
         let finished: std::collections::HashSet<String> = rig
             .portal
             .finished_calls()
@@ -572,9 +576,9 @@ fn settle(rig: &mut Rig, traffic: &Traffic, timeout: Duration) {
         if all_done {
             break;
         }
-        if idle(rig) {
+        if !rig.portal.busy() && idle(rig) && !rig.portal.busy() {
             let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_secs(3) && requests.1.elapsed() >= quiet {
+            if since.elapsed() >= Duration::from_secs(3) {
                 break;
             }
         } else {

@@ -173,6 +173,8 @@ struct State {
     registrations: Vec<Registration>,
     /// How long to hold every answer before sending it (a slow portal).
     delay: Duration,
+    /// Requests being served right now (0 or 1: one serving thread).
+    in_flight: usize,
 }
 
 /// One successful `telephony.externalcall.register`, as the portal answered it.
@@ -495,6 +497,11 @@ impl FakeBitrix {
         self.shared.lock().requests.len()
     }
 
+    /// Whether a request is being served now (read, or held by [`FakeBitrix::set_delay`]).
+    pub fn busy(&self) -> bool {
+        self.shared.lock().in_flight > 0
+    }
+
     /// Every successful register so far, re-registrations included.
     pub fn registrations(&self) -> Vec<Registration> {
         self.shared.lock().registrations.clone()
@@ -583,7 +590,13 @@ fn ok(result: Value) -> Outcome {
     Ok(m)
 }
 
-fn serve(shared: &Shared, mut request: tiny_http::Request) {
+fn serve(shared: &Shared, request: tiny_http::Request) {
+    shared.lock().in_flight += 1;
+    serve_one(shared, request);
+    shared.lock().in_flight -= 1;
+}
+
+fn serve_one(shared: &Shared, mut request: tiny_http::Request) {
     let started = SystemTime::now();
     let url = request.url().to_string();
     let content_type = request
