@@ -213,7 +213,8 @@ fn soak() {
 /// so `CoreShowChannels` lists them.
 #[test]
 #[ignore = "fails until #16 point 3: channels that CoreShowChannels lists after a restart are \
-            not adopted, so calls that began during the gap are never registered"]
+            not adopted, so calls that began during the gap are never registered (25 of the 96 \
+            calls in reach)"]
 fn kill_9_mid_stream_every_call_alive_while_up_is_registered_once_and_finished_once() {
     let mut traffic = TrafficSpec::new(16_001, 100, 10.0);
     traffic.mix = [40, 15, 10, 15, 10, 10, 0];
@@ -234,7 +235,8 @@ fn kill_9_mid_stream_every_call_alive_while_up_is_registered_once_and_finished_o
 /// registered once and finished once.
 #[test]
 #[ignore = "fails until #16 point 1: the user directory has not loaded when the portal comes \
-            back, so registers fail for good with `nobody to register the call under`"]
+            back, so registers fail for good with `nobody to register the call under` (59 of 100 \
+            never registered; shows skipped and finishes under the wrong user for the rest)"]
 fn portal_refusing_at_start_all_100_calls_registered_once_and_finished_once() {
     let outage = std::env::var("NOTHING_LOST_OUTAGE_SECS")
         .ok()
