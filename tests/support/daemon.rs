@@ -50,7 +50,7 @@ impl Running {
     /// systemd variables of the test's own environment are never passed on, so a test run
     /// under a systemd service does not notify that service.
     pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
-        Self::spawn(config, args, env, None)
+        Self::spawn(config, args, env, None, false)
     }
 
     /// [`Running::start_with_env`] under `ulimit ULIMIT` (e.g. `-Sn 1024`), set for the
@@ -62,10 +62,29 @@ impl Running {
         env: &[(&str, &str)],
         ulimit: &str,
     ) -> Running {
-        Self::spawn(config, args, env, Some(ulimit))
+        Self::spawn(config, args, env, Some(format!("ulimit {ulimit}")), false)
     }
 
-    fn spawn(config: &str, args: &[&str], env: &[(&str, &str)], ulimit: Option<&str>) -> Running {
+    /// [`Running::start`] with `RLIMIT_FSIZE` (soft) set to `blocks` of 512 bytes: a write
+    /// that would grow a file past it fails with `EFBIG`, like a full disk. The daemon runs
+    /// through `sh -c 'trap "" XFSZ; ulimit -S -f N; exec callme …'` so that it inherits
+    /// SIGXFSZ ignored (the default action would kill it) and keeps its own pid; the hard
+    /// limit stays, so [`Running::lift_file_limit`] can raise the soft one again. Its stderr
+    /// goes through a pipe, copied to the log file by a thread of ours (it ends when the
+    /// daemon does): the limit would cut the log short too.
+    pub fn start_limited(config: &str, args: &[&str], blocks: u64) -> Running {
+        let shell = format!("trap '' XFSZ; ulimit -S -f {blocks}");
+        Self::spawn(config, args, &[], Some(shell), true)
+    }
+
+    /// `shell`: commands `sh` runs before it `exec`s the daemon.
+    fn spawn(
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        shell: Option<String>,
+        pipe_stderr: bool,
+    ) -> Running {
         let dir = TempDir::new("callme-e2e");
         let state = dir.path().join("state");
         fs::create_dir_all(&state).expect("state dir");
@@ -77,12 +96,12 @@ impl Running {
         .expect("write config");
         let stderr = dir.path().join("stderr.log");
         let bin = env!("CARGO_BIN_EXE_callme");
-        let mut cmd = match ulimit {
+        let mut cmd = match shell {
             None => Command::new(bin),
-            Some(u) => {
+            Some(pre) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!("ulimit {u} && exec \"$0\" \"$@\""))
+                    .arg(format!("{pre} && exec \"$0\" \"$@\""))
                     .arg(bin);
                 c
             }
@@ -99,9 +118,18 @@ impl Running {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(&stderr).expect("stderr file"))
+            .stderr(if pipe_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::from(File::create(&stderr).expect("stderr file"))
+            })
             .spawn()
             .expect("spawn callme");
+        let mut child = child;
+        if let Some(mut pipe) = child.stderr.take() {
+            let mut file = File::create(&stderr).expect("stderr file");
+            std::thread::spawn(move || std::io::copy(&mut pipe, &mut file));
+        }
         Running {
             child: Some(child),
             dir,
@@ -165,6 +193,29 @@ impl Running {
             .expect("run kill")
             .success();
         assert!(ok, "kill -{name} {pid} failed");
+    }
+
+    /// Raise `RLIMIT_FSIZE` back to unlimited on the running process (`prlimit(1)`, util-linux):
+    /// the disk has room again. False if that could not be done.
+    pub fn lift_file_limit(&self) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        Command::new("prlimit")
+            .arg(format!("--pid={pid}"))
+            .arg("--fsize=unlimited:")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Resident memory of the process in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// SIGTERM, as `systemctl stop` sends.

@@ -48,9 +48,26 @@ struct State {
     open: Vec<Arc<Mutex<TcpStream>>>,
     handlers: Vec<JoinHandle<()>>,
     channels: Vec<Vec<(String, String)>>,
+    /// When set, `CoreShowChannels` answers what this returns at that moment (a live PBX).
+    source: Option<ChannelSource>,
+    /// New connections are closed at once, before the banner: Asterisk down or restarting.
+    refusing: bool,
+    /// One entry per accepted connection, by id - 1.
+    conn_log: Vec<ConnRecord>,
     originate_ok: bool,
     silent: bool,
     fully_booted: bool,
+}
+
+/// Produces the `CoreShowChannel` items of the moment (see [`FakeAmi::set_channel_source`]).
+pub type ChannelSource = Arc<dyn Fn() -> Vec<Vec<(String, String)>> + Send + Sync>;
+
+/// When a connection logged in and when it closed (either side), for judging afterwards
+/// whether the client had the chance to read what was written to it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnRecord {
+    pub logged_in: Option<Instant>,
+    pub closed: Option<Instant>,
 }
 
 /// The write side of one accepted connection; the mutex keeps a reply and a `push` from
@@ -94,6 +111,9 @@ impl FakeAmi {
                 open: Vec::new(),
                 handlers: Vec::new(),
                 channels: Vec::new(),
+                source: None,
+                refusing: false,
+                conn_log: Vec::new(),
                 originate_ok: true,
                 silent: false,
                 fully_booted: true,
@@ -109,7 +129,17 @@ impl FakeAmi {
                 let Ok(stream) = stream else { continue };
                 let id = {
                     let mut st = acceptor.lock();
+                    if st.refusing {
+                        // Dropped unanswered: the client sees the connection close at once.
+                        drop(st);
+                        drop(stream);
+                        continue;
+                    }
                     st.connections += 1;
+                    st.conn_log.push(ConnRecord {
+                        logged_in: None,
+                        closed: None,
+                    });
                     st.connections
                 };
                 let served = Arc::clone(&acceptor);
@@ -146,9 +176,44 @@ impl FakeAmi {
 
     /// Closes the current logged-in connection, as a network failure or an Asterisk crash would.
     pub fn drop_connection(&self) {
-        if let Some(c) = self.inner.lock().current.take() {
+        let mut st = self.inner.lock();
+        if let Some(c) = st.current.take() {
             c.close();
+            st.mark_closed(c.id);
         }
+    }
+
+    /// Writes `bytes` to the current logged-in connection, running `apply` first under the
+    /// same lock as `CoreShowChannels` answers: a live PBX changes its channels and sends the
+    /// event as one step, so a listing is never newer than the events already sent nor older
+    /// than the ones that follow it. Returns the id of the connection written to, if any.
+    pub fn emit(&self, bytes: &[u8], apply: impl FnOnce()) -> Option<usize> {
+        let st = self.inner.lock();
+        apply();
+        let current = st.current.clone()?;
+        current.write(bytes).then_some(current.id)
+    }
+
+    /// Answer `CoreShowChannels` from `source`, called at the moment of each request (under the
+    /// lock [`FakeAmi::emit`] holds), instead of the fixed list of `set_core_show_channels`.
+    pub fn set_channel_source(&self, source: ChannelSource) {
+        self.inner.lock().source = Some(source);
+    }
+
+    /// true: close every new connection at once (Asterisk down); false: serve them again.
+    /// Does not touch the current connection (see [`FakeAmi::drop_connection`]).
+    pub fn set_refusing(&self, on: bool) {
+        self.inner.lock().refusing = on;
+    }
+
+    /// Login and close times of every accepted connection, by id - 1.
+    pub fn connection_log(&self) -> Vec<ConnRecord> {
+        self.inner.lock().conn_log.clone()
+    }
+
+    /// Whether a client is logged in right now.
+    pub fn has_client(&self) -> bool {
+        self.inner.lock().current.is_some()
     }
 
     /// Every action received, all connections, in order (Login included).
@@ -281,6 +346,14 @@ fn is_action(m: &Message, name: &str) -> bool {
         .is_some_and(|a| a.eq_ignore_ascii_case(name))
 }
 
+impl State {
+    fn mark_closed(&mut self, id: usize) {
+        if let Some(r) = self.conn_log.get_mut(id - 1) {
+            r.closed.get_or_insert_with(Instant::now);
+        }
+    }
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
@@ -318,6 +391,7 @@ impl Inner {
         if st.current.as_ref().is_some_and(|c| c.id == id) {
             st.current = None;
         }
+        st.mark_closed(id);
     }
 
     /// Records and answers one action. Returns false when the connection must close.
@@ -363,6 +437,9 @@ impl Inner {
                 }
                 st.accepted += 1;
                 *logged_in = true;
+                if let Some(r) = st.conn_log.get_mut(conn.id - 1) {
+                    r.logged_in = Some(Instant::now());
+                }
                 let mut bytes = format!(
                     "{}Message: Authentication accepted\r\n\r\n",
                     head("Success")
@@ -411,7 +488,11 @@ impl Inner {
                     "{}EventList: start\r\nMessage: Channels will follow\r\n\r\n",
                     head("Success")
                 );
-                for item in &st.channels {
+                let channels = match &st.source {
+                    Some(source) => source(),
+                    None => st.channels.clone(),
+                };
+                for item in &channels {
                     reply.push_str("Event: CoreShowChannel\r\n");
                     reply.push_str(&id_line);
                     for (k, v) in item {
@@ -422,10 +503,13 @@ impl Inner {
                 reply.push_str(&format!(
                     "Event: CoreShowChannelsComplete\r\n{id_line}EventList: Complete\r\n\
                      ListItems: {}\r\n\r\n",
-                    st.channels.len()
+                    channels.len()
                 ));
+                // Written under the state lock, so no event emitted after the snapshot can
+                // overtake it (see `FakeAmi::emit`).
+                let ok = conn.write(reply.as_bytes());
                 drop(st);
-                conn.write(reply.as_bytes())
+                ok
             }
             "originate" => {
                 let ok = st.originate_ok;

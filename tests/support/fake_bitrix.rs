@@ -52,6 +52,9 @@
 //!   When it overflows the request gets HTTP 503
 //!   `{"error":"QUERY_LIMIT_EXCEEDED","error_description":"Too many requests"}`; a `batch`
 //!   counts as one request.
+//! - [`FakeBitrix::set_delay`]: every answer is held back, the request applied at once (a slow
+//!   portal; above the client's timeout, an answer lost after the work was done).
+//! - A portal that refuses connections is a [`super::gate::Gate`] in front of the fake.
 //!
 //! # Batch
 //!
@@ -168,6 +171,25 @@ struct State {
     app: Option<AppAuth>,
     /// Answer `WRONG_AUTH_TYPE` to telephony methods called through the webhook (§1.4).
     telephony_requires_app: bool,
+    /// Every successful `register`, re-registrations included, in order.
+    registrations: Vec<Registration>,
+    /// How long to hold every answer before sending it (a slow portal).
+    delay: Duration,
+    /// Requests being served right now (0 or 1: one serving thread).
+    in_flight: usize,
+}
+
+/// One successful `telephony.externalcall.register`, as the portal answered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// The `CALL_ID` answered.
+    pub call_id: String,
+    pub external_call_id: Option<String>,
+    pub user_id: u64,
+    /// false when an open call with the same key got its old `CALL_ID` back (§2.1).
+    pub new: bool,
+    /// Index of this command in [`FakeBitrix::commands`].
+    pub command: usize,
 }
 
 /// Trades a refresh token for a new (access, refresh) pair; `None` if it is not valid.
@@ -507,6 +529,28 @@ impl FakeBitrix {
         self.shared.lock().down = down;
     }
 
+    /// Hold every answer for `delay` before sending it (the request is applied at once): a
+    /// slow portal, or with a delay above the client's timeout, answers lost after the work
+    /// was done. Requests are served one at a time, so they queue behind each other.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.lock().delay = delay;
+    }
+
+    /// How many requests arrived so far (cheaper than [`FakeBitrix::requests`]).
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
+    /// Whether a request is being served now (read, or held by [`FakeBitrix::set_delay`]).
+    pub fn busy(&self) -> bool {
+        self.shared.lock().in_flight > 0
+    }
+
+    /// Every successful register so far, re-registrations included.
+    pub fn registrations(&self) -> Vec<Registration> {
+        self.shared.lock().registrations.clone()
+    }
+
     /// Registered calls not finished yet.
     pub fn active_calls(&self) -> Vec<ActiveCall> {
         self.shared.lock().calls.values().cloned().collect()
@@ -590,7 +634,13 @@ fn ok(result: Value) -> Outcome {
     Ok(m)
 }
 
-fn serve(shared: &Shared, mut request: tiny_http::Request) {
+fn serve(shared: &Shared, request: tiny_http::Request) {
+    shared.lock().in_flight += 1;
+    serve_one(shared, request);
+    shared.lock().in_flight -= 1;
+}
+
+fn serve_one(shared: &Shared, mut request: tiny_http::Request) {
     let started = SystemTime::now();
     let url = request.url().to_string();
     let content_type = request
@@ -680,8 +730,12 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
         params,
         status,
     });
+    let delay = st.delay;
     drop(st);
     shared.changed.notify_all();
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
+    }
 
     let content_type = format!("{mime}; charset=utf-8");
     let response = tiny_http::Response::from_string(text)
@@ -1036,6 +1090,14 @@ fn register(st: &mut State, p: &Map<String, Value>) -> Outcome {
         if show {
             st.cards.insert((call.call_id.clone(), user_id));
         }
+        let command = st.commands.len();
+        st.registrations.push(Registration {
+            call_id: call.call_id.clone(),
+            external_call_id: call.external_call_id.clone(),
+            user_id,
+            new: false,
+            command,
+        });
         let (ty, id) = call.crm.clone().unzip();
         return ok(json!({
             "CALL_ID": call.call_id,
@@ -1086,6 +1148,14 @@ fn register(st: &mut State, p: &Map<String, Value>) -> Outcome {
     if show {
         st.cards.insert((call_id.clone(), user_id));
     }
+    let command = st.commands.len();
+    st.registrations.push(Registration {
+        call_id: call_id.clone(),
+        external_call_id: external_call_id.clone(),
+        user_id,
+        new: true,
+        command,
+    });
     st.calls.insert(
         call_id.clone(),
         ActiveCall {

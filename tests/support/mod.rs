@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod captures;
+pub mod chaos;
 pub mod clicks;
 pub mod configs;
 pub mod daemon;
@@ -14,9 +15,13 @@ pub mod events;
 pub mod fake_ami;
 pub mod fake_bitrix;
 pub mod fake_oauth;
+pub mod gate;
 pub mod gen;
 pub mod http;
+pub mod invariants;
 pub mod prometheus;
+pub mod rng;
+pub mod traffic;
 pub mod wait;
 
 use std::path::PathBuf;
