@@ -279,14 +279,15 @@ impl Rig {
     /// `GET /status` of the running daemon.
     pub fn status(&self) -> Option<Value> {
         let d = self.daemon.as_ref()?;
-        let addr = d.http_addr(Duration::from_secs(5))?;
+        let addr = d.ops_addr(Duration::from_secs(5))?;
         let body = http_get(&addr, "/status")?;
         serde_json::from_str(&body).ok()
     }
 
-    /// `GET /healthz` of the running daemon: (status, body).
+    /// `GET /healthz` of the running daemon on its ops listener, which gives the reason:
+    /// (status, body).
     pub fn healthz(&self) -> Option<(u16, String)> {
-        let addr = self.daemon.as_ref()?.http_addr(Duration::from_secs(5))?;
+        let addr = self.daemon.as_ref()?.ops_addr(Duration::from_secs(5))?;
         http_fetch(&addr, "/healthz")
     }
 
