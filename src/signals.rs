@@ -2,7 +2,7 @@
 //!
 //! Why `unsafe` lives here: std has no signal API, and the design allows neither `libc` nor a
 //! signal crate, so we declare glibc's `signal()` ourselves. That is why this module belongs to
-//! the binary crate: the library keeps `#![forbid(unsafe_code)]`.
+//! the binary crate: the library denies unsafe code everywhere but `rlimit.rs`.
 //!
 //! The handlers only store `true` into static atomics, which is async-signal-safe (a lock-free
 //! store, no allocation, no lock, no I/O). The main loop polls them every ~200 ms. glibc's
