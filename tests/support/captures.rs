@@ -45,28 +45,45 @@ pub fn timestamped_tail(name: &str) -> Vec<u8> {
 }
 
 /// A capture's messages with every Uniqueid, Linkedid, bridge id and channel name made
-/// unique to copy `n`, so that `n` copies are `n` independent calls.
+/// unique to copy `n`, so that `n` copies are `n` independent calls (see [`renumber`]).
 pub fn renumbered(capture: &str, n: usize) -> Vec<(Message, u64)> {
     let bytes = std::fs::read(fixture_path(capture)).expect("capture");
     let cap = callme::replay::parse_bytes(&bytes);
     cap.messages
         .iter()
-        .map(|t| {
-            let mut m = Message::new();
-            for (k, v) in t.msg.iter() {
-                let key = k.to_ascii_lowercase();
-                let renumber = key.ends_with("uniqueid")
-                    || key.ends_with("linkedid")
-                    || (key.ends_with("channel") && v.contains('-'));
-                if renumber {
-                    m.push(k, &format!("{v}x{n}"));
-                } else {
-                    m.push(k, v);
-                }
-            }
-            (m, t.at_ms)
-        })
+        .map(|t| (renumber(&t.msg, n), t.at_ms))
         .collect()
+}
+
+/// `msg` with its Uniqueids, Linkedids and channel names made unique to copy `n`.
+pub fn renumber(msg: &Message, n: usize) -> Message {
+    let mut m = Message::new();
+    for (k, v) in msg.iter() {
+        let key = k.to_ascii_lowercase();
+        if key.ends_with("channel") && v.contains('-') {
+            m.push(k, &renumber_channel(v, n));
+        } else if key.ends_with("uniqueid") || key.ends_with("linkedid") {
+            m.push(k, &format!("{v}x{n}"));
+        } else {
+            m.push(k, v);
+        }
+    }
+    m
+}
+
+/// A channel name made unique to copy `n` while it still parses as one: the copy number goes
+/// into the hex sequence (`SIP/219-00000001` → `SIP/219-0000000100000005`, before a Local
+/// channel's `;1`), so the peer (the internal number) stays what it was.
+fn renumber_channel(name: &str, n: usize) -> String {
+    let Some((head, tail)) = name.rsplit_once('-') else {
+        return format!("{name}x{n}");
+    };
+    let end = tail.find([';', '<']).unwrap_or(tail.len());
+    let (seq, rest) = tail.split_at(end);
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return format!("{name}x{n}");
+    }
+    format!("{head}-{seq}{n:08x}{rest}")
 }
 
 /// Call `n` of a stream of independent calls, answered (capture a) for even `n` and missed

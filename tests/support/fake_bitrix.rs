@@ -91,6 +91,15 @@ pub struct Recorded {
     pub status: u16,
 }
 
+/// A card put on screen: when the portal applied it, for which call and user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CardShown {
+    pub at: Instant,
+    /// The call's `EXTERNAL_CALL_ID` as registered (empty if it had none).
+    pub external_call_id: String,
+    pub user_id: u64,
+}
+
 /// A user of the fake portal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeUser {
@@ -151,6 +160,8 @@ struct State {
     /// (CALL_ID, USER_ID) of every card on screen. Cards outlive `finish` for every user
     /// but the finishing one (§4.1), which is exactly what tests must be able to catch.
     cards: BTreeSet<(String, u64)>,
+    /// Every time a card went up (register with SHOW, or show), for latency benchmarks.
+    shown: Vec<CardShown>,
     requests: Vec<Recorded>,
     failures: VecDeque<(u16, String)>,
     /// Methods whose next response is lost after the request was applied.
@@ -565,6 +576,11 @@ impl FakeBitrix {
     /// real portal; here both are kept so a test can count them).
     pub fn records(&self) -> Vec<AttachedRecord> {
         self.shared.lock().records.clone()
+    }
+
+    /// Every card that went up so far, in order, with the moment the portal applied it.
+    pub fn cards_shown(&self) -> Vec<CardShown> {
+        self.shared.lock().shown.clone()
     }
 
     /// Cards currently on screen: (CALL_ID, USER_ID). Should be empty after every call.
@@ -1088,7 +1104,7 @@ fn register(st: &mut State, p: &Map<String, Value>) -> Outcome {
     });
     if let Some(call) = same.cloned() {
         if show {
-            st.cards.insert((call.call_id.clone(), user_id));
+            card_up(st, &call, user_id);
         }
         let command = st.commands.len();
         st.registrations.push(Registration {
@@ -1145,30 +1161,28 @@ fn register(st: &mut State, p: &Map<String, Value>) -> Outcome {
         hex32(&(st.seq, &external_call_id, &phone)),
         now as u64
     );
+    let call = ActiveCall {
+        call_id: call_id.clone(),
+        user_id,
+        phone,
+        call_type,
+        line,
+        external_call_id,
+        crm: crm.clone(),
+        created: created.clone(),
+    };
     if show {
-        st.cards.insert((call_id.clone(), user_id));
+        card_up(st, &call, user_id);
     }
     let command = st.commands.len();
     st.registrations.push(Registration {
         call_id: call_id.clone(),
-        external_call_id: external_call_id.clone(),
+        external_call_id: call.external_call_id.clone(),
         user_id,
         new: true,
         command,
     });
-    st.calls.insert(
-        call_id.clone(),
-        ActiveCall {
-            call_id: call_id.clone(),
-            user_id,
-            phone,
-            call_type,
-            line,
-            external_call_id,
-            crm: crm.clone(),
-            created: created.clone(),
-        },
-    );
+    st.calls.insert(call_id.clone(), call);
     let (ty, id) = crm.unzip();
     let mut result = json!({
         "CALL_ID": call_id,
@@ -1275,14 +1289,23 @@ fn show_hide(st: &mut State, p: &Map<String, Value>, show: bool) -> Outcome {
         Some(v) => vec![php_int(v) as u64],
     };
     for user in users {
-        let card = (call.call_id.clone(), user);
         if show {
-            st.cards.insert(card);
+            card_up(st, &call, user);
         } else {
-            st.cards.remove(&card);
+            st.cards.remove(&(call.call_id.clone(), user));
         }
     }
     ok(json!(true))
+}
+
+/// Put `call`'s card on `user`'s screen, noting when.
+fn card_up(st: &mut State, call: &ActiveCall, user: u64) {
+    st.cards.insert((call.call_id.clone(), user));
+    st.shown.push(CardShown {
+        at: Instant::now(),
+        external_call_id: call.external_call_id.clone().unwrap_or_default(),
+        user_id: user,
+    });
 }
 
 /// `telephony.externalCall.searchCrmEntities` (§4.3): contacts, then leads, then companies.
