@@ -139,7 +139,12 @@ fn user_gets(reqs: &[support::fake_bitrix::Recorded]) -> usize {
     reqs.iter().filter(|r| r.method == "user.get").count()
 }
 
-fn run(rate: f64, secs: f64, drain_cap: Duration, templates: &[Vec<(Duration, Message)>]) -> Figures {
+fn run(
+    rate: f64,
+    secs: f64,
+    drain_cap: Duration,
+    templates: &[Vec<(Duration, Message)>],
+) -> Figures {
     let ami = FakeAmi::start("callme", "secret");
     let portal = FakeBitrix::start();
     portal.set_rate_limit(2.0, 50);
@@ -253,7 +258,8 @@ fn run(rate: f64, secs: f64, drain_cap: Duration, templates: &[Vec<(Duration, Me
 
     let requests = portal.requests();
     let commands = portal.commands();
-    let http = requests.len() - base_http - (user_gets(&requests) - user_gets(&requests[..base_http]));
+    let http =
+        requests.len() - base_http - (user_gets(&requests) - user_gets(&requests[..base_http]));
     let ops = commands.len() - base_ops - (user_gets(&commands) - user_gets(&commands[..base_ops]));
 
     let mut first_card: HashMap<(String, u64), Vec<Instant>> = HashMap::new();
@@ -355,10 +361,14 @@ fn print(f: &Figures) {
     println!(
         "  every call finished at the portal {:.1} s after the last event{}{}",
         f.drain_secs,
-        f.drain_ops_per_s
-            .map_or(String::new(), |r| format!(", backlog drained at {r:.0} operations/s")),
+        f.drain_ops_per_s.map_or(String::new(), |r| format!(
+            ", backlog drained at {r:.0} operations/s"
+        )),
         if f.left > 0 {
-            format!(" — NOT drained within the cap, {} call(s) not finished", f.left)
+            format!(
+                " — NOT drained within the cap, {} call(s) not finished",
+                f.left
+            )
         } else {
             String::new()
         }
@@ -375,7 +385,8 @@ fn env_or<T: std::str::FromStr>(name: &str) -> Option<T> {
 
 fn main() {
     // `RUST_LOG=debug` shows what the daemon does under load.
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).try_init();
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
+        .try_init();
     let bench = std::env::args().any(|a| a == "--bench");
     let templates: Vec<_> = MIX.iter().map(|n| template(n)).collect();
     if !bench {
@@ -397,7 +408,10 @@ fn main() {
     println!(
         "load bench: {} CPU(s), load average at start {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     for rate in rates {
         // At 1 call/s the first ~20 s ride on the bucket's burst: run long enough to see the
@@ -414,6 +428,9 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "load average at the end {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 }

@@ -124,7 +124,7 @@ impl Daemon {
         // One bucket for every request to the portal (bitrix24-api.md §9.4).
         let limiter = Limiter::new(cfg.bitrix24.rate, cfg.bitrix24.burst);
         let transport: Arc<dyn Transport> = Arc::new(Counted::new(
-            Limited::new(transport, limiter),
+            Limited::new(transport, limiter.clone()),
             health.rest.clone(),
         ));
         let (outbox, journal, state) = open_state(cfg);
@@ -166,12 +166,13 @@ impl Daemon {
             })
             .expect("spawn state thread");
 
-        let deliverer = Deliverer::with_outbox(
+        let mut deliverer = Deliverer::with_outbox(
             DeliverConfig::from_config(cfg),
             Box::new(transport),
             Directory::from_users(Vec::new(), Instant::now()),
             outbox,
         );
+        deliverer.set_pacing(limiter);
         let refresh = cfg.bitrix24.users_refresh;
         let h = health.clone();
         let delivery = thread::Builder::new()

@@ -24,7 +24,9 @@ use serde_json::Value;
 
 use super::api::{self, FinishParams, RegisterParams};
 use super::client::{Reply, Transport};
+use super::limiter::Limiter;
 use super::outbox::{Outbox, Step};
+use super::priority::{self, Priority};
 use super::users::Directory;
 use super::Error;
 use crate::calls::{Action, Direction, FinishUser, Intent};
@@ -123,8 +125,10 @@ impl Scripted {
         }
     }
 
-    fn wanted(self) -> Option<(String, Value)> {
-        self.wanted.into_inner().unwrap_or_else(|e| e.into_inner())
+    /// The answers it was given and the request it could not answer, if any.
+    fn into_parts(self) -> (Vec<Result<Value, Error>>, Option<(String, Value)>) {
+        let wanted = self.wanted.into_inner().unwrap_or_else(|e| e.into_inner());
+        (self.answers, wanted)
     }
 }
 
@@ -149,8 +153,29 @@ impl Transport for Scripted {
     }
 }
 
-/// Rounds of one batch pass: a register needs two (CRM look-up, then register).
-const BATCH_ROUNDS: usize = 4;
+/// Request slots kept for ringing phones: with fewer left in the bucket, a request holding
+/// only steps that can wait (finish, hide, attach, steps of calls already over) is not sent;
+/// those steps ride along with the next urgent request, or go once the bucket refills.
+const RESERVE: u32 = 10;
+
+/// How long one [`Deliverer::run_due`] goes on before it returns to the delivery loop.
+const PASS_MAX: Duration = Duration::from_secs(1);
+
+/// Steps whose answers are kept between passes; more (steps given up, cancelled) and the
+/// answers are dropped, which costs only a repeated CRM look-up.
+const ANSWERS_MAX: usize = 10_000;
+
+/// What one [`Deliverer::round`] did.
+enum Round {
+    /// A request went out.
+    Sent,
+    /// Steps were settled without a request (skipped, answered already, a recording sent).
+    Settled,
+    /// Nothing is due.
+    Idle,
+    /// Only steps that can wait, and the bucket is low: try again at this time.
+    Saving(Instant),
+}
 
 pub struct Deliverer {
     cfg: DeliverConfig,
@@ -159,6 +184,13 @@ pub struct Deliverer {
     outbox: Arc<Mutex<Outbox>>,
     /// Pack due steps of different calls into `batch` requests when several are due.
     batching: bool,
+    /// The rate limiter the transport waits on, when delivery should wait for a free slot
+    /// before it packs a request (the daemon); `None` packs what is due at once.
+    pacing: Option<Arc<Limiter>>,
+    /// Answers gathered so far per step (by seq): a register takes two requests (CRM
+    /// look-up, then register), and its second one may ride in a later request than the
+    /// first. Bounded by [`ANSWERS_MAX`].
+    answers: HashMap<u64, Vec<Result<Value, Error>>>,
     stats: DeliveryStats,
     /// When each call's recording attach first ran, for `[recording] wait`. In memory: after a
     /// restart the wait starts again, which only delays giving up.
@@ -192,9 +224,17 @@ impl Deliverer {
             directory,
             outbox,
             batching: true,
+            pacing: None,
+            answers: HashMap::new(),
             attach_since: HashMap::new(),
             stats: DeliveryStats::default(),
         }
+    }
+
+    /// Wait for `limiter` (the one the transport paces on) before packing each request, and
+    /// keep its last slots for ringing phones.
+    pub fn set_pacing(&mut self, limiter: Arc<Limiter>) {
+        self.pacing = Some(limiter);
     }
 
     pub fn set_directory(&mut self, directory: Directory) {
@@ -241,26 +281,150 @@ impl Deliverer {
     /// Send every step that is due at `now`. Returns when the next retry is due, if any step
     /// is waiting for one.
     pub fn run_due(&mut self, now: Instant) -> Option<Instant> {
-        // Each pass moves every due call one step; a call on hold drops out of `due`.
+        if !self.batching {
+            return self.run_due_one_by_one(now);
+        }
+        let mut answers = std::mem::take(&mut self.answers);
+        let started = Instant::now();
+        let mut next = None;
+        for _ in 0..100_000 {
+            // Under a standing backlog, come back to the loop now and then: it publishes
+            // progress to /status and /metrics, refreshes the directory and sees a stop.
+            if started.elapsed() >= PASS_MAX {
+                next = Some(Instant::now());
+                break;
+            }
+            // Wait for a request slot *before* choosing what goes into it: whatever became due
+            // meanwhile rides in the same request. With budget to spare nothing waits; batches
+            // form only while the bucket is short. No fixed batching window.
+            if let Some(l) = &self.pacing {
+                l.wait_ready();
+            }
+            let now = now.max(Instant::now());
+            match self.round(now, &mut answers) {
+                Round::Sent | Round::Settled => {}
+                Round::Idle => {
+                    // Nothing due: answers left belong to steps that are gone or on hold.
+                    answers.clear();
+                    break;
+                }
+                Round::Saving(at) => {
+                    next = Some(at);
+                    break;
+                }
+            }
+            self.ob().flush();
+        }
+        if answers.len() > ANSWERS_MAX {
+            answers.clear();
+        }
+        self.answers = answers;
+        let mut ob = self.ob();
+        ob.maybe_compact();
+        let due = ob.next_due();
+        drop(ob);
+        match (due, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One request's worth of progress: run every due step against the answers it has; steps
+    /// that are done are settled, and the requests the others want next go out together, the
+    /// most urgent first ([`priority`]): one request alone, or a `batch` of up to
+    /// [`api::BATCH_MAX`]. A recording goes alone: its body can be megabytes of base64, and
+    /// Bitrix24 does not allow uploads inside `batch` (bitrix24-api.md §4.2, §8).
+    fn round(
+        &mut self,
+        now: Instant,
+        answers: &mut HashMap<u64, Vec<Result<Value, Error>>>,
+    ) -> Round {
+        let due = self.ob().due(now);
+        if due.is_empty() {
+            return Round::Idle;
+        }
+        let mut wants = Vec::new();
+        let mut settled = false;
+        for (key, step) in due {
+            if matches!(step.action, Action::Attach { .. }) {
+                let t = Arc::clone(&self.transport);
+                let result = self.step(&key, &step.action, t.as_ref());
+                self.settle(&key, &step, result, now);
+                settled = true;
+                continue;
+            }
+            let s = Scripted::new(answers.remove(&step.seq).unwrap_or_default());
+            let result = self.step(&key, &step.action, &s);
+            let (got, wanted) = s.into_parts();
+            match wanted {
+                Some(w) => {
+                    let prio = priority::of(&step, self.ob().call(&key));
+                    answers.insert(step.seq, got);
+                    wants.push((prio, key, step, w));
+                }
+                None => {
+                    self.settle(&key, &step, result, now);
+                    settled = true;
+                }
+            }
+        }
+        if wants.is_empty() {
+            return if settled { Round::Settled } else { Round::Idle };
+        }
+        // The calls come in arrival order; a stable sort keeps it within a priority.
+        wants.sort_by_key(|w| w.0);
+        if wants[0].0 != Priority::Ringing {
+            if let Some(l) = &self.pacing {
+                // Nothing urgent: while the bucket runs low, keep its last slots for the next
+                // ringing phone, and let these ride along with its request.
+                if l.available() < RESERVE {
+                    return if settled {
+                        Round::Settled
+                    } else {
+                        Round::Saving(now + l.slot())
+                    };
+                }
+            }
+        }
+        wants.truncate(api::BATCH_MAX);
+        // From here these steps are being sent: an unsent Show can no longer be dropped.
+        // One that was dropped since it was picked (its phone stopped ringing) stays unsent.
+        {
+            let mut ob = self.ob();
+            wants.retain(|(_, key, step, _)| ob.begin(key, step.seq));
+        }
+        if wants.is_empty() {
+            return Round::Settled;
+        }
+        let results: Vec<Result<Value, Error>> = if wants.len() == 1 {
+            let (method, params) = &wants[0].3;
+            vec![self.transport.call(method, params).map(|r| r.result)]
+        } else {
+            let cmds: Vec<(String, &str, Value)> = wants
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, _, (m, p)))| (format!("c{i}"), m.as_str(), p.clone()))
+                .collect();
+            log::debug!("bitrix24: batch of {} commands", cmds.len());
+            match api::batch(self.transport.as_ref(), &cmds) {
+                Ok(r) => r.into_iter().map(|(_, r)| r).collect(),
+                Err(e) => vec![Err(e); cmds.len()],
+            }
+        };
+        for ((_, _, step, _), r) in wants.into_iter().zip(results) {
+            answers.entry(step.seq).or_default().push(r);
+        }
+        Round::Sent
+    }
+
+    /// Without batching (`callme replay`, the demo): each due step straight to the transport.
+    fn run_due_one_by_one(&mut self, now: Instant) -> Option<Instant> {
         for _ in 0..100_000 {
             let due = self.ob().due(now);
             if due.is_empty() {
                 break;
             }
-            // A recording goes alone: its body can be megabytes of base64, and Bitrix24 does
-            // not allow uploads inside `batch` (bitrix24-api.md §4.2, §8).
-            let (single, batchable): (Vec<_>, Vec<_>) = due
-                .into_iter()
-                .partition(|(_, step)| matches!(step.action, Action::Attach { .. }));
-            let (batched, single) = if self.batching && batchable.len() > 1 {
-                (batchable, single)
-            } else {
-                (Vec::new(), [batchable, single].concat())
-            };
-            for chunk in batched.chunks(api::BATCH_MAX) {
-                self.run_batch(chunk.to_vec(), now);
-            }
-            for (key, step) in single {
+            for (key, step) in due {
                 let t = Arc::clone(&self.transport);
                 let result = self.step(&key, &step.action, t.as_ref());
                 self.settle(&key, &step, result, now);
@@ -270,51 +434,6 @@ impl Deliverer {
         let mut ob = self.ob();
         ob.maybe_compact();
         ob.next_due()
-    }
-
-    /// One step of each call in `due` (at most [`api::BATCH_MAX`]), their requests packed
-    /// into `batch` requests: first the CRM look-ups of the registers, then the registers,
-    /// shows, hides and finishes.
-    fn run_batch(&mut self, due: Vec<(String, Step)>, now: Instant) {
-        let mut answers: HashMap<String, Vec<Result<Value, Error>>> = HashMap::new();
-        let mut waiting = due;
-        for _ in 0..BATCH_ROUNDS {
-            let mut wants = Vec::new();
-            for (key, step) in waiting.drain(..) {
-                let s = Scripted::new(answers.get(&key).cloned().unwrap_or_default());
-                let result = self.step(&key, &step.action, &s);
-                match s.wanted() {
-                    Some(w) => wants.push((key, step, w)),
-                    None => self.settle(&key, &step, result, now),
-                }
-            }
-            if wants.is_empty() {
-                return;
-            }
-            let results: Vec<Result<Value, Error>> = if wants.len() == 1 {
-                let (method, params) = &wants[0].2;
-                vec![self.transport.call(method, params).map(|r| r.result)]
-            } else {
-                let cmds: Vec<(String, &str, Value)> = wants
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (_, _, (m, p)))| (format!("c{i}"), m.as_str(), p.clone()))
-                    .collect();
-                log::debug!("bitrix24: batch of {} commands", cmds.len());
-                match api::batch(self.transport.as_ref(), &cmds) {
-                    Ok(r) => r.into_iter().map(|(_, r)| r).collect(),
-                    Err(e) => vec![Err(e); cmds.len()],
-                }
-            };
-            for ((key, step, _), r) in wants.into_iter().zip(results) {
-                answers.entry(key.clone()).or_default().push(r);
-                waiting.push((key, step));
-            }
-        }
-        // A step that still wants more after every round: try again shortly.
-        for (key, _) in waiting {
-            self.ob().hold(&key, now + self.cfg.retry_min, false);
-        }
     }
 
     /// Record the outcome of one step in the outbox and the stats.
@@ -632,5 +751,132 @@ mod tests {
         let b30 = backoff(min, max, 30, "k");
         assert!(b30 <= Duration::from_secs(72) && b30 >= Duration::from_secs(48));
         assert_ne!(backoff(min, max, 5, "a"), backoff(min, max, 5, "b"));
+    }
+
+    /// A portal that answers every command with `true` and records each request's commands
+    /// in the order they were packed.
+    #[derive(Default)]
+    struct Recording {
+        requests: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Transport for Recording {
+        fn call(&self, method: &str, params: &Value) -> Result<Reply, Error> {
+            let cmds: Vec<(String, String)> = match params.get("cmd").and_then(Value::as_object) {
+                Some(cmd) if method == "batch" => cmd
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect(),
+                _ => vec![(String::new(), format!("{method}?{params}"))],
+            };
+            let result = if method == "batch" {
+                let ok: serde_json::Map<String, Value> = cmds
+                    .iter()
+                    .map(|(k, _)| (k.clone(), Value::Bool(true)))
+                    .collect();
+                serde_json::json!({ "result": ok, "result_error": [] })
+            } else {
+                Value::Bool(true)
+            };
+            self.requests
+                .lock()
+                .unwrap()
+                .push(cmds.into_iter().map(|(_, c)| c).collect());
+            Ok(Reply {
+                result,
+                next: None,
+                total: None,
+            })
+        }
+    }
+
+    fn intent(call: &str, action: Action) -> Intent {
+        Intent {
+            call: call.into(),
+            action,
+        }
+    }
+
+    /// The rule of issue #20: with a backlog, the show of a phone ringing now goes before the
+    /// finishes of calls already over, even when those were queued first and are more than
+    /// one batch can carry.
+    #[test]
+    fn with_a_backlog_a_ringing_show_goes_before_ended_finishes() {
+        let portal = Arc::new(Recording::default());
+        let directory = Directory::from_users(
+            vec![crate::bitrix::User {
+                id: 19,
+                inner: Some("219".into()),
+                active: true,
+                name: "U 219".into(),
+            }],
+            Instant::now(),
+        );
+        let cfg = DeliverConfig::from_config(
+            &crate::config::parse_str(
+                "[asterisk]\nusername = u\nsecret = s\n[bitrix24]\nwebhook_url = http://127.0.0.1:9/rest/1/x/\n[calls]\ndefault_user = 219\n",
+                "test.conf",
+            )
+            .unwrap(),
+        );
+        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
+        let mut d =
+            Deliverer::with_outbox(cfg, Box::new(portal.clone()), directory, outbox.clone());
+        {
+            let mut ob = outbox.lock().unwrap();
+            // 60 calls already over, registered before the outage, their finishes waiting…
+            for n in 0..60 {
+                let key = format!("ended-{n}");
+                ob.set_facts(&key, format!("id-ended-{n}"), Some(19), Direction::Inbound);
+                ob.enqueue(intent(
+                    &key,
+                    Action::Finish {
+                        user: FinishUser::Employee("219".into()),
+                        duration: 5,
+                        status: crate::calls::Status::ANSWERED,
+                    },
+                ));
+            }
+            // …then a call whose phone is ringing now.
+            ob.set_facts("ringing", "id-ringing".into(), Some(19), Direction::Inbound);
+            ob.enqueue(intent("ringing", Action::Show { ext: "219".into() }));
+        }
+        d.run_due(Instant::now());
+        assert_eq!(d.pending(), 0);
+        let requests = portal.requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 2, "61 commands: two batches");
+        assert_eq!(requests[0].len(), api::BATCH_MAX);
+        assert!(
+            requests[0][0].starts_with("telephony.externalcall.show?CALL_ID=id-ringing"),
+            "the ringing call's show leads the first batch: {:?}",
+            &requests[0][..2]
+        );
+        let finishes: usize = requests
+            .iter()
+            .flatten()
+            .filter(|c| c.starts_with("telephony.externalcall.finish"))
+            .count();
+        assert_eq!(finishes, 60);
+    }
+
+    /// A phone that stopped ringing before its card went up: the show and its hide are both
+    /// dropped; a show already being sent is not, and its hide follows.
+    #[test]
+    fn an_unsent_show_and_its_hide_are_dropped() {
+        let mut ob = Outbox::in_memory();
+        ob.set_facts("a", "id-a".into(), Some(19), Direction::Inbound);
+        assert!(ob.enqueue(intent("a", Action::Show { ext: "219".into() })));
+        assert!(!ob.enqueue(intent("a", Action::Hide { ext: "219".into() })));
+        assert_eq!(ob.pending(), 0, "neither is sent");
+
+        assert!(ob.enqueue(intent("a", Action::Show { ext: "220".into() })));
+        let (_, show) = ob.due(Instant::now()).remove(0);
+        assert!(ob.begin("a", show.seq), "delivery starts sending it");
+        assert!(ob.enqueue(intent("a", Action::Hide { ext: "220".into() })));
+        assert_eq!(
+            ob.pending(),
+            2,
+            "the show is on its way, so the hide must follow"
+        );
     }
 }

@@ -58,6 +58,22 @@ impl Bucket {
         }
     }
 
+    /// How long until a request slot is free at `now` (zero if one is), without taking it.
+    pub fn wait_for(&mut self, now: Instant) -> Duration {
+        self.drain(now);
+        if self.level + 1.0 <= self.burst {
+            Duration::ZERO
+        } else {
+            let need = self.level + 1.0 - self.burst;
+            Duration::from_secs_f64(need / self.rate).max(Duration::from_millis(1))
+        }
+    }
+
+    /// The sustained rate, requests per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// How many requests could go at once right now.
     pub fn available(&mut self, now: Instant) -> u32 {
         self.drain(now);
@@ -102,6 +118,24 @@ impl Limiter {
 
     pub fn available(&self) -> u32 {
         self.with(|b| b.available(Instant::now()))
+    }
+
+    /// Block until a request slot is free, without taking it: delivery waits here *before*
+    /// it chooses what goes into the next request, so that whatever became due during the
+    /// wait rides along in the same batch (see `deliver.rs`, `run_due`).
+    pub fn wait_ready(&self) {
+        loop {
+            let wait = self.with(|b| b.wait_for(Instant::now()));
+            if wait.is_zero() {
+                return;
+            }
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// One request slot's time: how soon after a full bucket the next request may go.
+    pub fn slot(&self) -> Duration {
+        self.with(|b| Duration::from_secs_f64(1.0 / b.rate()))
     }
 
     pub fn saturate(&self) {
@@ -152,6 +186,18 @@ mod tests {
         assert!(b.try_take(t0 + Duration::from_millis(600)).is_err());
         // After 25 s the bucket is empty again.
         assert_eq!(b.available(t0 + Duration::from_secs(30)), 49);
+    }
+
+    #[test]
+    fn wait_for_does_not_take_a_slot() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2.0, 2);
+        assert_eq!(b.wait_for(t0), Duration::ZERO);
+        assert_eq!(b.wait_for(t0), Duration::ZERO, "asking twice takes nothing");
+        assert!(b.try_take(t0).is_ok());
+        let wait = b.wait_for(t0);
+        assert!(wait >= Duration::from_millis(499) && wait <= Duration::from_millis(501));
+        assert_eq!(b.wait_for(t0 + wait), Duration::ZERO);
     }
 
     #[test]

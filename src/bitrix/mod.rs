@@ -14,6 +14,7 @@
 //! - [`counted`]: requests by method and answer, for `/metrics`.
 //! - [`oauth`]: app mode: OAuth tokens from the install event, refreshed and persisted.
 //! - [`deliver`]: outbox → requests, in order per call, batched when a backlog forms.
+//! - [`priority`]: which due step goes first when the request budget is short.
 //!
 //! Reference for every quirk cited in here: `bitrix24-api.md` (shared docs).
 
@@ -28,6 +29,7 @@ pub mod error;
 pub mod limiter;
 pub mod oauth;
 pub mod outbox;
+pub mod priority;
 pub mod record;
 pub mod urlenc;
 pub mod users;

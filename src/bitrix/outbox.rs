@@ -105,6 +105,9 @@ pub struct CallEntry {
     /// Not persisted: retry state starts afresh after a restart.
     pub attempts: u32,
     pub not_before: Option<Instant>,
+    /// Not persisted: the step whose request delivery is sending (see [`Outbox::begin`]); it
+    /// can no longer be taken back.
+    in_flight: Option<u64>,
     last_ms: u64,
 }
 
@@ -239,6 +242,9 @@ impl Outbox {
     /// Queue a step and make it durable before returning. A second Register/Adopt or Finish
     /// for the same call is dropped (false): a call is registered once and finished once.
     pub fn enqueue(&mut self, intent: Intent) -> bool {
+        if self.cancel_unsent_show(&intent) {
+            return false;
+        }
         let now = now_ms();
         let e = self.entry(&intent.call);
         let dup = match intent.action {
@@ -288,6 +294,48 @@ impl Outbox {
             self.warned = false;
             log::warn!("outbox: back to {pending} waiting step(s)");
         }
+    }
+
+    /// A Hide whose Show was never sent: the phone stopped ringing before its card went up.
+    /// Sending both now would only flash a card for a call that moved on (issue #20), so the
+    /// Show is marked done (dropped) and the Hide is not queued. True if that happened.
+    fn cancel_unsent_show(&mut self, intent: &Intent) -> bool {
+        let Action::Hide { ext } = &intent.action else {
+            return false;
+        };
+        let Some(c) = self.calls.get_mut(&intent.call) else {
+            return false;
+        };
+        let unsent = c.steps.iter().position(|s| {
+            matches!(&s.action, Action::Show { ext: e } if e == ext) && c.in_flight != Some(s.seq)
+        });
+        let Some(i) = unsent else {
+            return false;
+        };
+        let seq = c.steps[i].seq;
+        c.steps.remove(i);
+        log::debug!(
+            "outbox: {} stopped ringing before its card was shown: show and hide dropped",
+            intent.call
+        );
+        line(&Record::Done { seq }, &mut self.buf);
+        self.garbage += 2;
+        self.flush();
+        true
+    }
+
+    /// Delivery is about to send a request for step `seq` of `key`: from now on it cannot be
+    /// taken back (a Hide must follow its Show). False if the step is no longer queued (it
+    /// was dropped meanwhile): then it must not be sent.
+    pub fn begin(&mut self, key: &str, seq: u64) -> bool {
+        let Some(c) = self.calls.get_mut(key) else {
+            return false;
+        };
+        if !c.steps.iter().any(|s| s.seq == seq) {
+            return false;
+        }
+        c.in_flight = Some(seq);
+        true
     }
 
     /// Write and fsync what is buffered. A write error is logged, not fatal: the steps are
@@ -350,6 +398,9 @@ impl Outbox {
         }
         c.attempts = 0;
         c.not_before = None;
+        if c.in_flight == Some(seq) {
+            c.in_flight = None;
+        }
         c.last_ms = now_ms();
         line(&Record::Done { seq }, &mut self.buf);
         // The step line and this one.
