@@ -156,7 +156,7 @@ fn run(
     let daemon = Daemon::start(&cfg).expect("daemon starts");
     assert!(ami.wait_accepted(1, Duration::from_secs(10)), "AMI login");
     let loaded = support::wait::wait_until(Duration::from_secs(20), || {
-        daemon.health.delivery.lock().map_or(false, |v| v.users > 0)
+        daemon.health.delivery.lock().is_ok_and(|v| v.users > 0)
     });
     assert!(loaded, "user directory loaded");
     // The employees go to the state thread right after the load; give it a moment to

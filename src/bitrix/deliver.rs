@@ -126,7 +126,7 @@ impl Scripted {
     }
 
     /// The answers it was given and the request it could not answer, if any.
-    fn into_parts(self) -> (Vec<Result<Value, Error>>, Option<(String, Value)>) {
+    fn into_parts(self) -> (Answers, Option<(String, Value)>) {
         let wanted = self.wanted.into_inner().unwrap_or_else(|e| e.into_inner());
         (self.answers, wanted)
     }
@@ -164,6 +164,19 @@ const PASS_MAX: Duration = Duration::from_secs(1);
 /// Steps whose answers are kept between passes; more (steps given up, cancelled) and the
 /// answers are dropped, which costs only a repeated CRM look-up.
 const ANSWERS_MAX: usize = 10_000;
+
+/// The answers one step got so far, in the order it asked.
+type Answers = Vec<Result<Value, Error>>;
+
+/// The key of the `i`-th command of a batch: zero-padded, so that the keys sort in the
+/// order the commands were packed (`c02` before `c10`) whatever keeps the `cmd` object, and
+/// a `$result[c02]…` reference always points at a command that ran before.
+fn cmd_key(i: usize) -> String {
+    format!("c{i:02}")
+}
+
+/// A request a due step wants next: its priority, call, step, and (method, params).
+type Want = (Priority, String, Step, (String, Value));
 
 /// What one [`Deliverer::round`] did.
 enum Round {
@@ -287,6 +300,7 @@ impl Deliverer {
         let mut answers = std::mem::take(&mut self.answers);
         let started = Instant::now();
         let mut next = None;
+        let mut wait = true;
         for _ in 0..100_000 {
             // Under a standing backlog, come back to the loop now and then: it publishes
             // progress to /status and /metrics, refreshes the directory and sees a stop.
@@ -297,11 +311,15 @@ impl Deliverer {
             // Wait for a request slot *before* choosing what goes into it: whatever became due
             // meanwhile rides in the same request. With budget to spare nothing waits; batches
             // form only while the bucket is short. No fixed batching window.
-            if let Some(l) = &self.pacing {
+            if let Some(l) = self.pacing.as_ref().filter(|_| wait) {
                 l.wait_ready();
             }
             let now = now.max(Instant::now());
-            match self.round(now, &mut answers) {
+            let round = self.round(now, &mut answers);
+            // After a round that only settled steps (e.g. a show answered in its register's
+            // batch), the next round may well send nothing: no need to wait for a slot.
+            wait = matches!(round, Round::Sent);
+            match round {
                 Round::Sent | Round::Settled => {}
                 Round::Idle => {
                     // Nothing due: answers left belong to steps that are gone or on hold.
@@ -343,7 +361,7 @@ impl Deliverer {
         if due.is_empty() {
             return Round::Idle;
         }
-        let mut wants = Vec::new();
+        let mut wants: Vec<Want> = Vec::new();
         let mut settled = false;
         for (key, step) in due {
             if matches!(step.action, Action::Attach { .. }) {
@@ -396,14 +414,17 @@ impl Deliverer {
         if wants.is_empty() {
             return Round::Settled;
         }
-        let results: Vec<Result<Value, Error>> = if wants.len() == 1 {
+        let riders = self.riders(&wants);
+        let results: Vec<Result<Value, Error>> = if wants.len() == 1 && riders.is_empty() {
             let (method, params) = &wants[0].3;
             vec![self.transport.call(method, params).map(|r| r.result)]
         } else {
             let cmds: Vec<(String, &str, Value)> = wants
                 .iter()
+                .map(|(_, _, _, w)| w)
+                .chain(riders.iter().map(|(_, _, w)| w))
                 .enumerate()
-                .map(|(i, (_, _, _, (m, p)))| (format!("c{i}"), m.as_str(), p.clone()))
+                .map(|(i, (m, p))| (cmd_key(i), m.as_str(), p.clone()))
                 .collect();
             log::debug!("bitrix24: batch of {} commands", cmds.len());
             match api::batch(self.transport.as_ref(), &cmds) {
@@ -411,10 +432,58 @@ impl Deliverer {
                 Err(e) => vec![Err(e); cmds.len()],
             }
         };
-        for ((_, _, step, _), r) in wants.into_iter().zip(results) {
+        let mut results = results.into_iter();
+        let mut registered = Vec::with_capacity(wants.len());
+        for ((_, _, step, _), r) in wants.into_iter().zip(results.by_ref()) {
+            registered.push(r.is_ok());
             answers.entry(step.seq).or_default().push(r);
         }
+        // A show that rode with its register is answered already; it settles when its turn
+        // comes, without a request. If the register failed, the show is sent on its own later.
+        for ((i, seq, _), r) in riders.into_iter().zip(results) {
+            if registered[i] && r.is_ok() {
+                answers.insert(seq, vec![r]);
+            }
+        }
         Round::Sent
+    }
+
+    /// Shows that can ride in the same batch as their call's register: the call's next step
+    /// is a Show for a Bitrix24 user, so its `CALL_ID` can come from the register's result
+    /// (`$result[cN][CALL_ID]`, bitrix24-api.md §8) and the card opens one request sooner.
+    /// Each is `(index of the register in wants, the show's seq, its request)`.
+    fn riders(&self, wants: &[Want]) -> Vec<(usize, u64, (String, Value))> {
+        let mut riders = Vec::new();
+        let mut ob = self.ob();
+        for (i, (_, key, _, (method, _))) in wants.iter().enumerate() {
+            if wants.len() + riders.len() >= api::BATCH_MAX {
+                break;
+            }
+            if !method.eq_ignore_ascii_case("telephony.externalcall.register") {
+                continue;
+            }
+            let Some(next) = ob.call(key).and_then(|c| c.steps.get(1)).cloned() else {
+                continue;
+            };
+            let Action::Show { ext } = &next.action else {
+                continue;
+            };
+            let Some(user) = self.directory.user_for(ext) else {
+                continue;
+            };
+            if ob.begin(key, next.seq) {
+                let call_id = format!("$result[{}][CALL_ID]", cmd_key(i));
+                riders.push((
+                    i,
+                    next.seq,
+                    (
+                        "telephony.externalcall.show".to_string(),
+                        api::card_params(&call_id, &[user]),
+                    ),
+                ));
+            }
+        }
+        riders
     }
 
     /// Without batching (`callme replay`, the demo): each due step straight to the transport.

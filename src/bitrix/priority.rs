@@ -46,6 +46,8 @@ mod tests {
     }
 
     #[test]
+    // CallEntry has private fields: no struct literal with `..Default::default()` here.
+    #[allow(clippy::field_reassign_with_default)]
     fn ringing_first_then_tidy_then_later() {
         let live = CallEntry::default();
         let mut over = CallEntry::default();

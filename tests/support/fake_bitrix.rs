@@ -60,6 +60,7 @@
 //!
 //! `batch` (§8) runs each `cmd` entry (`method?query`, PHP-style query) with `halt=0` and
 //! answers `{"result":{"result":{..},"result_error":{..},..}}`, empty sections as `[]`.
+//! A top-level param `$result[key][FIELD]` takes that field of an earlier command's result.
 //! [`FakeBitrix::commands`] lists every method the portal ran, inside a batch or not.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -913,7 +914,32 @@ fn take_token(st: &mut State) -> bool {
     true
 }
 
-/// `batch` with halt=0 (§8): `cmd` maps keys to `method?query`.
+/// `$result[key][FIELD]` placeholders in a batch command's top-level params, replaced by that
+/// field of an earlier command's result (§8). One that does not resolve is left as it is,
+/// which the method then refuses or ignores.
+fn resolve_results(params: &mut Map<String, Value>, results: &Map<String, Value>) {
+    for v in params.values_mut() {
+        let Some(text) = v.as_str() else { continue };
+        let Some(inner) = text
+            .strip_prefix("$result[")
+            .and_then(|t| t.strip_suffix(']'))
+        else {
+            continue;
+        };
+        let Some((key, field)) = inner.split_once("][") else {
+            continue;
+        };
+        if let Some(found) = results.get(key).and_then(|r| r.get(field)) {
+            *v = match found {
+                Value::String(s) => Value::String(s.clone()),
+                other => Value::String(other.to_string()),
+            };
+        }
+    }
+}
+
+/// `batch` with halt=0 (§8): `cmd` maps keys to `method?query`; `$result[key][FIELD]`
+/// placeholders are filled from earlier commands' results.
 fn batch(st: &mut State, params: &Value) -> Outcome {
     let Some(Value::Object(cmds)) = params.get("cmd").or_else(|| params.get("CMD")) else {
         return Err(Fail {
@@ -935,7 +961,9 @@ fn batch(st: &mut State, params: &Value) -> Outcome {
             );
             continue;
         }
-        let p = Value::Object(parse_form(query));
+        let mut form = parse_form(query);
+        resolve_results(&mut form, &results);
+        let p = Value::Object(form);
         let outcome = dispatch(st, &method, &upper_keys(&p));
         st.commands.push(Recorded {
             method: method.clone(),
