@@ -42,6 +42,33 @@ fn step(r: &Recorded) -> (String, Value) {
     (m.to_string(), v)
 }
 
+/// `want` without a show and its hide that `got` does not have. The whole capture arrives in
+/// one write, so a phone can stop ringing before its show was sent; then both are dropped
+/// (issue #20). Whether that happens depends on how fast the register went out.
+fn unless_dropped(want: &[(String, Value)], got: &[(String, Value)]) -> Vec<(String, Value)> {
+    let mut want = want.to_vec();
+    let shows: Vec<Value> = want
+        .iter()
+        .filter(|(m, _)| m == "show")
+        .map(|(_, v)| v.clone())
+        .collect();
+    for users in shows {
+        let show = ("show".to_string(), users.clone());
+        let hide = ("hide".to_string(), users);
+        let pair = want
+            .iter()
+            .position(|x| *x == show)
+            .is_some_and(|i| want[i..].contains(&hide));
+        if pair && !got.contains(&show) && !got.contains(&hide) {
+            let i = want.iter().position(|x| *x == show).expect("found");
+            want.remove(i);
+            let j = want[i..].iter().position(|x| *x == hide).expect("found") + i;
+            want.remove(j);
+        }
+    }
+    want
+}
+
 fn s(m: &str, v: Value) -> (String, Value) {
     (m.to_string(), v)
 }
@@ -139,7 +166,7 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
             .filter(|r| r.method != "user.get")
             .map(step)
             .collect();
-        assert_eq!(&got, want, "{capture}");
+        assert_eq!(&got, &unless_dropped(want, &got), "{capture}");
         seen = reqs.len();
     }
     assert!(

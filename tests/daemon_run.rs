@@ -184,15 +184,23 @@ fn inbound_calls_in_order(dir: &str, (key_a, date_a): (&str, &str), key_b: &str)
         .iter()
         .skip_while(|r| r.params["EXTERNAL_CALL_ID"] != key_b)
         .collect();
-    assert_eq!(
-        tail.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(),
+    let got: Vec<&str> = tail.iter().map(|r| r.method.as_str()).collect();
+    // The whole capture arrives in one write: the phone may stop ringing before its show was
+    // sent, and then the show and its hide are both dropped (issue #20).
+    let want: Vec<&str> = if got.contains(&"telephony.externalcall.show") {
         vec![
             "telephony.externalcall.register",
             "telephony.externalcall.show",
             "telephony.externalcall.hide",
             "telephony.externalcall.finish",
         ]
-    );
+    } else {
+        vec![
+            "telephony.externalcall.register",
+            "telephony.externalcall.finish",
+        ]
+    };
+    assert_eq!(got, want);
     // Between the push and the finish, by the wall clock. The ISO dates sort as the times
     // do, so this holds across midnight too.
     let start = tail[0].params["CALL_START_DATE"].as_str().unwrap();
@@ -201,7 +209,7 @@ fn inbound_calls_in_order(dir: &str, (key_a, date_a): (&str, &str), key_b: &str)
         earliest.as_str() <= start && start <= latest.as_str(),
         "{start} not within {earliest} ..= {latest}"
     );
-    let fin = &tail[3].params;
+    let fin = &tail[tail.len() - 1].params;
     assert_eq!(
         fin["USER_ID"], 7,
         "missed call goes to the responsible user"

@@ -178,6 +178,9 @@ fn cmd_key(i: usize) -> String {
 /// A request a due step wants next: its priority, call, step, and (method, params).
 type Want = (Priority, String, Step, (String, Value));
 
+/// A show rides in its register's batch only with fewer request slots than this left.
+const RIDE_BELOW: u32 = 25;
+
 /// What one [`Deliverer::round`] did.
 enum Round {
     /// A request went out.
@@ -454,6 +457,15 @@ impl Deliverer {
     /// Each is `(index of the register in wants, the show's seq, its request)`.
     fn riders(&self, wants: &[Want]) -> Vec<(usize, u64, (String, Value))> {
         let mut riders = Vec::new();
+        // Only while the bucket is short: with budget to spare the show goes on its own
+        // right after the register, once the register's CALL_ID is on disk.
+        if self
+            .pacing
+            .as_ref()
+            .is_none_or(|l| l.available() >= RIDE_BELOW)
+        {
+            return riders;
+        }
         let mut ob = self.ob();
         for (i, (_, key, _, (method, _))) in wants.iter().enumerate() {
             if wants.len() + riders.len() >= api::BATCH_MAX {
