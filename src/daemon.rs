@@ -16,7 +16,7 @@
 //! after every AMI login the tracked channels are reconciled with `CoreShowChannels`.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,12 +31,14 @@ use crate::bitrix::counted::Counted;
 use crate::bitrix::deliver::{DeliverConfig, Deliverer};
 use crate::bitrix::limiter::{Limited, Limiter};
 use crate::bitrix::outbox::Outbox;
-use crate::bitrix::{api, AppClient, AuthStatus, Directory, Transport, WebhookClient};
+use crate::bitrix::{
+    api, AppClient, AuthStatus, Directory, SharedDirectory, Transport, WebhookClient,
+};
 use crate::calls::{Intent, Tracker, TrackerConfig};
 use crate::clock::{ms_of, now_ms};
 use crate::config::AuthMode;
 use crate::config::Config;
-use crate::context::{Context, Control, DeliveryView, Health};
+use crate::context::{publish_directory, Context, Control, DeliveryView, Health};
 use crate::http;
 use crate::journal::{EventJournal, EventRecord};
 
@@ -131,10 +133,9 @@ impl Daemon {
 
         let (ami, ami_thread) = client::start(ami_config(cfg), ami_tx);
 
-        let directory = Arc::new(RwLock::new(Arc::new(Directory::from_users(
-            Vec::new(),
-            Instant::now(),
-        ))));
+        // Not loaded until the delivery thread's first `user.get` succeeds; steps that need
+        // it wait for it (issue #16).
+        let directory = SharedDirectory::not_loaded();
         let context = Context {
             config: Arc::new(cfg.clone()),
             health: health.clone(),
@@ -169,16 +170,14 @@ impl Daemon {
         let deliverer = Deliverer::with_outbox(
             DeliverConfig::from_config(cfg),
             Box::new(transport),
-            Directory::from_users(Vec::new(), Instant::now()),
+            directory,
             outbox,
         );
         let refresh = cfg.bitrix24.users_refresh;
         let h = health.clone();
         let delivery = thread::Builder::new()
             .name("delivery".into())
-            .spawn(move || {
-                delivery_loop(deliverer, wake_rx, ctl_tx, stop_rx, refresh, h, directory)
-            })
+            .spawn(move || delivery_loop(deliverer, wake_rx, ctl_tx, stop_rx, refresh, h))
             .expect("spawn delivery thread");
 
         let http = listener.serve(context.clone(), cfg.http.threads, ops_listener);
@@ -524,12 +523,20 @@ fn apply_control(
     }
 }
 
+/// First and longest wait between failed `user.get` loads before the directory has loaded
+/// once (then `refresh` applies; a failed refresh keeps the old directory and tries again at
+/// this pace too).
+const LOAD_RETRY_MIN: Duration = Duration::from_secs(1);
+const LOAD_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// The delivery thread: loads the user directory (every `refresh`; until the first load
-/// succeeds, every 30 s at most) and sends it to the state thread as
-/// [`Control::Employees`] and to `published`; runs the steps that are due when `wake` says
-/// new intents are in the outbox or the next retry is due; mirrors its progress into
-/// `health.delivery`. Ends when `stop` (or `wake`) is closed, leaving undelivered steps in
-/// the outbox. Public so that tests drive this very loop rather than a copy of it.
+/// succeeds and after a failed one, with a backoff from 1 s to 30 s; at once when the shared
+/// directory is asked to reload, e.g. by an app install) and publishes it with
+/// [`publish_directory`]; runs the steps that are due when `wake` says new intents are in the
+/// outbox, when the next retry is due, or when a directory was published (steps waiting for
+/// it go at once); mirrors its progress into `health.delivery`. Ends when `stop` (or `wake`)
+/// is closed, leaving undelivered steps in the outbox. Public so that tests drive this very
+/// loop rather than a copy of it.
 pub fn delivery_loop(
     mut d: Deliverer,
     wake: Receiver<()>,
@@ -537,10 +544,9 @@ pub fn delivery_loop(
     stop: Receiver<()>,
     refresh: Duration,
     health: Arc<Health>,
-    published: Arc<RwLock<Arc<Directory>>>,
 ) {
-    // Until the first successful load, retry every 30 s (or sooner if refresh is shorter).
-    let retry_load = refresh.min(Duration::from_secs(30));
+    let shared = d.directory().clone();
+    let mut load_failures = 0u32;
     let mut next_load = Instant::now();
     // Steps left in the outbox by the last run are due at once: without this the first pass
     // would wait for a new intent or the next user-directory refresh.
@@ -555,16 +561,24 @@ pub fn delivery_loop(
                         "loaded {} Bitrix24 employees with internal numbers",
                         dir.len()
                     );
-                    let _ = ctl.send(Control::Employees(dir.inners().map(String::from).collect()));
-                    if let Ok(mut p) = published.write() {
-                        *p = Arc::new(dir.clone());
-                    }
-                    d.set_directory(dir);
+                    publish_directory(&shared, &ctl, dir);
+                    load_failures = 0;
                     next_load = now + refresh;
                 }
                 Err(e) => {
-                    log::warn!("could not load Bitrix24 users (user.get), retrying: {e}");
-                    next_load = now + retry_load;
+                    load_failures += 1;
+                    let delay = load_retry(load_failures, refresh);
+                    if load_failures == 1 {
+                        log::warn!(
+                            "could not load Bitrix24 users (user.get), retrying in {delay:?}: {e}"
+                        );
+                    } else {
+                        log::debug!(
+                            "user.get failed again ({load_failures} in a row), retrying in \
+                             {delay:?}: {e}"
+                        );
+                    }
+                    next_load = now + delay;
                 }
             }
         }
@@ -574,6 +588,11 @@ pub fn delivery_loop(
         select! {
             recv(wake) -> w => stopping = w.is_err(),
             recv(stop) -> _ => stopping = true,
+            recv(shared.reload_requests()) -> _ => {
+                log::info!("loading the Bitrix24 user directory again now (requested)");
+                next_load = Instant::now();
+            },
+            recv(shared.publications()) -> _ => d.directory_arrived(Instant::now()),
             recv(after(timeout)) -> _ => {},
         }
         if stopping {
@@ -583,13 +602,14 @@ pub fn delivery_loop(
         } else {
             next_due = d.run_due(Instant::now());
         }
+        let dir = d.directory().get();
         if let Ok(mut v) = health.delivery.lock() {
             *v = DeliveryView {
                 pending: d.pending(),
                 oldest_pending_age: d.oldest_pending_age(),
                 stats: d.stats().clone(),
-                users: d.directory().len(),
-                users_loaded: Some(d.directory().loaded_at()),
+                users: dir.as_ref().map_or(0, |d| d.len()),
+                users_loaded: dir.as_ref().map(|d| d.loaded_at()),
             };
         }
         if stopping {
@@ -603,4 +623,11 @@ pub fn delivery_loop(
         }
     }
     log::debug!("delivery thread stopped");
+}
+
+/// The wait after `failures` failed directory loads in a row: doubling from
+/// [`LOAD_RETRY_MIN`], capped at [`LOAD_RETRY_MAX`] and at `refresh`.
+fn load_retry(failures: u32, refresh: Duration) -> Duration {
+    let exp = LOAD_RETRY_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    exp.min(LOAD_RETRY_MAX).min(refresh.max(LOAD_RETRY_MIN))
 }

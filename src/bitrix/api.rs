@@ -263,6 +263,12 @@ pub struct User {
 const PAGE: u64 = 50;
 /// Stop paging after this many pages even if `next` keeps coming (100 000 users).
 const MAX_PAGES: u64 = 2000;
+/// Most users kept from `user.get`, whatever the pages hold: `MAX_PAGES` full pages. A portal
+/// (or anything answering in its name) that sends more is refused rather than believed.
+const MAX_USERS: usize = (MAX_PAGES * PAGE) as usize;
+/// Room reserved up front from the `total` the first page claims. A number from the network
+/// sizes no allocation beyond this; the list grows past it only with users actually received.
+const RESERVE_MAX: usize = 1000;
 
 /// All active employees, following `next` page by page (50 a page, §6.2).
 ///
@@ -285,8 +291,14 @@ pub fn users_all(t: &dyn Transport) -> Result<Vec<User>, Error> {
             )));
         };
         if start == 0 {
-            // A missing `total` means an empty list (§6.2).
-            users.reserve(reply.total.unwrap_or(0) as usize);
+            // A missing `total` means an empty list (§6.2). Capped: it is the network's word.
+            let total = usize::try_from(reply.total.unwrap_or(0)).unwrap_or(usize::MAX);
+            users.reserve(total.min(RESERVE_MAX));
+        }
+        if users.len().saturating_add(rows.len()) > MAX_USERS {
+            return Err(Error::Decode(format!(
+                "user.get: more than {MAX_USERS} users, giving up"
+            )));
         }
         for row in rows {
             users.push(parse_user(row)?);
@@ -767,6 +779,35 @@ mod tests {
         assert_eq!(sent[0].1["FILTER"], json!({"ACTIVE": true}));
         assert_eq!(sent[0].1["start"], json!(0));
         assert_eq!(sent[1].1["start"], json!(50));
+    }
+
+    #[test]
+    fn a_huge_total_from_the_network_sizes_nothing() {
+        // A `total` of u64::MAX used to go straight into `Vec::reserve` (capacity overflow,
+        // a panic, or an allocation as large as the claim).
+        let t = Canned::new(vec![Ok(Reply {
+            result: json!([{"ID":"1","ACTIVE":true,"UF_PHONE_INNER":"219"}]),
+            next: None,
+            total: Some(u64::MAX),
+        })]);
+        let users = users_all(&t).unwrap();
+        assert_eq!(users.len(), 1);
+        assert!(users.capacity() <= RESERVE_MAX, "{}", users.capacity());
+    }
+
+    #[test]
+    fn more_users_than_the_cap_are_refused() {
+        let row = json!({"ID":"1","ACTIVE":true});
+        let page = Ok(Reply {
+            result: Value::Array(vec![row; MAX_USERS + 1]),
+            next: None,
+            total: None,
+        });
+        let t = Canned::new(vec![page]);
+        match users_all(&t) {
+            Err(Error::Decode(why)) => assert!(why.contains("more than"), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]

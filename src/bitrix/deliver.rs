@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::api::{self, FinishParams, RegisterParams};
 use super::client::{Reply, Transport};
 use super::outbox::{Outbox, Step};
-use super::users::Directory;
+use super::users::{Directory, SharedDirectory};
 use super::Error;
 use crate::calls::{Action, Direction, FinishUser, Intent};
 use crate::config::{Config, PhoneConfig, RecordingConfig, Responsible};
@@ -78,6 +78,8 @@ pub struct DeliveryStats {
     pub steps: BTreeMap<(String, String), u64>,
     /// Finished calls by (direction: inbound/outbound, STATUS_CODE).
     pub finished: BTreeMap<(String, String), u64>,
+    /// Calls whose next step waits for the first load of the user directory (now).
+    pub waiting_for_directory: usize,
     /// Card latency: from the moment the tracker decided a Show (the phone started ringing;
     /// the step's `queued_ms`, stamped when the state thread queued it) to the moment the
     /// portal accepted the show. Includes the register before it and any retries, which is
@@ -102,6 +104,34 @@ pub(crate) enum Done {
     /// Not yet: run this step again after the delay. Not a failure and not a retry (the
     /// attempt count stays), e.g. a recording still being converted.
     Later(Duration),
+    /// The step needs an internal number → user mapping and the user directory has not
+    /// loaded yet: wait for it (never a reason to give up, issue #16). Says what it needs.
+    NoDirectory(String),
+}
+
+/// The answer of a look-up that may need the user directory.
+enum Lookup {
+    User(u64),
+    /// The directory is loaded and has nobody for it (and no fallback applies).
+    Nobody,
+    /// Only the directory can say, and it has not loaded yet.
+    NotLoaded,
+}
+
+impl Lookup {
+    fn from_dir(dir: Option<&Directory>, f: impl FnOnce(&Directory) -> Option<u64>) -> Lookup {
+        match dir {
+            None => Lookup::NotLoaded,
+            Some(d) => f(d).map_or(Lookup::Nobody, Lookup::User),
+        }
+    }
+
+    fn or_else(self, f: impl FnOnce() -> Lookup) -> Lookup {
+        match self {
+            Lookup::Nobody => f(),
+            other => other,
+        }
+    }
 }
 
 /// A [`Transport`] for one step inside a batch round: it answers the step's requests from
@@ -155,7 +185,8 @@ const BATCH_ROUNDS: usize = 4;
 pub struct Deliverer {
     cfg: DeliverConfig,
     transport: Arc<dyn Transport>,
-    directory: Directory,
+    /// The daemon's one published directory (see [`SharedDirectory`]).
+    directory: SharedDirectory,
     outbox: Arc<Mutex<Outbox>>,
     /// Pack due steps of different calls into `batch` requests when several are due.
     batching: bool,
@@ -163,27 +194,33 @@ pub struct Deliverer {
     /// When each call's recording attach first ran, for `[recording] wait`. In memory: after a
     /// restart the wait starts again, which only delays giving up.
     attach_since: HashMap<String, Instant>,
+    /// Calls held because their next step needs the directory, with how many times in a row
+    /// (for the backoff). Bounded by the calls in the outbox: an entry goes when its call's
+    /// step runs with the directory loaded.
+    waiting: HashMap<String, u32>,
 }
 
 impl Deliverer {
     /// A deliverer with an in-memory outbox that sends one request at a time: for
     /// `callme replay` and the demo, whose dry-run transport knows no `batch`.
+    /// `directory` is taken as loaded (the caller loaded `user.get` first).
     pub fn new(cfg: DeliverConfig, transport: Box<dyn Transport>, directory: Directory) -> Self {
         let mut d = Self::with_outbox(
             cfg,
             transport,
-            directory,
+            SharedDirectory::loaded(directory),
             Arc::new(Mutex::new(Outbox::in_memory())),
         );
         d.batching = false;
         d
     }
 
-    /// A deliverer over a shared (usually durable) outbox, batching when a backlog forms.
+    /// A deliverer over a shared (usually durable) outbox and the shared user directory,
+    /// batching when a backlog forms.
     pub fn with_outbox(
         cfg: DeliverConfig,
         transport: Box<dyn Transport>,
-        directory: Directory,
+        directory: SharedDirectory,
         outbox: Arc<Mutex<Outbox>>,
     ) -> Self {
         Deliverer {
@@ -193,16 +230,37 @@ impl Deliverer {
             outbox,
             batching: true,
             attach_since: HashMap::new(),
+            waiting: HashMap::new(),
             stats: DeliveryStats::default(),
         }
     }
 
+    /// Publish a freshly loaded directory (to everyone sharing it) and let the steps that
+    /// waited for it go at once.
     pub fn set_directory(&mut self, directory: Directory) {
-        self.directory = directory;
+        self.directory.publish(directory);
+        self.directory_arrived(Instant::now());
     }
 
-    pub fn directory(&self) -> &Directory {
+    /// The shared directory this deliverer reads.
+    pub fn directory(&self) -> &SharedDirectory {
         &self.directory
+    }
+
+    /// A directory was published (here or by another thread): the calls held for it are due
+    /// now instead of at the end of their backoff.
+    pub fn directory_arrived(&mut self, now: Instant) {
+        if !self.directory.is_loaded() || self.waiting.is_empty() {
+            return;
+        }
+        log::info!(
+            "user directory loaded: {} call(s) that waited for it go on",
+            self.waiting.len()
+        );
+        let mut ob = self.ob();
+        for key in self.waiting.keys() {
+            ob.hold(key, now, false);
+        }
     }
 
     pub fn transport(&self) -> &dyn Transport {
@@ -320,6 +378,9 @@ impl Deliverer {
     /// Record the outcome of one step in the outbox and the stats.
     fn settle(&mut self, key: &str, step: &Step, result: Result<Done, Error>, now: Instant) {
         let name = step_name(&step.action);
+        if !matches!(result, Ok(Done::NoDirectory(_))) && self.waiting.remove(key).is_some() {
+            self.stats.waiting_for_directory = self.waiting.len();
+        }
         match result {
             Ok(Done::Ok) => {
                 self.stats.sent += 1;
@@ -338,6 +399,24 @@ impl Deliverer {
             }
             Ok(Done::Later(delay)) => {
                 log::debug!("{key}: {name} not possible yet, again in {delay:?}");
+                self.ob().hold(key, now + delay, false);
+            }
+            Ok(Done::NoDirectory(what)) => {
+                self.stats.count(name, "wait");
+                let waits = self.waiting.entry(key.to_string()).or_insert(0);
+                *waits += 1;
+                let delay = backoff(self.cfg.retry_min, self.cfg.retry_max, *waits, key);
+                if *waits == 1 {
+                    log::info!(
+                        "{key}: {name} waits for the Bitrix24 user directory (not loaded yet) \
+                         to map {what}"
+                    );
+                } else {
+                    log::debug!("{key}: {name} still waits for the user directory ({what})");
+                }
+                self.stats.waiting_for_directory = self.waiting.len();
+                // Not a retry and not an attempt: nothing was sent. The directory's arrival
+                // releases the call early (`directory_arrived`).
                 self.ob().hold(key, now + delay, false);
             }
             Err(e) if e.is_retryable() => {
@@ -408,17 +487,31 @@ impl Deliverer {
                 // outbound call to the employee who dialled; otherwise the CRM decides before
                 // the card opens. An outbound call from a phone that is not a Bitrix24 user
                 // falls back to the inbound rules (CRM owner, line map, default user).
+                let dir = self.directory.get();
+                let dir = dir.as_deref();
                 let chosen = match (employee, direction) {
-                    (Some(ext), Direction::Outbound) => match self.directory.user_for(ext) {
-                        Some(id) => Some(id),
-                        None => self.responsible_for(t, &number, line)?,
-                    },
-                    (Some(ext), _) => self.directory.user_for(ext).or_else(|| self.default_user()),
-                    (None, _) => self.responsible_for(t, &number, line)?,
+                    (Some(ext), Direction::Outbound) => {
+                        match Lookup::from_dir(dir, |d| d.user_for(ext)) {
+                            Lookup::Nobody => self.responsible_for(t, &number, line, dir)?,
+                            other => other,
+                        }
+                    }
+                    (Some(ext), _) => Lookup::from_dir(dir, |d| d.user_for(ext))
+                        .or_else(|| self.default_user(dir)),
+                    (None, _) => self.responsible_for(t, &number, line, dir)?,
                 };
                 let user_id = match chosen {
-                    Some(id) => id,
-                    None => {
+                    Lookup::User(id) => id,
+                    Lookup::NotLoaded => {
+                        let who = employee.as_deref().map_or_else(
+                            || "the line or default user".to_string(),
+                            |e| format!("internal number {e}"),
+                        );
+                        return Ok(Done::NoDirectory(who));
+                    }
+                    // The only permanent "nobody": a loaded directory without the employee
+                    // and no usable default user.
+                    Lookup::Nobody => {
                         return Err(Error::Decode(
                             "nobody to register the call under: the CRM has no responsible \
                              employee for this number and [calls] default_user is not set or \
@@ -446,7 +539,10 @@ impl Deliverer {
                 Ok(Done::Ok)
             }
             Action::Adopt { call_id, ext } => {
-                let user = self.directory.user_for(ext);
+                let Some(dir) = self.directory.get() else {
+                    return Ok(Done::NoDirectory(format!("internal number {ext}")));
+                };
+                let user = dir.user_for(ext);
                 self.ob()
                     .set_facts(key, call_id.clone(), user, Direction::Outbound);
                 log::info!("{key}: click-to-call {call_id} by {ext}");
@@ -456,7 +552,10 @@ impl Deliverer {
                 let Some(call_id) = self.call_id(key) else {
                     return Ok(Done::Skipped("call is not registered".into()));
                 };
-                let Some(user) = self.directory.user_for(ext) else {
+                let Some(dir) = self.directory.get() else {
+                    return Ok(Done::NoDirectory(format!("internal number {ext}")));
+                };
+                let Some(user) = dir.user_for(ext) else {
                     return Ok(Done::Skipped(format!("{ext} is not a Bitrix24 user")));
                 };
                 if matches!(action, Action::Show { .. }) {
@@ -474,11 +573,20 @@ impl Deliverer {
                 let Some(call_id) = self.call_id(key) else {
                     return Ok(Done::Skipped("call is not registered".into()));
                 };
-                let user_id = self.finish_user(key, user).ok_or_else(|| {
-                    Error::Decode(
-                        "nobody to finish the call under (set [calls] default_user)".into(),
-                    )
-                })?;
+                let user_id = match self.finish_user(key, user) {
+                    Lookup::User(id) => id,
+                    Lookup::NotLoaded => {
+                        return Ok(Done::NoDirectory(match user {
+                            FinishUser::Employee(ext) => format!("internal number {ext}"),
+                            _ => "the default user".to_string(),
+                        }))
+                    }
+                    Lookup::Nobody => {
+                        return Err(Error::Decode(
+                            "nobody to finish the call under (set [calls] default_user)".into(),
+                        ))
+                    }
+                };
                 let attempts = self.ob().call(key).map_or(0, |c| c.attempts);
                 let res = api::finish(
                     t,
@@ -549,46 +657,50 @@ impl Deliverer {
     /// CRM responsible (contact → company → lead), else the static line map, else the default
     /// user. A CRM lookup that fails with a retryable error is retried: registering under a
     /// fallback user because Bitrix24 hiccuped would put the card in front of the wrong person.
+    /// The CRM needs no directory; the line map and the default user do, so without one they
+    /// answer [`Lookup::NotLoaded`].
     fn responsible_for(
         &self,
         t: &dyn Transport,
         number: &str,
         line: &str,
-    ) -> Result<Option<u64>, Error> {
+        dir: Option<&Directory>,
+    ) -> Result<Lookup, Error> {
         if self.cfg.responsible == Responsible::Crm {
             match api::responsible_for(t, number) {
-                Ok(Some(id)) => return Ok(Some(id)),
+                Ok(Some(id)) => return Ok(Lookup::User(id)),
                 Ok(None) => {}
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => log::warn!("CRM lookup for {number} failed, using fallbacks: {e}"),
             }
         }
-        let by_line = self
-            .cfg
-            .static_responsible
-            .iter()
-            .find(|(l, _)| l == line)
-            .and_then(|(_, ext)| self.directory.user_for(ext));
-        Ok(by_line.or_else(|| self.default_user()))
+        let by_line = match self.cfg.static_responsible.iter().find(|(l, _)| l == line) {
+            Some((_, ext)) => Lookup::from_dir(dir, |d| d.user_for(ext)),
+            None => Lookup::Nobody,
+        };
+        Ok(by_line.or_else(|| self.default_user(dir)))
     }
 
-    fn default_user(&self) -> Option<u64> {
-        self.cfg
-            .default_user
-            .as_deref()
-            .and_then(|ext| self.directory.user_for(ext))
+    /// `[calls] default_user` as a Bitrix24 user. Without one configured nothing can come of
+    /// waiting, so that is `Nobody` whether or not the directory has loaded.
+    fn default_user(&self, dir: Option<&Directory>) -> Lookup {
+        match self.cfg.default_user.as_deref() {
+            None => Lookup::Nobody,
+            Some(ext) => Lookup::from_dir(dir, |d| d.user_for(ext)),
+        }
     }
 
-    fn finish_user(&self, key: &str, user: &FinishUser) -> Option<u64> {
+    fn finish_user(&self, key: &str, user: &FinishUser) -> Lookup {
         let responsible = self.ob().call(key).and_then(|c| c.responsible);
+        let responsible = || responsible.map_or(Lookup::Nobody, Lookup::User);
+        let dir = self.directory.get();
+        let dir = dir.as_deref();
         match user {
-            FinishUser::Employee(ext) => self
-                .directory
-                .user_for(ext)
-                .or(responsible)
-                .or_else(|| self.default_user()),
-            FinishUser::Responsible => responsible.or_else(|| self.default_user()),
-            FinishUser::Default => self.default_user().or(responsible),
+            FinishUser::Employee(ext) => Lookup::from_dir(dir, |d| d.user_for(ext))
+                .or_else(responsible)
+                .or_else(|| self.default_user(dir)),
+            FinishUser::Responsible => responsible().or_else(|| self.default_user(dir)),
+            FinishUser::Default => self.default_user(dir).or_else(responsible),
         }
     }
 }
@@ -620,6 +732,286 @@ fn backoff(min: Duration, max: Duration, attempt: u32, key: &str) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bitrix::api::User;
+    use crate::calls::Status;
+    use serde_json::json;
+
+    /// A portal in memory: records every request; the CRM knows `crm_owner` (if any) as the
+    /// responsible user of every number.
+    #[derive(Default)]
+    struct Portal {
+        crm_owner: Option<u64>,
+        sent: Mutex<Vec<(String, Value)>>,
+    }
+
+    impl Portal {
+        fn sent(&self, method: &str) -> Vec<Value> {
+            let sent = self.sent.lock().unwrap();
+            sent.iter()
+                .filter(|(m, _)| m == method)
+                .map(|(_, p)| p.clone())
+                .collect()
+        }
+    }
+
+    impl Transport for Portal {
+        fn call(&self, method: &str, params: &Value) -> Result<Reply, Error> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push((method.to_string(), params.clone()));
+            let result = match method {
+                "telephony.externalCall.searchCrmEntities" => match self.crm_owner {
+                    Some(id) => json!([{
+                        "CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": 5, "ASSIGNED_BY_ID": id
+                    }]),
+                    None => json!([]),
+                },
+                "telephony.externalcall.register" => json!({ "CALL_ID": "CID-1" }),
+                "telephony.externalcall.show" | "telephony.externalcall.hide" => json!(true),
+                "telephony.externalcall.finish" => json!({}),
+                other => return Err(Error::Decode(format!("unexpected {other}"))),
+            };
+            Ok(Reply {
+                result,
+                next: None,
+                total: None,
+            })
+        }
+    }
+
+    fn config(default_user: Option<&str>) -> DeliverConfig {
+        DeliverConfig {
+            responsible: Responsible::Crm,
+            static_responsible: Vec::new(),
+            default_user: default_user.map(str::to_string),
+            crm_create: false,
+            add_to_chat: false,
+            phone: PhoneConfig::default(),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            recording: RecordingConfig::default(),
+        }
+    }
+
+    /// 201 → user 1 (the default user), 219 → user 19.
+    fn directory() -> Directory {
+        let user = |id: u64, inner: &str| User {
+            id,
+            inner: Some(inner.to_string()),
+            active: true,
+            name: String::new(),
+        };
+        Directory::from_users(vec![user(1, "201"), user(19, "219")], Instant::now())
+    }
+
+    fn deliverer(portal: &Arc<Portal>, dir: SharedDirectory, default: Option<&str>) -> Deliverer {
+        Deliverer::with_outbox(
+            config(default),
+            Box::new(portal.clone()),
+            dir,
+            Arc::new(Mutex::new(Outbox::in_memory())),
+        )
+    }
+
+    fn intent(action: Action) -> Intent {
+        Intent {
+            call: "k1".to_string(),
+            action,
+        }
+    }
+
+    fn register(direction: Direction, employee: Option<&str>) -> Action {
+        Action::Register {
+            direction,
+            phone: "79991234567".to_string(),
+            line: String::new(),
+            started_ms: 1_700_000_000_000,
+            employee: employee.map(str::to_string),
+        }
+    }
+
+    fn push_call(d: &mut Deliverer, reg: Action) {
+        d.push(intent(reg));
+        d.push(intent(Action::Show {
+            ext: "219".to_string(),
+        }));
+        d.push(intent(Action::Finish {
+            user: FinishUser::Employee("219".to_string()),
+            duration: 5,
+            status: Status::ANSWERED,
+        }));
+    }
+
+    fn outcome(d: &Deliverer, step: &str, outcome: &str) -> u64 {
+        let key = (step.to_string(), outcome.to_string());
+        d.stats().steps.get(&key).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn before_the_directory_loads_a_register_waits_then_goes_under_the_default_user() {
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::not_loaded(), Some("201"));
+        push_call(&mut d, register(Direction::Inbound, None));
+        let now = Instant::now();
+        let next = d.run_due(now);
+        assert!(portal.sent("telephony.externalcall.register").is_empty());
+        assert_eq!(outcome(&d, "register", "wait"), 1);
+        assert_eq!(
+            d.stats().permanent_failures,
+            0,
+            "{:?}",
+            d.stats().last_error
+        );
+        assert_eq!(d.stats().waiting_for_directory, 1);
+        assert_eq!(d.pending(), 3, "nothing dropped");
+        let next = next.expect("held with a backoff");
+        assert!(next > now, "not due again at once");
+        // Still waiting when the backoff runs out without a directory, and the backoff grows.
+        let again = d.run_due(next).expect("held again");
+        assert!(
+            again - next > next - now,
+            "{:?} then {:?}",
+            next - now,
+            again - next
+        );
+        assert_eq!(outcome(&d, "register", "wait"), 2);
+
+        // The directory arrives: the call goes at once, not at the end of its backoff.
+        d.set_directory(directory());
+        let released = Instant::now();
+        assert!(released < again, "the test ran past the backoff");
+        assert_eq!(d.run_due(released), None);
+        let reg = portal.sent("telephony.externalcall.register");
+        assert_eq!(reg.len(), 1);
+        assert_eq!(reg[0]["USER_ID"], 1, "the default user");
+        let show = portal.sent("telephony.externalcall.show");
+        assert_eq!(show.len(), 1);
+        assert_eq!(show[0]["USER_ID"], json!([19]));
+        let fin = portal.sent("telephony.externalcall.finish");
+        assert_eq!(fin.len(), 1);
+        assert_eq!(fin[0]["USER_ID"], 19);
+        assert_eq!(d.pending(), 0);
+        assert_eq!(d.stats().waiting_for_directory, 0);
+        assert_eq!(d.stats().skipped, 0);
+    }
+
+    #[test]
+    fn a_crm_owner_registers_without_the_directory_but_the_card_waits_for_it() {
+        let portal = Arc::new(Portal {
+            crm_owner: Some(7),
+            ..Portal::default()
+        });
+        let mut d = deliverer(&portal, SharedDirectory::not_loaded(), Some("201"));
+        push_call(&mut d, register(Direction::Inbound, None));
+        d.run_due(Instant::now());
+        let reg = portal.sent("telephony.externalcall.register");
+        assert_eq!(reg.len(), 1, "the CRM owner needs no directory");
+        assert_eq!(reg[0]["USER_ID"], 7);
+        // The show for 219 needs 219's user: it waits, it is not skipped.
+        assert!(portal.sent("telephony.externalcall.show").is_empty());
+        assert_eq!(outcome(&d, "show", "wait"), 1);
+        assert_eq!(d.stats().skipped, 0);
+        assert_eq!(d.pending(), 2);
+
+        d.set_directory(directory());
+        d.run_due(Instant::now());
+        assert_eq!(portal.sent("telephony.externalcall.show").len(), 1);
+        assert_eq!(
+            portal.sent("telephony.externalcall.finish")[0]["USER_ID"],
+            19
+        );
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn an_outbound_call_waits_for_its_employee_rather_than_going_to_the_crm_owner() {
+        let portal = Arc::new(Portal {
+            crm_owner: Some(7),
+            ..Portal::default()
+        });
+        let mut d = deliverer(&portal, SharedDirectory::not_loaded(), None);
+        d.push(intent(register(Direction::Outbound, Some("219"))));
+        d.run_due(Instant::now());
+        assert!(portal.sent("telephony.externalcall.register").is_empty());
+        assert!(
+            portal
+                .sent("telephony.externalCall.searchCrmEntities")
+                .is_empty(),
+            "no CRM fallback while the employee may still be in the directory"
+        );
+        assert_eq!(outcome(&d, "register", "wait"), 1);
+        d.set_directory(directory());
+        d.run_due(Instant::now());
+        assert_eq!(
+            portal.sent("telephony.externalcall.register")[0]["USER_ID"],
+            19
+        );
+    }
+
+    #[test]
+    fn only_a_loaded_directory_without_the_employee_and_no_default_user_is_permanent() {
+        // Not loaded, no default user: waits (the directory may hold the line's employee).
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::not_loaded(), None);
+        d.push(intent(register(Direction::Callback, Some("230"))));
+        d.run_due(Instant::now());
+        assert_eq!(d.stats().permanent_failures, 0);
+        assert_eq!(d.pending(), 1);
+
+        // Loaded, 230 is nobody and there is no default user: given up, once, loudly.
+        d.set_directory(directory());
+        d.run_due(Instant::now());
+        assert_eq!(d.stats().permanent_failures, 1);
+        assert!(d
+            .stats()
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("nobody to register")));
+        assert_eq!(d.pending(), 0);
+        assert!(portal.sent("telephony.externalcall.register").is_empty());
+
+        // Loaded with a default user that is in it: the same call goes under that user.
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::loaded(directory()), Some("201"));
+        push_call(&mut d, register(Direction::Callback, Some("230")));
+        d.run_due(Instant::now());
+        assert_eq!(d.stats().permanent_failures, 0);
+        assert_eq!(
+            portal.sent("telephony.externalcall.register")[0]["USER_ID"],
+            1
+        );
+    }
+
+    #[test]
+    fn with_a_loaded_directory_a_card_for_a_stranger_is_skipped_not_held() {
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::loaded(directory()), Some("201"));
+        d.push(intent(register(Direction::Inbound, None)));
+        d.push(intent(Action::Show {
+            ext: "230".to_string(),
+        }));
+        d.run_due(Instant::now());
+        assert_eq!(outcome(&d, "show", "skipped"), 1);
+        assert_eq!(outcome(&d, "show", "wait"), 0);
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn a_directory_published_elsewhere_releases_the_waiting_calls() {
+        let portal = Arc::new(Portal::default());
+        let shared = SharedDirectory::not_loaded();
+        let mut d = deliverer(&portal, shared.clone(), Some("201"));
+        push_call(&mut d, register(Direction::Inbound, None));
+        let now = Instant::now();
+        assert!(d.run_due(now).is_some());
+        // Click-to-call loaded it on an HTTP thread: the delivery loop hears of it.
+        shared.publish(directory());
+        assert!(shared.publications().try_recv().is_ok());
+        d.directory_arrived(now);
+        assert_eq!(d.run_due(now), None);
+        assert_eq!(portal.sent("telephony.externalcall.finish").len(), 1);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {

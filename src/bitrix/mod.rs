@@ -39,4 +39,4 @@ pub use client::{
 };
 pub use error::Error;
 pub use oauth::AppClient;
-pub use users::Directory;
+pub use users::{Directory, SharedDirectory};

@@ -64,11 +64,7 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
     let s = &ctx.daemon;
     let h = &s.health;
     let alive = h.state_alive_ms.load(Ordering::Relaxed);
-    let dir = s
-        .directory
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let dir = s.directory.get();
     Snapshot {
         uptime: ctx.started.elapsed(),
         ami: s.ami.stats(),
@@ -77,9 +73,10 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
         state_silent_ms: (alive > 0).then(|| now_ms().saturating_sub(alive)),
         calls: h.active_calls.lock().map(|c| c.clone()).unwrap_or_default(),
         delivery: h.delivery.lock().map(|d| d.clone()).unwrap_or_default(),
-        users: dir.len(),
-        users_age: (!dir.is_empty())
-            .then(|| Instant::now().saturating_duration_since(dir.loaded_at())),
+        users: dir.as_ref().map_or(0, |d| d.len()),
+        users_age: dir
+            .as_ref()
+            .map(|d| Instant::now().saturating_duration_since(d.loaded_at())),
         clicks: ctx
             .clicks
             .lock()
@@ -188,8 +185,11 @@ fn status_json(s: &Snapshot) -> Value {
             "auth_error": s.auth_error,
         },
         "users": {
+            "loaded": s.users_age.is_some(),
             "count": s.users,
             "age_seconds": s.users_age.map(|a| a.as_secs()),
+            // Calls whose next step needs the directory and waits for its first load.
+            "calls_waiting": d.stats.waiting_for_directory,
         },
         "click_to_call": s.clicks.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "originate_refused": s.refused.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -367,6 +367,17 @@ pub fn metrics_text(s: &Snapshot) -> String {
         "Bitrix24 employees with an internal number.",
     );
     let _ = writeln!(out, "callme_bitrix24_users {}", s.users);
+    head(
+        &mut out,
+        "callme_bitrix24_users_waiting_calls",
+        "gauge",
+        "Calls whose next Bitrix24 step waits for the first load of the user directory.",
+    );
+    let _ = writeln!(
+        out,
+        "callme_bitrix24_users_waiting_calls {}",
+        d.stats.waiting_for_directory
+    );
     head(
         &mut out,
         "callme_bitrix24_requests_total",
