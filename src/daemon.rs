@@ -631,3 +631,21 @@ fn load_retry(failures: u32, refresh: Duration) -> Duration {
     let exp = LOAD_RETRY_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     exp.min(LOAD_RETRY_MAX).min(refresh.max(LOAD_RETRY_MIN))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_load_retries_double_from_1_s_to_30_s_and_never_exceed_the_refresh() {
+        let hour = Duration::from_secs(3600);
+        let waits: Vec<u64> = (1..=8).map(|n| load_retry(n, hour).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(load_retry(u32::MAX, hour), LOAD_RETRY_MAX);
+        assert_eq!(
+            load_retry(5, Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(load_retry(1, Duration::ZERO), LOAD_RETRY_MIN);
+    }
+}

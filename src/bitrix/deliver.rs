@@ -10,6 +10,12 @@
 //! exponential backoff; other calls go on. A permanent failure is logged once with the full
 //! Bitrix24 error and the call moves on.
 //!
+//! A step that needs an internal number → user mapping while the user directory has not loaded
+//! yet is neither: it waits (held with the same backoff, released at once when a directory is
+//! published, no attempt counted), because "not loaded" is not "nobody" (issue #16). The only
+//! permanent "nobody to register the call under" is a loaded directory without the employee and
+//! no usable `[calls] default_user`.
+//!
 //! The queue is the [`Outbox`]: with the daemon's durable outbox every step is on disk
 //! before it is tried, and a restart continues where it stopped (`docs/outbox.md`). When
 //! several calls have a step due at once (a backlog after an outage, a burst of calls), their
