@@ -234,9 +234,6 @@ fn kill_9_mid_stream_every_call_alive_while_up_is_registered_once_and_finished_o
 /// `NOTHING_LOST_OUTAGE_SECS` to shorten it for a quick local run; CI runs 20 s): all 100
 /// registered once and finished once.
 #[test]
-#[ignore = "fails until #16 point 1: the user directory has not loaded when the portal comes \
-            back, so registers fail for good with `nobody to register the call under` (59 of 100 \
-            never registered; shows skipped and finishes under the wrong user for the rest)"]
 fn portal_refusing_at_start_all_100_calls_registered_once_and_finished_once() {
     let outage = std::env::var("NOTHING_LOST_OUTAGE_SECS")
         .ok()
