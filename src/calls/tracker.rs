@@ -582,6 +582,11 @@ impl Tracker {
         out
     }
 
+    /// Whether the channel `name` is an employee's phone (for [`super::adopt::adopt`]).
+    pub fn is_employee_channel(&self, name: &str) -> bool {
+        self.employee_ext(name).is_some()
+    }
+
     fn employee_ext(&self, name: &str) -> Option<String> {
         let peer = channel::peer(name)?;
         let known = match &self.employees {
