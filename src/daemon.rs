@@ -32,13 +32,15 @@ use crate::bitrix::deliver::{DeliverConfig, Deliverer};
 use crate::bitrix::limiter::{Limited, Limiter};
 use crate::bitrix::outbox::Outbox;
 use crate::bitrix::{api, AppClient, AuthStatus, Directory, Transport, WebhookClient};
+use crate::calls::adopt;
+use crate::calls::tracker::Originate;
 use crate::calls::{Intent, Tracker, TrackerConfig};
-use crate::clock::{ms_of, now_ms};
+use crate::clock::{ms_of, now_ms, PbxClock};
 use crate::config::AuthMode;
 use crate::config::Config;
 use crate::context::{Context, Control, DeliveryView, Health};
 use crate::http;
-use crate::journal::{EventJournal, EventRecord};
+use crate::journal::{EventJournal, EventRecord, OriginateRecord};
 
 pub fn ami_config(cfg: &Config) -> ClientConfig {
     let a = &cfg.asterisk;
@@ -149,6 +151,10 @@ impl Daemon {
         let ami_for_state = ami.clone();
         let stop_state = stop_rx.clone();
         let ob = outbox.clone();
+        let opts = StateOptions {
+            reconcile_interval: cfg.asterisk.reconcile_interval,
+            inbound_contexts: cfg.calls.inbound_contexts.clone(),
+        };
         let state = thread::Builder::new()
             .name("state".into())
             .spawn(move || {
@@ -162,6 +168,7 @@ impl Daemon {
                     stop_state,
                     h,
                     ami_for_state,
+                    opts,
                 )
             })
             .expect("spawn state thread");
@@ -256,6 +263,7 @@ fn open_state(cfg: &Config) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, Tracki
 struct Tracking {
     tracker: Tracker,
     /// Uniqueid → (channel name, Linkedid), for the synthetic Hangup of a vanished channel.
+    /// Only channels the tracker tracks; an entry goes with its channel's Hangup.
     chans: HashMap<String, (String, String)>,
 }
 
@@ -267,17 +275,26 @@ impl Tracking {
         }
     }
 
-    /// Feed one event to the tracker, remembering its channels' names.
+    /// Feed one event to the tracker, remembering its tracked channels' names.
     fn handle(&mut self, msg: &Message, at_ms: u64, out: &mut Vec<Intent>) {
+        self.tracker.handle(msg, at_ms, out);
         for prefix in ["", "Dest"] {
             let field = |k: &str| msg.get(&format!("{prefix}{k}"));
             if let (Some(name), Some(id)) = (field("Channel"), field("Uniqueid")) {
-                let linked = field("Linkedid").unwrap_or(id);
-                self.chans
-                    .insert(id.to_string(), (name.to_string(), linked.to_string()));
+                if self.tracker.has_channel(id) {
+                    let linked = field("Linkedid").unwrap_or(id);
+                    self.chans
+                        .insert(id.to_string(), (name.to_string(), linked.to_string()));
+                } else {
+                    self.chans.remove(id);
+                }
             }
         }
-        self.tracker.handle(msg, at_ms, out);
+        // A channel can also leave the tracker without an event of its own (a merge never
+        // drops one, but a finished call's last channels go together): keep `chans` within it.
+        if self.chans.len() > self.tracker.channel_count() {
+            self.prune();
+        }
     }
 
     /// Rebuild the tracker from the events journal. The intents it produces are dropped:
@@ -290,10 +307,16 @@ impl Tracking {
                 EventRecord::Employees { list } => self.tracker.set_employees(list.iter().cloned()),
                 EventRecord::Event { at, f } => {
                     self.handle(&EventRecord::message(f), *at, &mut scratch);
-                    scratch.clear();
                     events += 1;
                 }
+                EventRecord::Originate(o) => {
+                    self.tracker.expect_originate(originate_of(o), o.expires_ms);
+                }
+                EventRecord::OriginateFailed { call_id } => {
+                    self.tracker.originate_failed(call_id, &mut scratch);
+                }
             }
+            scratch.clear();
         }
         self.prune();
         if events > 0 {
@@ -305,8 +328,8 @@ impl Tracking {
     }
 
     fn prune(&mut self) {
-        let live: HashSet<String> = self.tracker.channel_ids().into_iter().collect();
-        self.chans.retain(|id, _| live.contains(id));
+        let t = &self.tracker;
+        self.chans.retain(|id, _| t.has_channel(id));
     }
 
     /// A synthetic `Hangup` (cause 16, normal clearing) for a channel Asterisk no longer has.
@@ -327,12 +350,42 @@ impl Tracking {
     }
 }
 
+fn originate_of(o: &OriginateRecord) -> Originate {
+    Originate {
+        call_id: o.call_id.clone(),
+        channel_id: o.channel_id.clone(),
+        action_id: o.action_id.clone(),
+        ext: o.ext.clone(),
+        phone: o.phone.clone(),
+        callback_line: o.callback_line.clone(),
+    }
+}
+
+fn record_of(o: &Originate, expires_ms: u64) -> OriginateRecord {
+    OriginateRecord {
+        call_id: o.call_id.clone(),
+        channel_id: o.channel_id.clone(),
+        action_id: o.action_id.clone(),
+        ext: o.ext.clone(),
+        phone: o.phone.clone(),
+        callback_line: o.callback_line.clone(),
+        expires_ms,
+    }
+}
+
 /// A reconciliation answer: the channels tracked when `CoreShowChannels` was sent, and the
-/// Uniqueids Asterisk listed (or why it could not be asked).
-type Reconcile = (Vec<String>, Result<HashSet<String>, String>);
+/// `CoreShowChannel` items Asterisk listed (or why it could not be asked).
+/// Tagged with the request's number: an answer to an older request than the one in flight
+/// (sent before a reconnect) is dropped.
+type Reconcile = (u64, Vec<String>, Result<Vec<Message>, String>);
 
 /// Ask Asterisk for its channels off the state thread (the request can take seconds).
-fn start_reconcile(ami: &client::Handle, tracked: Vec<String>, tx: &Sender<Reconcile>) {
+fn start_reconcile(
+    ami: &client::Handle,
+    n: u64,
+    tracked: Vec<String>,
+    tx: &Sender<Reconcile>,
+) -> bool {
     let ami = ami.clone();
     let tx = tx.clone();
     let spawned = thread::Builder::new()
@@ -341,24 +394,219 @@ fn start_reconcile(ami: &client::Handle, tracked: Vec<String>, tx: &Sender<Recon
             let action = Message::from_pairs(&[("Action", "CoreShowChannels")]);
             let listed = ami
                 .request_list(action, Duration::from_secs(10))
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(|m| m.get("Uniqueid").map(str::to_string))
-                        .collect()
-                })
                 .map_err(|e| e.to_string());
-            let _ = tx.send((tracked, listed));
+            let _ = tx.send((n, tracked, listed));
         });
-    if let Err(e) = spawned {
-        log::warn!("reconcile: cannot start a thread: {e}");
+    match spawned {
+        Ok(_) => true,
+        Err(e) => {
+            log::warn!("reconcile: cannot start a thread: {e}");
+            false
+        }
+    }
+}
+
+/// At most this many Hangups are remembered while a reconciliation is out; past it the
+/// listing is too stale to adopt from (its vanished channels are still hung up).
+const MAX_HANGUPS_IN_FLIGHT: usize = 100_000;
+
+/// What the state thread needs besides its channels.
+pub struct StateOptions {
+    /// Reconcile this often besides after every login (`[asterisk] reconcile_interval`).
+    pub reconcile_interval: Duration,
+    /// `[calls] inbound_contexts`, for adopting calls that began while we were away.
+    pub inbound_contexts: Vec<String>,
+}
+
+/// The state thread's own state: the tracker, the journal, the PBX clock, and the
+/// reconciliation in flight.
+struct StateThread {
+    st: Tracking,
+    journal: Option<EventJournal>,
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Sender<()>,
+    clock: PbxClock,
+    out: Vec<Intent>,
+    /// The reconciliation in flight (`None`: none), by number, with the Uniqueids hung up
+    /// since it was sent: a channel that hangs up after the listing must not be adopted.
+    hung_up: Option<(u64, HashSet<String>)>,
+    /// Numbers reconciliations.
+    recon_seq: u64,
+    opts: StateOptions,
+}
+
+impl StateThread {
+    /// The intents go to the outbox (on disk) before the event goes to the journal; the
+    /// delivery thread, woken here, sends them.
+    fn enqueue(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let mut ob = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        for intent in self.out.drain(..) {
+            log::debug!("intent: {intent}");
+            ob.enqueue(intent);
+        }
+        drop(ob);
+        let _ = self.wake.try_send(());
+    }
+
+    fn feed(&mut self, msg: &Message, at_ms: u64) {
+        self.st.handle(msg, at_ms, &mut self.out);
+        self.enqueue();
+        if let Some(j) = self.journal.as_mut() {
+            j.append(msg, at_ms);
+        }
+    }
+
+    /// One AMI event from the wire.
+    fn event(&mut self, msg: &Message, at: std::time::SystemTime) {
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!("AMI event: {msg:?}");
+        }
+        // One clock per duration: the PBX's when it stamps events, else ours on arrival.
+        let at_ms = match timestamp_ms(msg) {
+            Some(ms) => {
+                self.clock.saw(ms);
+                ms
+            }
+            None => ms_of(at),
+        };
+        let ev = Event::parse(msg);
+        if let (Some((_, set)), Event::Hangup { chan, .. }) = (self.hung_up.as_mut(), &ev) {
+            if set.len() < MAX_HANGUPS_IN_FLIGHT {
+                set.insert(chan.uniqueid.to_string());
+            }
+        }
+        if !matches!(ev, Event::Other) {
+            // Others are not for the tracker: neither fed nor journaled.
+            self.feed(msg, at_ms);
+        }
+    }
+
+    fn control(&mut self, ctl: Control) {
+        match ctl {
+            Control::Employees(list) => {
+                log::debug!("tracker: {} employee numbers", list.len());
+                if let Some(j) = self.journal.as_mut() {
+                    j.employees(&list);
+                }
+                self.st.tracker.set_employees(list);
+            }
+            Control::Originate {
+                originate,
+                expires_ms,
+            } => {
+                log::debug!(
+                    "expecting click-to-call {} ({})",
+                    originate.call_id,
+                    originate.channel_id
+                );
+                if let Some(j) = self.journal.as_mut() {
+                    j.originate(record_of(&originate, expires_ms));
+                }
+                self.st.tracker.expect_originate(originate, expires_ms);
+            }
+            Control::OriginateFailed { call_id } => {
+                self.st.tracker.originate_failed(&call_id, &mut self.out);
+                self.enqueue();
+                if let Some(j) = self.journal.as_mut() {
+                    j.originate_failed(&call_id);
+                }
+            }
+            Control::OriginateRefused { call_id, status } => {
+                self.st
+                    .tracker
+                    .originate_refused(&call_id, status, &mut self.out);
+                self.enqueue();
+                // For the tracker's state after a restart, a refusal is a failure: the
+                // expectation is gone (its finish is in the outbox already).
+                if let Some(j) = self.journal.as_mut() {
+                    j.originate_failed(&call_id);
+                }
+            }
+        }
+    }
+
+    /// The answer to a `CoreShowChannels`: hang up the tracked channels Asterisk no longer
+    /// has, and adopt the listed ones the tracker never saw.
+    fn reconciled(&mut self, tracked: Vec<String>, listed: Vec<Message>) {
+        let Some((_, hung_up)) = self.hung_up.take() else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        let listed_ids: HashSet<&str> = listed.iter().filter_map(|m| m.get("Uniqueid")).collect();
+        let gone: Vec<String> = tracked
+            .into_iter()
+            .filter(|id| self.st.tracker.has_channel(id) && !listed_ids.contains(id.as_str()))
+            .collect();
+        if !gone.is_empty() {
+            log::info!(
+                "reconcile: {} tracked channel(s) are gone from Asterisk, hanging them up: {}",
+                gone.len(),
+                gone.join(", ")
+            );
+        }
+        for id in gone {
+            let msg = self.st.vanished(&id);
+            self.feed(&msg, now);
+        }
+        if hung_up.len() >= MAX_HANGUPS_IN_FLIGHT {
+            log::warn!("reconcile: the listing is too old to adopt channels from; next time");
+            return;
+        }
+        let alive: Vec<Message> = listed
+            .into_iter()
+            .filter(|m| m.get("Uniqueid").is_some_and(|u| !hung_up.contains(u)))
+            .collect();
+        let tracker = &self.st.tracker;
+        let events = adopt::adopt(
+            &alive,
+            &|u| tracker.has_channel(u),
+            &|name| tracker.is_employee_channel(name),
+            &self.opts.inbound_contexts,
+            now,
+        );
+        let calls_before = self.st.tracker.len();
+        let new_chans = events
+            .iter()
+            .filter(|(e, _)| e.get("Event") == Some("Newchannel"))
+            .count();
+        for (msg, at) in events {
+            self.feed(&msg, at);
+        }
+        if new_chans > 0 {
+            log::info!(
+                "reconcile: adopted {new_chans} channel(s) we had not seen ({} new call(s))",
+                self.st.tracker.len().saturating_sub(calls_before)
+            );
+        }
+    }
+
+    /// Housekeeping after each wake-up: expire click-to-calls, compact and fsync the journal.
+    fn tick(&mut self) {
+        self.st.tracker.tick(now_ms(), &mut self.out);
+        self.enqueue();
+        let t = &self.st.tracker;
+        let idle = t.is_empty() && t.channel_count() == 0 && t.sizes()[4] == 0;
+        if let Some(j) = self.journal.as_mut() {
+            if j.compaction_due(idle) {
+                j.sync(true);
+                j.compact(&t.live_keys());
+            } else {
+                j.sync(false);
+            }
+        }
+        if idle {
+            self.st.chans.clear();
+        }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn state_loop(
-    mut st: Tracking,
-    mut journal: Option<EventJournal>,
+    st: Tracking,
+    journal: Option<EventJournal>,
     outbox: Arc<Mutex<Outbox>>,
     ami_rx: Receiver<Incoming>,
     ctl_rx: Receiver<Control>,
@@ -366,63 +614,47 @@ fn state_loop(
     stop: Receiver<()>,
     health: Arc<Health>,
     ami: client::Handle,
+    opts: StateOptions,
 ) {
     let (recon_tx, recon_rx) = unbounded::<Reconcile>();
-    let mut out = Vec::new();
-    // The intents go to the outbox (on disk) before the event goes to the journal; the
-    // delivery thread, woken here, sends them.
-    let enqueue = |out: &mut Vec<Intent>| {
-        if out.is_empty() {
-            return;
-        }
-        let mut ob = outbox.lock().unwrap_or_else(|e| e.into_inner());
-        for intent in out.drain(..) {
-            log::debug!("intent: {intent}");
-            ob.enqueue(intent);
-        }
-        drop(ob);
-        let _ = wake.try_send(());
+    let interval = opts.reconcile_interval;
+    let mut s = StateThread {
+        st,
+        journal,
+        outbox,
+        wake,
+        clock: PbxClock::default(),
+        out: Vec::new(),
+        hung_up: None,
+        recon_seq: 0,
+        opts,
     };
-    let feed = |st: &mut Tracking,
-                journal: &mut Option<EventJournal>,
-                out: &mut Vec<Intent>,
-                msg: &Message,
-                at_ms| {
-        st.handle(msg, at_ms, out);
-        enqueue(out);
-        if let Some(j) = journal.as_mut() {
-            j.append(msg, at_ms);
+    let mut next_reconcile = Instant::now() + interval;
+    // Reconcile after a login, and every `interval` while logged in.
+    let reconcile = |s: &mut StateThread, why: &str| {
+        if s.hung_up.is_some() {
+            return; // one at a time
+        }
+        log::debug!("reconcile: asking Asterisk for its channels ({why})");
+        s.recon_seq += 1;
+        if start_reconcile(&ami, s.recon_seq, s.st.tracker.channel_ids(), &recon_tx) {
+            s.hung_up = Some((s.recon_seq, HashSet::new()));
         }
     };
     loop {
         // Controls first: a click-to-call must be known before its own AMI events are seen.
         while let Ok(ctl) = ctl_rx.try_recv() {
-            apply_control(&mut st.tracker, journal.as_mut(), ctl, &mut out);
-            enqueue(&mut out);
+            s.control(ctl);
         }
+        let mut login = false;
         select! {
             recv(ami_rx) -> msg => {
                 let Ok(msg) = msg else { break };
                 match msg {
-                    Incoming::Event { msg, at } => {
-                        if log::log_enabled!(log::Level::Trace) {
-                            log::trace!("AMI event: {msg:?}");
-                        }
-                        let at_ms = timestamp_ms(&msg).unwrap_or_else(|| {
-                            ms_of(at)
-                        });
-                        if matches!(Event::parse(&msg), Event::Other) {
-                            // Not for the tracker: neither fed nor journaled.
-                        } else {
-                            feed(&mut st, &mut journal, &mut out, &msg, at_ms);
-                        }
-                    }
+                    Incoming::Event { msg, at } => s.event(&msg, at),
                     Incoming::Connected { banner } => {
                         log::info!("AMI connected and logged in ({banner})");
-                        let tracked = st.tracker.channel_ids();
-                        if !tracked.is_empty() {
-                            start_reconcile(&ami, tracked, &recon_tx);
-                        }
+                        login = true;
                     }
                     Incoming::Disconnected { reason } => {
                         log::warn!("AMI connection lost: {reason}");
@@ -431,97 +663,68 @@ fn state_loop(
             }
             recv(ctl_rx) -> ctl => {
                 if let Ok(ctl) = ctl {
-                    apply_control(&mut st.tracker, journal.as_mut(), ctl, &mut out);
-                    enqueue(&mut out);
+                    s.control(ctl);
                 }
             }
             recv(recon_rx) -> r => {
-                if let Ok((tracked, listed)) = r {
-                    match listed {
-                        Ok(listed) => {
-                            let now: HashSet<String> = st.tracker.channel_ids().into_iter().collect();
-                            let gone: Vec<String> = tracked
-                                .into_iter()
-                                .filter(|id| now.contains(id) && !listed.contains(id))
-                                .collect();
-                            if !gone.is_empty() {
-                                log::info!(
-                                    "reconcile: {} tracked channel(s) are gone from Asterisk, hanging them up: {}",
-                                    gone.len(),
-                                    gone.join(", ")
-                                );
-                            }
-                            for id in gone {
-                                let msg = st.vanished(&id);
-                                feed(&mut st, &mut journal, &mut out, &msg, now_ms());
+                let current = s.hung_up.as_ref().map(|(n, _)| *n);
+                match r {
+                    Ok((n, tracked, listed)) if Some(n) == current => {
+                        // Events that came before the listing are queued already: apply
+                        // them first, so the listing is compared with the state it describes.
+                        for _ in 0..ami_rx.len() {
+                            match ami_rx.try_recv() {
+                                Ok(Incoming::Event { msg, at }) => s.event(&msg, at),
+                                Ok(Incoming::Connected { banner }) => {
+                                    log::info!("AMI connected and logged in ({banner})");
+                                    login = true;
+                                }
+                                Ok(Incoming::Disconnected { reason }) => {
+                                    log::warn!("AMI connection lost: {reason}");
+                                }
+                                Err(_) => break,
                             }
                         }
-                        Err(e) => log::warn!("reconcile: CoreShowChannels failed: {e}"),
+                        match listed {
+                            Ok(listed) => s.reconciled(tracked, listed),
+                            Err(e) => {
+                                s.hung_up = None;
+                                log::warn!("reconcile: CoreShowChannels failed: {e}");
+                            }
+                        }
+                        next_reconcile = Instant::now() + interval;
                     }
+                    Ok(_) => log::debug!("reconcile: dropping the answer to an older request"),
+                    Err(_) => {}
                 }
             }
             recv(stop) -> _ => break,
             default(Duration::from_secs(1)) => {}
         }
-        st.tracker.tick(now_ms(), &mut out);
-        enqueue(&mut out);
-        if let Some(j) = journal.as_mut() {
-            if st.tracker.is_empty() && st.tracker.channel_count() == 0 && j.len() > 1 {
-                // No call in progress: the events behind the finished ones are not needed.
-                j.sync(true);
-                j.clear();
-                st.chans.clear();
-            } else {
-                j.sync(false);
-            }
+        if login {
+            // Every login, the first one included: calls that began (or ended) while we were
+            // not listening are found here.
+            s.hung_up = None;
+            reconcile(&mut s, "login");
+            next_reconcile = Instant::now() + interval;
+        } else if Instant::now() >= next_reconcile && ami.is_logged_in() {
+            reconcile(&mut s, "periodic");
+            next_reconcile = Instant::now() + interval;
         }
+        s.tick();
         health
             .ami_logged_in
             .store(ami.is_logged_in(), Ordering::Relaxed);
         health.state_alive_ms.store(now_ms(), Ordering::Relaxed);
         if let Ok(mut calls) = health.active_calls.lock() {
-            *calls = st.tracker.active_calls();
+            *calls = s.st.tracker.active_calls();
         }
     }
-    if let Some(j) = journal.as_mut() {
+    if let Some(j) = s.journal.as_mut() {
         j.sync(true);
     }
-    outbox.lock().unwrap_or_else(|e| e.into_inner()).flush();
+    s.outbox.lock().unwrap_or_else(|e| e.into_inner()).flush();
     log::debug!("state thread stopped");
-}
-
-fn apply_control(
-    tracker: &mut Tracker,
-    journal: Option<&mut EventJournal>,
-    ctl: Control,
-    out: &mut Vec<Intent>,
-) {
-    match ctl {
-        Control::Employees(list) => {
-            log::debug!("tracker: {} employee numbers", list.len());
-            if let Some(j) = journal {
-                j.employees(&list);
-            }
-            tracker.set_employees(list);
-        }
-        Control::Originate {
-            originate,
-            expires_ms,
-        } => {
-            log::debug!(
-                "expecting click-to-call {} ({})",
-                originate.call_id,
-                originate.channel_id
-            );
-            tracker.expect_originate(originate, expires_ms);
-        }
-        Control::OriginateFailed { call_id } => {
-            tracker.originate_failed(&call_id, out);
-        }
-        Control::OriginateRefused { call_id, status } => {
-            tracker.originate_refused(&call_id, status, out);
-        }
-    }
 }
 
 /// The delivery thread: loads the user directory (every `refresh`; until the first load

@@ -306,13 +306,7 @@ mod tests {
 
     fn run(t: &mut Tracker, listed: &[Message]) -> Vec<crate::calls::Intent> {
         let ids: std::collections::HashSet<String> = t.channel_ids().into_iter().collect();
-        let events = adopt(
-            listed,
-            &|u| ids.contains(u),
-            &employees,
-            &contexts(),
-            NOW,
-        );
+        let events = adopt(listed, &|u| ids.contains(u), &employees, &contexts(), NOW);
         let mut out = Vec::new();
         for (e, at) in events {
             t.handle(&e, at, &mut out);
@@ -622,22 +616,14 @@ mod tests {
             ),
         ];
         let ids: std::collections::HashSet<String> = t.channel_ids().into_iter().collect();
-        let events = adopt(
-            &listed,
-            &|u| ids.contains(u),
-            &employees,
-            &contexts(),
-            NOW,
-        );
+        let events = adopt(&listed, &|u| ids.contains(u), &employees, &contexts(), NOW);
         let names: Vec<String> = events
             .iter()
             .map(|(e, _)| {
                 format!(
                     "{} {}",
                     e.get("Event").unwrap_or(""),
-                    e.get("Uniqueid")
-                        .or(e.get("DestUniqueid"))
-                        .unwrap_or("")
+                    e.get("Uniqueid").or(e.get("DestUniqueid")).unwrap_or("")
                 )
             })
             .collect();
