@@ -807,3 +807,201 @@ pub fn delivery_loop(
     }
     log::debug!("delivery thread stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::Action;
+    use std::time::SystemTime;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("callme-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// The events of one inbound call `n` (capture a's shape): the trunk leg, 219's leg, the
+    /// dial, the answer, the bridge; the hangups only if `ends`.
+    fn call_events(n: u64, ends: bool) -> Vec<Message> {
+        let (t, e) = (format!("{n}.0"), format!("{n}.1"));
+        let trunk = format!("SIP/trunk-{n:08x}");
+        let leg = format!("SIP/219-{n:08x}");
+        let chan = |ev: &str, name: &str, uid: &str, ctx: &str, exten: &str| {
+            Message::from_pairs(&[
+                ("Event", ev),
+                ("Channel", name),
+                ("CallerIDNum", "79991234567"),
+                ("Context", ctx),
+                ("Exten", exten),
+                ("Uniqueid", uid),
+                ("Linkedid", &t),
+            ])
+        };
+        let mut dial = chan("DialBegin", &trunk, &t, "from-trunk", "8001");
+        for (k, v) in [
+            ("DestChannel", leg.as_str()),
+            ("DestUniqueid", &e),
+            ("DestLinkedid", &t),
+            ("DialString", "219"),
+        ] {
+            dial.push(k, v);
+        }
+        let mut answer = chan("DialEnd", &trunk, &t, "from-trunk", "8001");
+        for (k, v) in [
+            ("DestChannel", leg.as_str()),
+            ("DestUniqueid", &e),
+            ("DestLinkedid", &t),
+            ("DialStatus", "ANSWER"),
+        ] {
+            answer.push(k, v);
+        }
+        let mut enter1 = chan("BridgeEnter", &leg, &e, "from-internal", "");
+        enter1.push("BridgeUniqueid", &format!("b-{n}"));
+        let mut enter2 = chan("BridgeEnter", &trunk, &t, "from-trunk", "8001");
+        enter2.push("BridgeUniqueid", &format!("b-{n}"));
+        let mut v = vec![
+            chan("Newchannel", &trunk, &t, "from-trunk", "8001"),
+            chan("Newchannel", &leg, &e, "from-internal", "s"),
+            dial,
+            answer,
+            enter1,
+            enter2,
+        ];
+        if ends {
+            let mut h1 = chan("Hangup", &trunk, &t, "from-trunk", "8001");
+            h1.push("Cause", "16");
+            let mut h2 = chan("Hangup", &leg, &e, "from-internal", "");
+            h2.push("Cause", "16");
+            v.extend([h1, h2]);
+        }
+        v
+    }
+
+    fn state_thread(dir: &std::path::Path) -> (StateThread, Receiver<()>) {
+        let (wake, woken) = bounded(1);
+        let (journal, records) = EventJournal::open(dir).unwrap();
+        let mut st = Tracking::new(Tracker::new(TrackerConfig::default()));
+        st.replay(&records);
+        let s = StateThread {
+            st,
+            journal: Some(journal),
+            outbox: Arc::new(Mutex::new(Outbox::in_memory())),
+            wake,
+            clock: PbxClock::default(),
+            out: Vec::new(),
+            hung_up: None,
+            recon_seq: 0,
+            opts: StateOptions {
+                reconcile_interval: Duration::from_secs(300),
+                inbound_contexts: vec!["from-trunk".into()],
+            },
+        };
+        (s, woken)
+    }
+
+    fn stamped(mut m: Message, ms: u64) -> Message {
+        m.push("Timestamp", &format!("{}.{:03}", ms / 1000, ms % 1000));
+        m
+    }
+
+    /// A PBX that is never idle: one call stays up while 3000 others come and go, four at a
+    /// time. Stated bounds, checked after every event: the journal holds at most
+    /// 2·L + COMPACT_SLACK records, where L (what the last compaction kept) is the endless
+    /// call's 6 events plus the overlapping calls' (at most 4 × 8); `chans` holds only tracked
+    /// channels (at most 2 + 4 × 2); the tracker's maps hold only the live calls. After a
+    /// restart the endless call is still there and its hangup finishes it.
+    #[test]
+    fn a_never_idle_stream_keeps_the_journal_and_the_maps_bounded() {
+        let dir = tmp("never-idle");
+        let (mut s, _woken) = state_thread(&dir);
+        let t0 = 1_795_668_000_000u64;
+        let mut ms = t0;
+        let mut feed = |s: &mut StateThread, m: Message| {
+            ms += 10;
+            s.event(&stamped(m, ms), SystemTime::now());
+            s.tick();
+        };
+        for m in call_events(1, false) {
+            feed(&mut s, m);
+        }
+        let bound = 2 * (6 + 4 * 8) + crate::journal::COMPACT_SLACK;
+        let mut max_journal = 0;
+        let calls = 3000u64;
+        // Four calls overlap: call n's events interleave with n+1..n+3's.
+        let all: Vec<Vec<Message>> = (2..calls + 2).map(|n| call_events(n, true)).collect();
+        let mut cursors = vec![0usize; all.len()];
+        let mut next = 0usize;
+        let mut live: Vec<usize> = Vec::new();
+        while next < all.len() || !live.is_empty() {
+            while live.len() < 4 && next < all.len() {
+                live.push(next);
+                next += 1;
+            }
+            let mut finished = Vec::new();
+            for &c in &live {
+                let m = all[c][cursors[c]].clone();
+                cursors[c] += 1;
+                feed(&mut s, m);
+                if cursors[c] == all[c].len() {
+                    finished.push(c);
+                }
+                let j = s.journal.as_ref().unwrap();
+                max_journal = max_journal.max(j.len());
+                assert!(j.len() <= bound, "journal {} > {bound}", j.len());
+                assert!(s.st.chans.len() <= 2 + 4 * 2, "chans {}", s.st.chans.len());
+                let [calls, links, chans, bridges, pending] = s.st.tracker.sizes();
+                assert!(
+                    calls <= 5 && links <= 5 && chans <= 10 && bridges <= 5 && pending == 0,
+                    "{:?}",
+                    s.st.tracker.sizes()
+                );
+            }
+            live.retain(|c| !finished.contains(c));
+        }
+        let file_lines = std::fs::read_to_string(dir.join(crate::journal::EVENTS_FILE))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(file_lines <= bound + 1, "{file_lines} lines on disk");
+        let finishes = {
+            let ob = s.outbox.lock().unwrap();
+            (2..calls + 2)
+                .filter(|n| {
+                    ob.call(&format!("callme-{n}.0"))
+                        .is_some_and(|c| c.finishing)
+                })
+                .count()
+        };
+        assert_eq!(
+            finishes as u64, calls,
+            "every call that came and went finished"
+        );
+        println!(
+            "never-idle: {calls} calls, journal peaked at {max_journal} records (bound {bound}), \
+             {file_lines} lines on disk at the end"
+        );
+        drop(s);
+
+        // Restart: the endless call comes back from the compacted journal and finishes.
+        let (mut s, _woken) = state_thread(&dir);
+        assert_eq!(s.st.tracker.len(), 1);
+        assert_eq!(s.st.tracker.active_calls()[0].call, "callme-1.0");
+        for m in call_events(1, true).into_iter().skip(6) {
+            feed(&mut s, m);
+        }
+        let ob = s.outbox.lock().unwrap();
+        let steps: Vec<&Action> = ob
+            .call("callme-1.0")
+            .unwrap()
+            .steps
+            .iter()
+            .map(|st| &st.action)
+            .collect();
+        assert!(
+            matches!(steps.as_slice(), [Action::Finish { duration, .. }] if *duration > 60),
+            "{steps:?}"
+        );
+        drop(ob);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

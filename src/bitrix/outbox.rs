@@ -71,8 +71,16 @@ enum Record {
         finished: bool,
         #[serde(default)]
         dead: bool,
+        /// Failed attempts of the call's current step (persisted so that a finish re-sent
+        /// after a restart knows an earlier attempt may have gone through).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        tries: u32,
         at: u64,
     },
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -102,7 +110,9 @@ pub struct CallEntry {
     /// Register failed for good: later steps have no CALL_ID to go to.
     pub dead: bool,
     pub steps: VecDeque<Step>,
-    /// Not persisted: retry state starts afresh after a restart.
+    /// Failed attempts of the current step. Persisted in the `call` record when a retry is
+    /// scheduled; a Finish left over from the last run counts at least one (it may have been
+    /// sent before the crash), so "Call is not found" for it means it went through.
     pub attempts: u32,
     pub not_before: Option<Instant>,
     last_ms: u64,
@@ -119,6 +129,7 @@ impl CallEntry {
             finishing: self.finishing,
             finished: self.finished,
             dead: self.dead,
+            tries: self.attempts,
             at: self.last_ms,
         }
     }
@@ -140,6 +151,9 @@ pub struct Outbox {
     garbage: usize,
     warn_at: usize,
     warned: bool,
+    /// When finished calls were last forgotten ([`Outbox::maybe_compact`] does it once a
+    /// minute, so their memory goes even while the file is too small to compact).
+    last_purge: Instant,
 }
 
 impl Outbox {
@@ -155,6 +169,7 @@ impl Outbox {
             garbage: 0,
             warn_at: usize::MAX,
             warned: false,
+            last_purge: Instant::now(),
         }
     }
 
@@ -202,9 +217,11 @@ impl Outbox {
                     finishing,
                     finished,
                     dead,
+                    tries,
                     at,
                 } => {
                     let e = ob.entry(&call);
+                    e.attempts = tries;
                     e.call_id = call_id.or(e.call_id.take());
                     e.responsible = user.or(e.responsible);
                     e.direction = dir;
@@ -214,6 +231,15 @@ impl Outbox {
                     e.dead |= dead;
                     e.last_ms = e.last_ms.max(at);
                 }
+            }
+        }
+        for c in ob.calls.values_mut() {
+            // A finish left from the last run may have reached Bitrix24 before the crash.
+            if c.steps
+                .front()
+                .is_some_and(|s| matches!(s.action, Action::Finish { .. }))
+            {
+                c.attempts = c.attempts.max(1);
             }
         }
         let pending = ob.pending();
@@ -397,10 +423,14 @@ impl Outbox {
         let Some(c) = self.calls.get_mut(key) else {
             return 0;
         };
+        c.not_before = Some(until);
         if failed {
             c.attempts += 1;
+            let (n, rec) = (c.attempts, c.record(key));
+            line(&rec, &mut self.buf);
+            self.garbage += 1;
+            return n;
         }
-        c.not_before = Some(until);
         c.attempts
     }
 
@@ -441,6 +471,13 @@ impl Outbox {
     /// the live ones), after writing what is buffered.
     pub fn maybe_compact(&mut self) {
         self.flush();
+        if self.last_purge.elapsed() >= Duration::from_secs(60) {
+            self.last_purge = Instant::now();
+            let before = self.calls.len();
+            self.purge(now_ms());
+            // Forgotten calls' lines are garbage now.
+            self.garbage += before - self.calls.len();
+        }
         let live = self.calls.len() + self.pending();
         if self.garbage >= COMPACT_MIN_GARBAGE && self.garbage > live {
             self.purge(now_ms());
@@ -603,6 +640,36 @@ mod tests {
         assert_eq!(ob.pending(), 1);
         assert_eq!(ob.call("c699").unwrap().call_id.as_deref(), Some("id699"));
         assert!(ob.call("c3").unwrap().registered);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A finish that failed before a restart, or was still queued at the crash, may have gone
+    /// through: after the restart its call counts at least one attempt, so "Call is not
+    /// found" for it means done.
+    #[test]
+    fn attempts_survive_a_restart_and_a_leftover_finish_counts_one() {
+        let dir = tmp("attempts");
+        {
+            let mut ob = Outbox::open(&dir, 1000).unwrap();
+            ob.enqueue(register("a"));
+            ob.enqueue(register("b"));
+            ob.enqueue(finish("b"));
+            for (k, s) in ob.due(Instant::now()) {
+                ob.set_facts(&k, format!("id-{k}"), Some(1), Direction::Inbound);
+                ob.complete(&k, s.seq);
+            }
+            ob.enqueue(finish("a"));
+            assert_eq!(ob.hold("a", Instant::now(), true), 1);
+            assert_eq!(ob.hold("a", Instant::now(), true), 2);
+            ob.flush();
+        }
+        let ob = Outbox::open(&dir, 1000).unwrap();
+        assert_eq!(ob.call("a").unwrap().attempts, 2);
+        assert_eq!(
+            ob.call("b").unwrap().attempts,
+            1,
+            "a finish left from the last run may have been sent"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
