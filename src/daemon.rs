@@ -1004,4 +1004,142 @@ mod tests {
         drop(ob);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    fn originate(channel_id: &str) -> Originate {
+        Originate {
+            call_id: format!("externalCall.{channel_id}"),
+            channel_id: channel_id.into(),
+            action_id: format!("act-{channel_id}"),
+            ext: "219".into(),
+            phone: "+79991234567".into(),
+            callback_line: None,
+        }
+    }
+
+    fn steps(s: &StateThread, key: &str) -> Vec<Action> {
+        let ob = s.outbox.lock().unwrap();
+        ob.call(key)
+            .map(|c| c.steps.iter().map(|st| st.action.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A restart between an Originate and its first AMI event: the expectation comes back
+    /// from the journal, so the call's channel is still recognised as the click-to-call (and
+    /// one that never shows up is still finished when it expires).
+    #[test]
+    fn a_click_to_call_expectation_survives_a_restart() {
+        let dir = tmp("originate");
+        let (mut s, _w) = state_thread(&dir);
+        s.control(Control::Originate {
+            originate: originate("c2c-1"),
+            expires_ms: now_ms() + 60_000,
+        });
+        s.control(Control::Originate {
+            originate: originate("c2c-2"),
+            // Already due: it expires at the first tick after the restart.
+            expires_ms: now_ms().saturating_sub(1),
+        });
+        s.control(Control::Originate {
+            originate: originate("c2c-3"),
+            expires_ms: now_ms() + 60_000,
+        });
+        s.control(Control::OriginateFailed {
+            call_id: "externalCall.c2c-3".into(),
+        });
+        assert_eq!(s.st.tracker.sizes()[4], 2);
+        drop(s); // as a kill -9 would: nothing flushed beyond write(2)
+
+        let (mut s, _w) = state_thread(&dir);
+        assert_eq!(s.st.tracker.sizes()[4], 2, "c2c-1 and c2c-2 pending again");
+        s.tick();
+        assert_eq!(
+            steps(&s, "callme-c2c-2"),
+            [
+                Action::Adopt {
+                    call_id: "externalCall.c2c-2".into(),
+                    ext: "219".into()
+                },
+                Action::Finish {
+                    user: crate::calls::FinishUser::Employee("219".into()),
+                    duration: 0,
+                    status: crate::calls::Status::OTHER,
+                }
+            ]
+        );
+        let first = Message::from_pairs(&[
+            ("Event", "Newchannel"),
+            ("Channel", "SIP/219-00000001"),
+            ("CallerIDNum", "219"),
+            ("Context", "from-internal"),
+            ("Exten", "s"),
+            ("Uniqueid", "c2c-1"),
+            ("Linkedid", "c2c-1"),
+        ]);
+        s.event(&first, SystemTime::now());
+        assert_eq!(
+            steps(&s, "callme-c2c-1"),
+            [Action::Adopt {
+                call_id: "externalCall.c2c-1".into(),
+                ext: "219".into()
+            }]
+        );
+        assert!(steps(&s, "callme-c2c-3").is_empty(), "c2c-3 failed before");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn listed(name: &str, uid: &str, linked: &str, context: &str, exten: &str) -> Message {
+        Message::from_pairs(&[
+            ("Event", "CoreShowChannel"),
+            ("Channel", name),
+            ("ChannelState", "6"),
+            ("CallerIDNum", "79991234567"),
+            ("Context", context),
+            ("Exten", exten),
+            ("Uniqueid", uid),
+            ("Linkedid", linked),
+            ("Duration", "00:00:04"),
+            ("BridgeId", ""),
+        ])
+    }
+
+    /// A reconciliation adopts the listed channels it never saw, except those that hung up
+    /// after the listing was sent; tracked channels missing from the listing are hung up with
+    /// a synthetic Hangup stamped on the PBX's clock.
+    #[test]
+    fn reconcile_adopts_unknown_channels_but_not_ones_hung_up_since() {
+        let dir = tmp("reconcile");
+        let (mut s, _w) = state_thread(&dir);
+        let pbx = 1_000_000_000_000u64; // the PBX's clock, far from ours
+        for m in call_events(7, false) {
+            s.event(&stamped(m, pbx), SystemTime::now());
+        }
+        assert_eq!(steps(&s, "callme-7.0").len(), 2, "register, show");
+        s.hung_up = Some((1, HashSet::from(["9.0".to_string()])));
+        s.reconciled(
+            vec!["7.0".into(), "7.1".into()],
+            vec![
+                listed("SIP/trunk-00000008", "8.0", "8.0", "from-trunk", "8002"),
+                listed("SIP/trunk-00000009", "9.0", "9.0", "from-trunk", "8003"),
+            ],
+        );
+        assert!(
+            matches!(steps(&s, "callme-8.0").first(), Some(Action::Register { line, .. }) if line == "8002"),
+            "{:?}",
+            steps(&s, "callme-8.0")
+        );
+        assert!(
+            steps(&s, "callme-9.0").is_empty(),
+            "9.0 hung up after the listing"
+        );
+        let fin = steps(&s, "callme-7.0");
+        match fin.last() {
+            // Answered at `pbx`, hung up by reconciliation a moment later on the PBX clock:
+            // not the hours between the PBX's clock and ours.
+            Some(Action::Finish { duration, .. }) => assert!(*duration <= 5, "{fin:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.st.tracker.len(), 1, "8.0 is up");
+        assert!(s.st.chans.len() == 1 && s.st.chans.contains_key("8.0"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
