@@ -132,7 +132,10 @@ fn a_call_that_began_while_callme_was_down_is_registered_shown_and_finished() {
     );
     daemon.kill();
     let log1 = daemon.log();
-    assert_eq!(count(&portal.commands(), "telephony.externalcall.register"), 1);
+    assert_eq!(
+        count(&portal.commands(), "telephony.externalcall.register"),
+        1
+    );
 
     // While callme is down, call B comes in on another line and 220 answers it. After the
     // restart Asterisk lists A's channels and B's, and says nothing else until the hangups.
@@ -237,7 +240,10 @@ fn a_call_that_began_while_callme_was_down_is_registered_shown_and_finished() {
         v
     };
     assert_eq!(users, [19, 20], "A under 219, B under 220: {fin:?}");
-    assert!(fin.iter().all(|f| f["CALL_FAILED_CODE"] == "200"), "{fin:?}");
+    assert!(
+        fin.iter().all(|f| f["CALL_FAILED_CODE"] == "200"),
+        "{fin:?}"
+    );
     assert!(portal.active_calls().is_empty());
     assert!(portal.open_cards().is_empty(), "{:?}", portal.open_cards());
     let log = daemon.log();
