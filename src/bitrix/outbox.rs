@@ -33,8 +33,11 @@ pub use crate::statefile::Error;
 pub const OUTBOX_FILE: &str = "outbox.jsonl";
 
 /// A finished call is remembered this long after its last step, so that a late duplicate
-/// Register or Finish for it is still recognised and dropped.
-const KEEP_FINISHED_MS: u64 = 3_600_000;
+/// Register or Finish for it is still recognised and dropped. The latest a duplicate can come
+/// is a click-to-call expectation replayed after a restart and expiring (`[originate]
+/// timeout`, 30 s by default) for a call that had finished; ten minutes covers that with
+/// room, and keeps the outbox of a busy PBX at ten minutes' worth of calls.
+const KEEP_FINISHED_MS: u64 = 600_000;
 /// A call with nothing queued and no finish is forgotten after this long without a step
 /// (the tracker lost it; nothing more will come).
 const KEEP_IDLE_MS: u64 = 48 * 3_600_000;
