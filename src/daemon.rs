@@ -406,9 +406,10 @@ fn start_reconcile(
     }
 }
 
-/// At most this many Hangups are remembered while a reconciliation is out; past it the
-/// listing is too stale to adopt from (its vanished channels are still hung up).
-const MAX_HANGUPS_IN_FLIGHT: usize = 100_000;
+/// At most this many Hangups of unknown channels are remembered while a reconciliation is
+/// out; past it the listing is too stale to adopt from (its vanished channels are still hung
+/// up).
+const MAX_HANGUPS_IN_FLIGHT: usize = 10_000;
 
 /// What the state thread needs besides its channels.
 pub struct StateOptions {
@@ -427,9 +428,10 @@ struct StateThread {
     wake: Sender<()>,
     clock: PbxClock,
     out: Vec<Intent>,
-    /// The reconciliation in flight (`None`: none), by number, with the Uniqueids hung up
-    /// since it was sent: a channel that hangs up after the listing must not be adopted.
-    hung_up: Option<(u64, HashSet<String>)>,
+    /// The reconciliation in flight (`None`: none), by number, with the Hangups (and their
+    /// times) of channels the tracker did not know that came since it was sent: a channel the
+    /// listing shows may have hung up right after, and once adopted it must hang up again.
+    hung_up: Option<(u64, Vec<(Message, u64)>)>,
     /// Numbers reconciliations.
     recon_seq: u64,
     opts: StateOptions,
@@ -473,9 +475,9 @@ impl StateThread {
             None => ms_of(at),
         };
         let ev = Event::parse(msg);
-        if let (Some((_, set)), Event::Hangup { chan, .. }) = (self.hung_up.as_mut(), &ev) {
-            if set.len() < MAX_HANGUPS_IN_FLIGHT {
-                set.insert(chan.uniqueid.to_string());
+        if let (Some((_, v)), Event::Hangup { chan, .. }) = (self.hung_up.as_mut(), &ev) {
+            if v.len() < MAX_HANGUPS_IN_FLIGHT && !self.st.tracker.has_channel(chan.uniqueid) {
+                v.push((msg.clone(), at_ms));
             }
         }
         if !matches!(ev, Event::Other) {
@@ -529,7 +531,8 @@ impl StateThread {
     }
 
     /// The answer to a `CoreShowChannels`: hang up the tracked channels Asterisk no longer
-    /// has, and adopt the listed ones the tracker never saw.
+    /// has, and adopt the listed ones the tracker never saw (then replay the Hangups of those
+    /// that went after the listing: the tracker ignored them, not knowing the channel).
     fn reconciled(&mut self, tracked: Vec<String>, listed: Vec<Message>) {
         let Some((_, hung_up)) = self.hung_up.take() else {
             return;
@@ -555,13 +558,9 @@ impl StateThread {
             log::warn!("reconcile: the listing is too old to adopt channels from; next time");
             return;
         }
-        let alive: Vec<Message> = listed
-            .into_iter()
-            .filter(|m| m.get("Uniqueid").is_some_and(|u| !hung_up.contains(u)))
-            .collect();
         let tracker = &self.st.tracker;
         let events = adopt::adopt(
-            &alive,
+            &listed,
             &|u| tracker.has_channel(u),
             &|name| tracker.is_employee_channel(name),
             &self.opts.inbound_contexts,
@@ -572,8 +571,19 @@ impl StateThread {
             .iter()
             .filter(|(e, _)| e.get("Event") == Some("Newchannel"))
             .count();
+        let mut last = now;
         for (msg, at) in events {
+            last = last.max(at);
             self.feed(&msg, at);
+        }
+        for (msg, at) in hung_up {
+            let adopted = msg
+                .get("Uniqueid")
+                .is_some_and(|u| self.st.tracker.has_channel(u));
+            if adopted {
+                // Not before the adoption's own events, so no duration runs backwards.
+                self.feed(&msg, at.max(last));
+            }
         }
         if new_chans > 0 {
             log::info!(
@@ -638,7 +648,7 @@ fn state_loop(
         log::debug!("reconcile: asking Asterisk for its channels ({why})");
         s.recon_seq += 1;
         if start_reconcile(&ami, s.recon_seq, s.st.tracker.channel_ids(), &recon_tx) {
-            s.hung_up = Some((s.recon_seq, HashSet::new()));
+            s.hung_up = Some((s.recon_seq, Vec::new()));
         }
     };
     loop {
@@ -1102,11 +1112,11 @@ mod tests {
         ])
     }
 
-    /// A reconciliation adopts the listed channels it never saw, except those that hung up
-    /// after the listing was sent; tracked channels missing from the listing are hung up with
-    /// a synthetic Hangup stamped on the PBX's clock.
+    /// A reconciliation adopts the listed channels it never saw, those that hung up right
+    /// after the listing included (adopted, then hung up again); tracked channels missing
+    /// from the listing are hung up with a synthetic Hangup stamped on the PBX's clock.
     #[test]
-    fn reconcile_adopts_unknown_channels_but_not_ones_hung_up_since() {
+    fn reconcile_adopts_unknown_channels_and_replays_hangups_since_the_listing() {
         let dir = tmp("reconcile");
         let (mut s, _w) = state_thread(&dir);
         let pbx = 1_000_000_000_000u64; // the PBX's clock, far from ours
@@ -1114,7 +1124,16 @@ mod tests {
             s.event(&stamped(m, pbx), SystemTime::now());
         }
         assert_eq!(steps(&s, "callme-7.0").len(), 2, "register, show");
-        s.hung_up = Some((1, HashSet::from(["9.0".to_string()])));
+        s.hung_up = Some((1, Vec::new()));
+        // 9.0 hangs up after Asterisk listed it, before the listing reaches the state thread.
+        let gone = Message::from_pairs(&[
+            ("Event", "Hangup"),
+            ("Channel", "SIP/trunk-00000009"),
+            ("Uniqueid", "9.0"),
+            ("Linkedid", "9.0"),
+            ("Cause", "16"),
+        ]);
+        s.event(&stamped(gone, pbx + 1_000), SystemTime::now());
         s.reconciled(
             vec!["7.0".into(), "7.1".into()],
             vec![
@@ -1127,9 +1146,10 @@ mod tests {
             "{:?}",
             steps(&s, "callme-8.0")
         );
+        let nine = steps(&s, "callme-9.0");
         assert!(
-            steps(&s, "callme-9.0").is_empty(),
-            "9.0 hung up after the listing"
+            matches!(nine.as_slice(), [Action::Register { line, .. }, Action::Finish { .. }] if line == "8003"),
+            "9.0, listed then hung up, is registered and finished: {nine:?}"
         );
         let fin = steps(&s, "callme-7.0");
         match fin.last() {
