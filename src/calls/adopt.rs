@@ -505,7 +505,7 @@ mod tests {
                     phone: "89991234567".into(),
                     line: String::new(),
                     started_ms: NOW - 12_000,
-                    employee: None,
+                    employee: Some("219".into()),
                 },
                 &Action::Show { ext: "219".into() },
             ]
