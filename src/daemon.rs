@@ -613,6 +613,17 @@ impl StateThread {
     }
 }
 
+/// The state thread's view for `/status`, `/healthz` and the watchdog.
+fn publish(s: &StateThread, health: &Health, ami: &client::Handle) {
+    health
+        .ami_logged_in
+        .store(ami.is_logged_in(), Ordering::Relaxed);
+    health.state_alive_ms.store(now_ms(), Ordering::Relaxed);
+    if let Ok(mut calls) = health.active_calls.lock() {
+        *calls = s.st.tracker.active_calls();
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn state_loop(
     st: Tracking,
@@ -639,6 +650,8 @@ fn state_loop(
         recon_seq: 0,
         opts,
     };
+    // The calls restored from the journal show in /status at once, not after the first event.
+    publish(&s, &health, &ami);
     let mut next_reconcile = Instant::now() + interval;
     // Reconcile after a login, and every `interval` while logged in.
     let reconcile = |s: &mut StateThread, why: &str| {
@@ -722,13 +735,7 @@ fn state_loop(
             next_reconcile = Instant::now() + interval;
         }
         s.tick();
-        health
-            .ami_logged_in
-            .store(ami.is_logged_in(), Ordering::Relaxed);
-        health.state_alive_ms.store(now_ms(), Ordering::Relaxed);
-        if let Ok(mut calls) = health.active_calls.lock() {
-            *calls = s.st.tracker.active_calls();
-        }
+        publish(&s, &health, &ami);
     }
     if let Some(j) = s.journal.as_mut() {
         j.sync(true);

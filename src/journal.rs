@@ -14,7 +14,9 @@
 //! call's records go. It runs when the file has grown to twice what the last compaction kept
 //! plus [`COMPACT_SLACK`] lines, and whenever no call is left. The rewrite is atomic (temp
 //! file, fsync, rename, fsync the directory), so a `kill -9` at any point leaves either the
-//! old or the new file.
+//! old or the new file. A failed append (disk full) leaves the file torn or short; the records
+//! are whole in memory, so the file is rewritten from them (at most once a second) until the
+//! disk takes it.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -132,6 +134,10 @@ pub struct EventJournal {
     employees: Option<Vec<String>>,
     dirty: bool,
     last_sync: Instant,
+    /// A write failed (disk full, `EFBIG`) at this time, or the last rewrite to repair it did:
+    /// the file may hold a torn record or miss some. The records are whole in memory, so the
+    /// file is rewritten from them, at most once a second, until that works.
+    broken: Option<Instant>,
 }
 
 impl EventJournal {
@@ -149,6 +155,7 @@ impl EventJournal {
             employees: None,
             dirty: false,
             last_sync: Instant::now(),
+            broken: None,
         };
         for r in &records {
             match r {
@@ -191,6 +198,7 @@ impl EventJournal {
         if let Some(f) = self.file.as_mut() {
             if let Err(e) = f.write_all(text.as_bytes()) {
                 log::error!("cannot write {}: {e}", self.path.display());
+                self.broken.get_or_insert_with(Instant::now);
             }
         }
         self.dirty = true;
@@ -259,6 +267,12 @@ impl EventJournal {
     /// compaction kept plus [`COMPACT_SLACK`] records, or `idle` (the tracker holds nothing)
     /// and anything is held.
     pub fn compaction_due(&self, idle: bool) -> bool {
+        if self
+            .broken
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            return true;
+        }
         if idle {
             return !self.entries.is_empty();
         }
@@ -301,6 +315,9 @@ impl EventJournal {
             Ok(f) => {
                 self.file = Some(f);
                 self.dirty = false;
+                if self.broken.take().is_some() {
+                    log::info!("events journal: rewritten whole after a failed write");
+                }
                 log::debug!(
                     "events journal compacted: {before} record(s) → {}",
                     self.entries.len()
@@ -309,6 +326,7 @@ impl EventJournal {
             Err(e) => {
                 log::error!("events journal: {e}");
                 self.file = OpenOptions::new().append(true).open(&self.path).ok();
+                self.broken = Some(Instant::now());
             }
         }
     }
@@ -348,6 +366,29 @@ mod tests {
         drop(j);
         let (_, recs) = EventJournal::open(&dir).unwrap();
         assert_eq!(recs.len(), 1, "only the employee list is kept");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A write that fails (here: a read-only handle, as a full disk would) leaves the record
+    /// out of the file; the next compaction rewrites the file whole from memory.
+    #[test]
+    fn a_failed_write_is_repaired_by_a_rewrite() {
+        let dir = tmp("repair");
+        let (mut j, _) = EventJournal::open(&dir).unwrap();
+        let path = dir.join(EVENTS_FILE);
+        j.file = Some(File::open(&path).unwrap());
+        let m = Message::from_pairs(&[("Event", "Newchannel"), ("Uniqueid", "1.1")]);
+        j.append(&m, 5);
+        assert!(j.broken.is_some());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "", "the write failed");
+        // A second later (as the state thread's tick would find it):
+        j.broken = Some(Instant::now() - Duration::from_secs(2));
+        assert!(j.compaction_due(false));
+        j.compact(&HashSet::from(["1.1".to_string()]));
+        assert!(j.broken.is_none());
+        drop(j);
+        let (_, recs) = EventJournal::open(&dir).unwrap();
+        assert_eq!(recs.len(), 1, "the record is back on disk");
         let _ = fs::remove_dir_all(&dir);
     }
 }

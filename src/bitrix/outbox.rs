@@ -272,7 +272,9 @@ impl Outbox {
         let e = self.entry(&intent.call);
         let dup = match intent.action {
             Action::Register { .. } | Action::Adopt { .. } => e.registered,
-            Action::Finish { .. } => e.finishing,
+            // A card step after the finish can only come from a call rebuilt after a restart
+            // (a journal that missed its end); Bitrix24 closed the cards with the finish.
+            Action::Finish { .. } | Action::Show { .. } | Action::Hide { .. } => e.finishing,
             _ => false,
         };
         if dup {
@@ -593,6 +595,11 @@ mod tests {
         assert!(matches!(c.steps[0].action, Action::Finish { .. }));
         assert!(!ob.enqueue(register("a")));
         assert!(!ob.enqueue(finish("a")));
+        let hide = Intent {
+            call: "a".into(),
+            action: Action::Hide { ext: "219".into() },
+        };
+        assert!(!ob.enqueue(hide), "no card step after the finish");
         let _ = fs::remove_dir_all(&dir);
     }
 
