@@ -13,7 +13,9 @@
 //! (fsync'd) *before* it journals the AMI event behind it, so a crash in between can lose the
 //! event (which reconciliation makes up for) but never a step. On start the events journal is
 //! replayed through a fresh tracker (its intents are dropped: they are in the outbox), and
-//! after every AMI login the tracked channels are reconciled with `CoreShowChannels`.
+//! after every AMI login and every `[asterisk] reconcile_interval` the tracked channels are
+//! reconciled with `CoreShowChannels`: vanished ones are hung up, ones never seen are adopted
+//! ([`crate::calls::adopt`]). The journal is compacted per call ([`crate::journal`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -412,11 +414,11 @@ fn start_reconcile(
 const MAX_HANGUPS_IN_FLIGHT: usize = 10_000;
 
 /// What the state thread needs besides its channels.
-pub struct StateOptions {
+struct StateOptions {
     /// Reconcile this often besides after every login (`[asterisk] reconcile_interval`).
-    pub reconcile_interval: Duration,
+    reconcile_interval: Duration,
     /// `[calls] inbound_contexts`, for adopting calls that began while we were away.
-    pub inbound_contexts: Vec<String>,
+    inbound_contexts: Vec<String>,
 }
 
 /// The state thread's own state: the tracker, the journal, the PBX clock, and the
