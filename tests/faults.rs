@@ -64,16 +64,11 @@ fn portal_faults_seed_6() {
 }
 
 #[test]
-#[ignore = "fails until #16 point 3: the AMI link is cut twice (1.7-3.5 s, 3.3-4.8 s); calls that \
-            began during the cuts are listed by CoreShowChannels after the reconnect but never \
-            adopted (8 of 10 in reach lost)"]
 fn all_faults_seed_3() {
     check(&Schedule::random(3, Kinds::All));
 }
 
 #[test]
-#[ignore = "fails until #16 point 3: SIGTERM and restart at 2.4 s; calls that began in the gap \
-            are listed by CoreShowChannels but never adopted (5 of 14 in reach lost)"]
 fn all_faults_seed_4() {
     check(&Schedule::random(4, Kinds::All));
 }
@@ -212,9 +207,6 @@ fn soak() {
 /// registered once and finished once. Calls that began in the gap are alive at the restart,
 /// so `CoreShowChannels` lists them.
 #[test]
-#[ignore = "fails until #16 point 3: channels that CoreShowChannels lists after a restart are \
-            not adopted, so calls that began during the gap are never registered (25 of the 96 \
-            calls in reach)"]
 fn kill_9_mid_stream_every_call_alive_while_up_is_registered_once_and_finished_once() {
     let mut traffic = TrafficSpec::new(16_001, 100, 10.0);
     traffic.mix = [40, 15, 10, 15, 10, 10, 0];

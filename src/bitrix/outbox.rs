@@ -33,8 +33,11 @@ pub use crate::statefile::Error;
 pub const OUTBOX_FILE: &str = "outbox.jsonl";
 
 /// A finished call is remembered this long after its last step, so that a late duplicate
-/// Register or Finish for it is still recognised and dropped.
-const KEEP_FINISHED_MS: u64 = 3_600_000;
+/// Register or Finish for it is still recognised and dropped. The latest a duplicate can come
+/// is a click-to-call expectation replayed after a restart and expiring (`[originate]
+/// timeout`, 30 s by default) for a call that had finished; ten minutes covers that with
+/// room, and keeps the outbox of a busy PBX at ten minutes' worth of calls.
+const KEEP_FINISHED_MS: u64 = 600_000;
 /// A call with nothing queued and no finish is forgotten after this long without a step
 /// (the tracker lost it; nothing more will come).
 const KEEP_IDLE_MS: u64 = 48 * 3_600_000;
@@ -71,8 +74,16 @@ enum Record {
         finished: bool,
         #[serde(default)]
         dead: bool,
+        /// Failed attempts of the call's current step (persisted so that a finish re-sent
+        /// after a restart knows an earlier attempt may have gone through).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        tries: u32,
         at: u64,
     },
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -102,7 +113,9 @@ pub struct CallEntry {
     /// Register failed for good: later steps have no CALL_ID to go to.
     pub dead: bool,
     pub steps: VecDeque<Step>,
-    /// Not persisted: retry state starts afresh after a restart.
+    /// Failed attempts of the current step. Persisted in the `call` record when a retry is
+    /// scheduled; a Finish left over from the last run counts at least one (it may have been
+    /// sent before the crash), so "Call is not found" for it means it went through.
     pub attempts: u32,
     pub not_before: Option<Instant>,
     last_ms: u64,
@@ -119,6 +132,7 @@ impl CallEntry {
             finishing: self.finishing,
             finished: self.finished,
             dead: self.dead,
+            tries: self.attempts,
             at: self.last_ms,
         }
     }
@@ -140,6 +154,9 @@ pub struct Outbox {
     garbage: usize,
     warn_at: usize,
     warned: bool,
+    /// When finished calls were last forgotten ([`Outbox::maybe_compact`] does it once a
+    /// minute, so their memory goes even while the file is too small to compact).
+    last_purge: Instant,
 }
 
 impl Outbox {
@@ -155,6 +172,7 @@ impl Outbox {
             garbage: 0,
             warn_at: usize::MAX,
             warned: false,
+            last_purge: Instant::now(),
         }
     }
 
@@ -202,9 +220,11 @@ impl Outbox {
                     finishing,
                     finished,
                     dead,
+                    tries,
                     at,
                 } => {
                     let e = ob.entry(&call);
+                    e.attempts = tries;
                     e.call_id = call_id.or(e.call_id.take());
                     e.responsible = user.or(e.responsible);
                     e.direction = dir;
@@ -214,6 +234,15 @@ impl Outbox {
                     e.dead |= dead;
                     e.last_ms = e.last_ms.max(at);
                 }
+            }
+        }
+        for c in ob.calls.values_mut() {
+            // A finish left from the last run may have reached Bitrix24 before the crash.
+            if c.steps
+                .front()
+                .is_some_and(|s| matches!(s.action, Action::Finish { .. }))
+            {
+                c.attempts = c.attempts.max(1);
             }
         }
         let pending = ob.pending();
@@ -243,7 +272,9 @@ impl Outbox {
         let e = self.entry(&intent.call);
         let dup = match intent.action {
             Action::Register { .. } | Action::Adopt { .. } => e.registered,
-            Action::Finish { .. } => e.finishing,
+            // A card step after the finish can only come from a call rebuilt after a restart
+            // (a journal that missed its end); Bitrix24 closed the cards with the finish.
+            Action::Finish { .. } | Action::Show { .. } | Action::Hide { .. } => e.finishing,
             _ => false,
         };
         if dup {
@@ -397,10 +428,14 @@ impl Outbox {
         let Some(c) = self.calls.get_mut(key) else {
             return 0;
         };
+        c.not_before = Some(until);
         if failed {
             c.attempts += 1;
+            let (n, rec) = (c.attempts, c.record(key));
+            line(&rec, &mut self.buf);
+            self.garbage += 1;
+            return n;
         }
-        c.not_before = Some(until);
         c.attempts
     }
 
@@ -441,6 +476,13 @@ impl Outbox {
     /// the live ones), after writing what is buffered.
     pub fn maybe_compact(&mut self) {
         self.flush();
+        if self.last_purge.elapsed() >= Duration::from_secs(60) {
+            self.last_purge = Instant::now();
+            let before = self.calls.len();
+            self.purge(now_ms());
+            // Forgotten calls' lines are garbage now.
+            self.garbage += before - self.calls.len();
+        }
         let live = self.calls.len() + self.pending();
         if self.garbage >= COMPACT_MIN_GARBAGE && self.garbage > live {
             self.purge(now_ms());
@@ -553,6 +595,11 @@ mod tests {
         assert!(matches!(c.steps[0].action, Action::Finish { .. }));
         assert!(!ob.enqueue(register("a")));
         assert!(!ob.enqueue(finish("a")));
+        let hide = Intent {
+            call: "a".into(),
+            action: Action::Hide { ext: "219".into() },
+        };
+        assert!(!ob.enqueue(hide), "no card step after the finish");
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -603,6 +650,36 @@ mod tests {
         assert_eq!(ob.pending(), 1);
         assert_eq!(ob.call("c699").unwrap().call_id.as_deref(), Some("id699"));
         assert!(ob.call("c3").unwrap().registered);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A finish that failed before a restart, or was still queued at the crash, may have gone
+    /// through: after the restart its call counts at least one attempt, so "Call is not
+    /// found" for it means done.
+    #[test]
+    fn attempts_survive_a_restart_and_a_leftover_finish_counts_one() {
+        let dir = tmp("attempts");
+        {
+            let mut ob = Outbox::open(&dir, 1000).unwrap();
+            ob.enqueue(register("a"));
+            ob.enqueue(register("b"));
+            ob.enqueue(finish("b"));
+            for (k, s) in ob.due(Instant::now()) {
+                ob.set_facts(&k, format!("id-{k}"), Some(1), Direction::Inbound);
+                ob.complete(&k, s.seq);
+            }
+            ob.enqueue(finish("a"));
+            assert_eq!(ob.hold("a", Instant::now(), true), 1);
+            assert_eq!(ob.hold("a", Instant::now(), true), 2);
+            ob.flush();
+        }
+        let ob = Outbox::open(&dir, 1000).unwrap();
+        assert_eq!(ob.call("a").unwrap().attempts, 2);
+        assert_eq!(
+            ob.call("b").unwrap().attempts,
+            1,
+            "a finish left from the last run may have been sent"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
