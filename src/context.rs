@@ -18,6 +18,7 @@ use crate::bitrix::{AppClient, AuthStatus, Directory, Transport};
 use crate::calls::tracker::Originate;
 use crate::calls::CallSummary;
 use crate::config::Config;
+use crate::statefile::DiskStatus;
 
 /// Shared, read-mostly view of the daemon for the ops endpoints and the watchdog.
 #[derive(Debug, Default)]
@@ -33,6 +34,9 @@ pub struct Health {
     pub rest: Arc<RestCounts>,
     /// The HTTP listener; down (unable to accept) makes `/healthz` 503 and stops the watchdog.
     pub listener: crate::listener_watch::Watch,
+    /// Whether the outbox and the events journal can be written; a problem makes `/healthz`
+    /// 503.
+    pub disk: Arc<DiskStatus>,
 }
 
 #[derive(Clone, Debug, Default)]

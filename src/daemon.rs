@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::context::{Context, Control, DeliveryView, Health};
 use crate::http;
 use crate::journal::{EventJournal, EventRecord};
+use crate::statefile::DiskStatus;
 
 pub fn ami_config(cfg: &Config) -> ClientConfig {
     let a = &cfg.asterisk;
@@ -127,7 +128,7 @@ impl Daemon {
             Limited::new(transport, limiter),
             health.rest.clone(),
         ));
-        let (outbox, journal, state) = open_state(cfg);
+        let (outbox, journal, state) = open_state(cfg, &health.disk);
 
         let (ami, ami_thread) = client::start(ami_config(cfg), ami_tx);
 
@@ -227,25 +228,26 @@ impl Daemon {
 }
 
 /// Open the outbox and the events journal, and rebuild the tracker from the journal. A state
-/// directory that cannot be used is logged loudly and the daemon runs from memory: losing
-/// durability is better than losing every call.
-fn open_state(cfg: &Config) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, Tracking) {
+/// directory that cannot be used is reported to `disk` (`/healthz` 503, logged once) and the
+/// daemon runs from memory: losing durability is better than losing every call.
+fn open_state(
+    cfg: &Config,
+    disk: &Arc<DiskStatus>,
+) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, Tracking) {
     let dir = &cfg.state.dir;
-    let outbox = match Outbox::open(dir, cfg.state.outbox_warn) {
-        Ok(o) => o,
-        Err(e) => {
-            log::error!("outbox: {e}; steps are kept in memory only");
-            Outbox::in_memory()
-        }
-    };
+    let outbox = Outbox::open_or_memory(dir, cfg.state.outbox_warn, disk.clone());
     let mut state = Tracking::new(Tracker::new(TrackerConfig::from_config(cfg)));
     let journal = match EventJournal::open(dir) {
-        Ok((j, records)) => {
+        Ok((mut j, records)) => {
             state.replay(&records);
+            j.report_to(disk.clone());
             Some(j)
         }
         Err(e) => {
-            log::error!("events journal: {e}; calls in progress will not survive a restart");
+            disk.failed(
+                "events journal",
+                &format!("{e}; calls in progress will not survive a restart"),
+            );
             None
         }
     };

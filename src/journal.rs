@@ -8,16 +8,18 @@
 //! the format.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::ami::Message;
-use crate::statefile::{err, line, read_lines, rewrite, Error};
+use crate::statefile::{append, err, line, read_lines, rewrite, DiskStatus, Error};
 
 pub const EVENTS_FILE: &str = "events.jsonl";
+/// The name the journal reports under in [`DiskStatus`].
+const DISK_NAME: &str = "events journal";
 
 /// One line of `events.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +57,10 @@ impl EventRecord {
 pub struct EventJournal {
     path: PathBuf,
     file: Option<File>,
+    /// Bytes of whole records in `file`: where a failed append is cut back to.
+    len: u64,
+    /// Where write failures are reported (once per change, `/healthz`).
+    disk: Option<Arc<DiskStatus>>,
     lines: usize,
     employees: Option<Vec<String>>,
     dirty: bool,
@@ -81,6 +87,8 @@ impl EventJournal {
             EventJournal {
                 path,
                 file: Some(file),
+                len: text.len() as u64,
+                disk: None,
                 lines: records.len(),
                 employees,
                 dirty: false,
@@ -94,12 +102,30 @@ impl EventJournal {
         let mut text = String::new();
         line(rec, &mut text);
         if let Some(f) = self.file.as_mut() {
-            if let Err(e) = f.write_all(text.as_bytes()) {
-                log::error!("cannot write {}: {e}", self.path.display());
+            // A failed append is cut back, so the next record does not glue onto a torn one;
+            // the event is lost to the journal (reconciliation makes up for it).
+            match append(f, &mut self.len, text.as_bytes(), false) {
+                Ok(()) => {
+                    if let Some(d) = &self.disk {
+                        d.ok(DISK_NAME);
+                    }
+                }
+                Err(e) => {
+                    let why = format!("cannot write {}: {e}", self.path.display());
+                    match &self.disk {
+                        Some(d) => d.failed(DISK_NAME, &why),
+                        None => log::error!("{why}"),
+                    }
+                }
             }
         }
         self.lines += 1;
         self.dirty = true;
+    }
+
+    /// Report write failures to `disk` (logged once per change) rather than per write.
+    pub fn report_to(&mut self, disk: Arc<DiskStatus>) {
+        self.disk = Some(disk);
     }
 
     pub fn append(&mut self, msg: &Message, at: u64) {
@@ -153,12 +179,21 @@ impl EventJournal {
         match rewrite(&self.path, &text) {
             Ok(f) => {
                 self.file = Some(f);
+                self.len = text.len() as u64;
                 self.lines = emp_lines;
                 self.dirty = false;
             }
             Err(e) => {
-                log::error!("events journal: {e}");
+                match &self.disk {
+                    Some(d) => d.failed(DISK_NAME, &e.to_string()),
+                    None => log::error!("events journal: {e}"),
+                }
                 self.file = OpenOptions::new().append(true).open(&self.path).ok();
+                self.len = self
+                    .file
+                    .as_ref()
+                    .and_then(|f| f.metadata().ok())
+                    .map_or(0, |m| m.len());
             }
         }
     }

@@ -7,7 +7,8 @@
 //! - [`urlenc`]: percent-encoding for hand-built query strings.
 //! - [`api`]: one typed function per REST method the daemon uses.
 //! - [`users`]: the internal number ↔ employee map.
-//! - [`record`]: attaching call recordings after finish.
+//! - [`record`]: attaching call recordings after finish; [`upload`]: streaming one to the
+//!   upload URL.
 //! - [`error`]: the one error type, with its retry classification.
 //! - [`outbox`]: the durable journal of steps and the events journal.
 //! - [`limiter`]: the client-side leaky bucket shared by everything that calls Bitrix24.
@@ -29,6 +30,7 @@ pub mod limiter;
 pub mod oauth;
 pub mod outbox;
 pub mod record;
+pub mod upload;
 pub mod urlenc;
 pub mod users;
 
