@@ -25,6 +25,13 @@ use crate::statefile::DiskStatus;
 pub struct Health {
     pub ami_logged_in: AtomicBool,
     pub state_alive_ms: AtomicU64,
+    /// Stamped by the delivery thread before and after every Bitrix24 request and at least
+    /// once a second when idle (an `Arc`: the request wrapper that stamps it holds it).
+    pub delivery_alive_ms: Arc<AtomicU64>,
+    /// How long the delivery thread may stay silent before it counts as stuck (one request
+    /// can take up to `[bitrix24] timeout`, twice with an OAuth refresh); 0 when there is no
+    /// delivery thread to watch.
+    pub delivery_limit_ms: AtomicU64,
     pub active_calls: Mutex<Vec<CallSummary>>,
     pub delivery: Mutex<DeliveryView>,
     /// Why Bitrix24 refuses our credentials, if it does: app mode not installed or its

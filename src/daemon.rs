@@ -29,6 +29,7 @@ use crate::ami::event::{timestamp_ms, Event};
 use crate::ami::Message;
 use crate::bitrix::counted::Counted;
 use crate::bitrix::deliver::{DeliverConfig, Deliverer};
+use crate::bitrix::heartbeat::Heartbeat;
 use crate::bitrix::limiter::{Limited, Limiter};
 use crate::bitrix::outbox::Outbox;
 use crate::bitrix::{api, AppClient, AuthStatus, Directory, Transport, WebhookClient};
@@ -119,6 +120,7 @@ impl Daemon {
         });
         let (ami_tx, ami_rx) = unbounded();
         let (wake_tx, wake_rx) = bounded::<()>(1);
+        let wake_for_attach = wake_tx.clone();
         let (ctl_tx, ctl_rx) = unbounded::<Control>();
         let (stop_tx, stop_rx) = bounded::<()>(0);
 
@@ -167,12 +169,20 @@ impl Daemon {
             })
             .expect("spawn state thread");
 
+        // The delivery thread's requests stamp its liveness (`/healthz`, the watchdog); the
+        // attach worker's do not, so a busy upload cannot hide a stuck delivery thread.
+        health.delivery_limit_ms.store(
+            delivery_limit(cfg.bitrix24.timeout).as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let beating = Heartbeat::new(transport.clone(), health.delivery_alive_ms.clone());
         let deliverer = Deliverer::with_outbox(
             DeliverConfig::from_config(cfg),
-            Box::new(transport),
+            Box::new(beating),
             Directory::from_users(Vec::new(), Instant::now()),
             outbox,
-        );
+        )
+        .with_attach_worker(transport, Some(wake_for_attach));
         let refresh = cfg.bitrix24.users_refresh;
         let h = health.clone();
         let delivery = thread::Builder::new()
@@ -225,6 +235,13 @@ impl Daemon {
         }
         self.http.shutdown();
     }
+}
+
+/// How long the delivery thread may go without a stamp before it counts as stuck: one
+/// request is bounded by `timeout`, twice when an OAuth refresh comes first, plus rate-limit
+/// waits; the idle loop stamps every second.
+pub fn delivery_limit(timeout: Duration) -> Duration {
+    timeout * 2 + Duration::from_secs(30)
 }
 
 /// Open the outbox and the events journal, and rebuild the tracker from the journal. A state
@@ -570,8 +587,12 @@ pub fn delivery_loop(
                 }
             }
         }
+        health.delivery_alive_ms.store(now_ms(), Ordering::Relaxed);
         let wake_at = next_due.map_or(next_load, |t| t.min(next_load));
-        let timeout = wake_at.saturating_duration_since(Instant::now());
+        // At least once a second: the liveness stamp, and a retry of a failed outbox write.
+        let timeout = wake_at
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
         let mut stopping = false;
         select! {
             recv(wake) -> w => stopping = w.is_err(),
