@@ -182,6 +182,10 @@ impl EventJournal {
                 self.len = text.len() as u64;
                 self.lines = emp_lines;
                 self.dirty = false;
+                // Whatever failed to be written before is not needed any more.
+                if let Some(d) = &self.disk {
+                    d.ok(DISK_NAME);
+                }
             }
             Err(e) => {
                 match &self.disk {
