@@ -135,7 +135,10 @@ fn a_replay_into_a_named_state_dir_keeps_its_outbox_there_and_respects_its_owner
     let out = replay();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains(&format!("replay: outbox in {}", state.display())), "{err}");
+    assert!(
+        err.contains(&format!("replay: outbox in {}", state.display())),
+        "{err}"
+    );
     assert!(state.join("outbox.jsonl").exists());
     let finished = portal
         .commands()
