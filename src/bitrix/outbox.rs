@@ -374,7 +374,7 @@ impl Outbox {
                 self.disk
                     .failed(DISK_NAME, &format!("cannot write {}: {e}", path.display()));
                 self.stale = true;
-                // Once at once: a passing error need not wait a second.
+                // Try once straight away: a passing error need not wait a second.
                 self.rewrite_all();
                 self.retry_at = Some(Instant::now() + REWRITE_RETRY);
             }
