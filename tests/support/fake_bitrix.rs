@@ -1885,7 +1885,7 @@ fn parse_upload(content_type: &str, body: &[u8]) -> Option<(String, Vec<u8>)> {
 /// `base64_decode($s, true)` that the portal uses.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| -> Option<u32> {
