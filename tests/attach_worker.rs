@@ -52,7 +52,7 @@ fn cards_of_other_calls_go_out_while_a_recording_uploads_slowly() {
     let audio: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
     fs::write(&rec, &audio).unwrap();
     let addr = daemon
-        .http_addr(Duration::from_secs(20))
+        .ops_addr(Duration::from_secs(20))
         .unwrap_or_else(|| panic!("HTTP not up; log:\n{}", daemon.log()));
 
     // The recorded call; its attach asks for an upload URL and starts the slow upload.

@@ -96,11 +96,12 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn http_addr(&self) -> String {
+    /// The ops listener (`/healthz` with its reasons, `/status`).
+    fn ops_addr(&self) -> String {
         let mut addr = None;
         wait_until(WAIT, || {
             addr = self.log().lines().find_map(|l| {
-                l.split_once("HTTP listening on ")
+                l.split_once("HTTP ops listening on ")
                     .map(|(_, a)| a.trim().to_string())
             });
             addr.is_some()
@@ -205,7 +206,7 @@ fn a_second_daemon_on_the_same_state_dir_exits_at_once_naming_the_first() {
     let conf = first.dir.path().join("callme.conf");
     let log = first.dir.path().join("second.log");
     let second = Daemon::start(&conf, log, None);
-    second.http_addr();
+    second.ops_addr();
     assert!(second.log().contains("HTTP listening"), "{}", second.log());
 }
 
@@ -222,7 +223,7 @@ fn a_state_dir_that_cannot_be_created_makes_healthz_503_and_calls_still_go_throu
     fs::write(&conf, config(&ami, &portal, &state)).unwrap();
     ami.set_stream(call_bytes(1));
     let daemon = Daemon::start(&conf, dir.path().join("log"), None);
-    let addr = daemon.http_addr();
+    let addr = daemon.ops_addr();
 
     assert!(
         wait_until(WAIT, || completed(&portal) == (1, 1)),
@@ -263,7 +264,7 @@ fn writes_failing_for_room_make_healthz_503_cut_torn_records_and_recover() {
     fs::write(&conf, config(&ami, &portal, &state)).unwrap();
     // 6 KiB per file: a few calls fill it.
     let daemon = Daemon::start(&conf, dir.path().join("log"), Some(12));
-    let addr = daemon.http_addr();
+    let addr = daemon.ops_addr();
     assert!(ami.wait_accepted(1, WAIT));
 
     let calls = 12;
