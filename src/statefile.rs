@@ -138,8 +138,8 @@ impl DiskStatus {
         let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
         if p.insert(what, why.to_string()).is_none() {
             log::error!(
-                "{what}: {why}; calls still go through from memory, but a restart now would \
-                 lose what is not on disk. Retrying"
+                "{what}: {why}; calls still go through from memory, but what is not on disk \
+                 would not survive a restart"
             );
         }
     }
