@@ -381,11 +381,6 @@ impl Outbox {
         }
     }
 
-    /// Whether the outbox is on disk (false while writes fail, or if it is memory only).
-    pub fn is_durable(&self) -> bool {
-        self.file.is_some() && !self.stale
-    }
-
     pub fn call(&self, key: &str) -> Option<&CallEntry> {
         self.calls.get(key)
     }

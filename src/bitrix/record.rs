@@ -13,8 +13,13 @@
 //!    delay, up to `wait`;
 //! 3. after `wait`, send the WAV of the same name if it is there, else give up with one log
 //!    line;
-//! 4. send it: `RECORD_URL` (`mode = url`), base64 `FILE_CONTENT`, or, above `upload_max`,
-//!    `FILENAME` alone and then the file to the returned upload URL (`mode = upload`).
+//! 4. send it: `RECORD_URL` (`mode = url`), base64 `FILE_CONTENT` (encoded as the file is
+//!    read), or, above `upload_max`, `FILENAME` alone and then the file streamed to the
+//!    returned upload URL ([`super::upload`], `mode = upload`). A file is never held whole,
+//!    raw and encoded.
+//!
+//! The daemon runs attaches on their own thread ([`super::attach_worker`]): all of this can
+//! take minutes, and cards must not wait for it.
 
 use std::fs;
 use std::io::{ErrorKind, Read};
@@ -33,8 +38,8 @@ use crate::config::{RecordingConfig, RecordingMode};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Downloading a recording from the PBX and uploading it to Bitrix24.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
-/// Larger files are refused: a recording this size is a runaway MixMonitor, and reading it
-/// would hold that much memory.
+/// Larger files are refused (by their size on disk or `Content-Length`, before a byte is
+/// read): a recording this size is a runaway MixMonitor.
 const MAX_FILE: u64 = 512 * 1024 * 1024;
 /// The longest pause between two looks for the file.
 const MAX_POLL: Duration = Duration::from_secs(15);
