@@ -145,15 +145,18 @@ fn completed(portal: &FakeBitrix) -> (usize, usize) {
     )
 }
 
-/// Every line of `outbox.jsonl` is a whole JSON record: no torn one, none glued to the next.
+/// Every line of `outbox.jsonl` and `events.jsonl` is a whole JSON record: no torn one, none
+/// glued to the next.
 fn assert_whole_records(state: &Path) {
-    let text = fs::read_to_string(state.join("outbox.jsonl")).unwrap_or_default();
-    for (i, l) in text.lines().enumerate() {
-        assert!(
-            serde_json::from_str::<serde_json::Value>(l).is_ok(),
-            "outbox.jsonl:{}: not a whole record: {l}",
-            i + 1
-        );
+    for file in ["outbox.jsonl", "events.jsonl"] {
+        let text = fs::read_to_string(state.join(file)).unwrap_or_default();
+        for (i, l) in text.lines().enumerate() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(l).is_ok(),
+                "{file}:{}: not a whole record: {l}",
+                i + 1
+            );
+        }
     }
 }
 
