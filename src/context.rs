@@ -18,12 +18,20 @@ use crate::bitrix::{AppClient, AuthStatus, Directory, SharedDirectory, Transport
 use crate::calls::tracker::Originate;
 use crate::calls::CallSummary;
 use crate::config::Config;
+use crate::statefile::DiskStatus;
 
 /// Shared, read-mostly view of the daemon for the ops endpoints and the watchdog.
 #[derive(Debug, Default)]
 pub struct Health {
     pub ami_logged_in: AtomicBool,
     pub state_alive_ms: AtomicU64,
+    /// Stamped by the delivery thread before and after every Bitrix24 request and at least
+    /// once a second when idle (an `Arc`: the request wrapper that stamps it holds it).
+    pub delivery_alive_ms: Arc<AtomicU64>,
+    /// How long the delivery thread may stay silent before it counts as stuck (one request
+    /// can take up to `[bitrix24] timeout`, twice with an OAuth refresh); 0 when there is no
+    /// delivery thread to watch.
+    pub delivery_limit_ms: AtomicU64,
     pub active_calls: Mutex<Vec<CallSummary>>,
     pub delivery: Mutex<DeliveryView>,
     /// Why Bitrix24 refuses our credentials, if it does: app mode not installed or its
@@ -33,6 +41,9 @@ pub struct Health {
     pub rest: Arc<RestCounts>,
     /// The HTTP listener; down (unable to accept) makes `/healthz` 503 and stops the watchdog.
     pub listener: crate::listener_watch::Watch,
+    /// Whether the outbox and the events journal can be written; a problem makes `/healthz`
+    /// 503.
+    pub disk: Arc<DiskStatus>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -31,6 +31,7 @@ use crate::ami::event::{timestamp_ms, Event};
 use crate::ami::Message;
 use crate::bitrix::counted::Counted;
 use crate::bitrix::deliver::{DeliverConfig, Deliverer};
+use crate::bitrix::heartbeat::Heartbeat;
 use crate::bitrix::limiter::{Limited, Limiter};
 use crate::bitrix::outbox::Outbox;
 use crate::bitrix::{
@@ -45,6 +46,7 @@ use crate::config::Config;
 use crate::context::{publish_directory, Context, Control, DeliveryView, Health};
 use crate::http;
 use crate::journal::{EventJournal, EventRecord, OriginateRecord};
+use crate::statefile::DiskStatus;
 
 pub fn ami_config(cfg: &Config) -> ClientConfig {
     let a = &cfg.asterisk;
@@ -124,6 +126,7 @@ impl Daemon {
         });
         let (ami_tx, ami_rx) = unbounded();
         let (wake_tx, wake_rx) = bounded::<()>(1);
+        let wake_for_attach = wake_tx.clone();
         let (ctl_tx, ctl_rx) = unbounded::<Control>();
         let (stop_tx, stop_rx) = bounded::<()>(0);
 
@@ -133,7 +136,7 @@ impl Daemon {
             Limited::new(transport, limiter),
             health.rest.clone(),
         ));
-        let (outbox, journal, state) = open_state(cfg);
+        let (outbox, journal, state) = open_state(cfg, &health.disk);
 
         let (ami, ami_thread) = client::start(ami_config(cfg), ami_tx);
 
@@ -176,12 +179,20 @@ impl Daemon {
             })
             .expect("spawn state thread");
 
+        // The delivery thread's requests stamp its liveness (`/healthz`, the watchdog); the
+        // attach worker's do not, so a busy upload cannot hide a stuck delivery thread.
+        health.delivery_limit_ms.store(
+            delivery_limit(cfg.bitrix24.timeout).as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let beating = Heartbeat::new(transport.clone(), health.delivery_alive_ms.clone());
         let deliverer = Deliverer::with_outbox(
             DeliverConfig::from_config(cfg),
-            Box::new(transport),
+            Box::new(beating),
             directory,
             outbox,
-        );
+        )
+        .with_attach_worker(transport, Some(wake_for_attach));
         let refresh = cfg.bitrix24.users_refresh;
         let h = health.clone();
         let delivery = thread::Builder::new()
@@ -234,26 +245,34 @@ impl Daemon {
     }
 }
 
+/// How long the delivery thread may go without a stamp before it counts as stuck: one
+/// request is bounded by `timeout`, twice when an OAuth refresh comes first, plus rate-limit
+/// waits; the idle loop stamps every second.
+pub fn delivery_limit(timeout: Duration) -> Duration {
+    timeout * 2 + Duration::from_secs(30)
+}
+
 /// Open the outbox and the events journal, and rebuild the tracker from the journal. A state
-/// directory that cannot be used is logged loudly and the daemon runs from memory: losing
-/// durability is better than losing every call.
-fn open_state(cfg: &Config) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, Tracking) {
+/// directory that cannot be used is reported to `disk` (`/healthz` 503, logged once) and the
+/// daemon runs from memory: losing durability is better than losing every call.
+fn open_state(
+    cfg: &Config,
+    disk: &Arc<DiskStatus>,
+) -> (Arc<Mutex<Outbox>>, Option<EventJournal>, Tracking) {
     let dir = &cfg.state.dir;
-    let outbox = match Outbox::open(dir, cfg.state.outbox_warn) {
-        Ok(o) => o,
-        Err(e) => {
-            log::error!("outbox: {e}; steps are kept in memory only");
-            Outbox::in_memory()
-        }
-    };
+    let outbox = Outbox::open_or_memory(dir, cfg.state.outbox_warn, disk.clone());
     let mut state = Tracking::new(Tracker::new(TrackerConfig::from_config(cfg)));
     let journal = match EventJournal::open(dir) {
-        Ok((j, records)) => {
+        Ok((mut j, records)) => {
             state.replay(&records);
+            j.report_to(disk.clone());
             Some(j)
         }
         Err(e) => {
-            log::error!("events journal: {e}; calls in progress will not survive a restart");
+            disk.failed(
+                "events journal",
+                &format!("{e}; calls in progress will not survive a restart"),
+            );
             None
         }
     };
@@ -804,8 +823,12 @@ pub fn delivery_loop(
                 }
             }
         }
+        health.delivery_alive_ms.store(now_ms(), Ordering::Relaxed);
         let wake_at = next_due.map_or(next_load, |t| t.min(next_load));
-        let timeout = wake_at.saturating_duration_since(Instant::now());
+        // At least once a second: the liveness stamp, and a retry of a failed outbox write.
+        let timeout = wake_at
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
         let mut stopping = false;
         select! {
             recv(wake) -> w => stopping = w.is_err(),

@@ -22,14 +22,17 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::ami::Message;
-use crate::statefile::{err, line, read_lines, rewrite, Error};
+use crate::statefile::{err, line, read_lines, rewrite, DiskStatus, Error};
 
 pub const EVENTS_FILE: &str = "events.jsonl";
+/// The name the journal reports under in [`DiskStatus`].
+const DISK_NAME: &str = "events journal";
 
 /// Lines the journal may grow by beyond twice what the last compaction kept.
 pub const COMPACT_SLACK: usize = 1000;
@@ -138,9 +141,16 @@ pub struct EventJournal {
     /// the file may hold a torn record or miss some. The records are whole in memory, so the
     /// file is rewritten from them, at most once a second, until that works.
     broken: Option<Instant>,
+    /// Where write failures are reported (once per change, `/healthz`).
+    disk: Option<Arc<DiskStatus>>,
 }
 
 impl EventJournal {
+    /// Report write failures to `disk` (logged once per change) rather than per write.
+    pub fn report_to(&mut self, disk: Arc<DiskStatus>) {
+        self.disk = Some(disk);
+    }
+
     /// Load `dir/events.jsonl` and rewrite it without a torn tail. Returns the records to
     /// replay.
     pub fn open(dir: &Path) -> Result<(EventJournal, Vec<EventRecord>), Error> {
@@ -156,6 +166,7 @@ impl EventJournal {
             dirty: false,
             last_sync: Instant::now(),
             broken: None,
+            disk: None,
         };
         for r in &records {
             match r {
@@ -197,7 +208,12 @@ impl EventJournal {
     fn write_text(&mut self, text: &str) {
         if let Some(f) = self.file.as_mut() {
             if let Err(e) = f.write_all(text.as_bytes()) {
-                log::error!("cannot write {}: {e}", self.path.display());
+                // The records are whole in memory: the file is rewritten from them (`broken`).
+                let why = format!("cannot write {}: {e}", self.path.display());
+                match &self.disk {
+                    Some(d) => d.failed(DISK_NAME, &why),
+                    None => log::error!("{why}"),
+                }
                 self.broken.get_or_insert_with(Instant::now);
             }
         }
@@ -318,13 +334,19 @@ impl EventJournal {
                 if self.broken.take().is_some() {
                     log::info!("events journal: rewritten whole after a failed write");
                 }
+                if let Some(d) = &self.disk {
+                    d.ok(DISK_NAME);
+                }
                 log::debug!(
                     "events journal compacted: {before} record(s) → {}",
                     self.entries.len()
                 );
             }
             Err(e) => {
-                log::error!("events journal: {e}");
+                match &self.disk {
+                    Some(d) => d.failed(DISK_NAME, &e.to_string()),
+                    None => log::error!("events journal: {e}"),
+                }
                 self.file = OpenOptions::new().append(true).open(&self.path).ok();
                 self.broken = Some(Instant::now());
             }

@@ -32,5 +32,6 @@ pub mod replay;
 #[allow(unsafe_code)]
 pub mod rlimit;
 pub mod statefile;
+pub mod statelock;
 pub mod supervisor;
 pub mod text;

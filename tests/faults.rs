@@ -128,7 +128,6 @@ fn the_first_calls_after_a_start_are_registered_while_the_directory_loads() {
 /// While the state dir's files cannot grow (`EFBIG`), `/healthz` says 503 with the reason;
 /// once the disk has room again it says 200.
 #[test]
-#[ignore = "fails until #16 point 5: /healthz stays 200 while every journal write fails"]
 fn a_full_disk_turns_healthz_503_until_it_has_room_again() {
     let mut rig = chaos::Rig::new(true, "rate = 20\nusers_refresh = 2\n");
     rig.start_limited(chaos::FULL_DISK_BLOCKS);

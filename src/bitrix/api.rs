@@ -7,9 +7,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::agent::{agent, Redirects};
-use super::client::{redact_url, Transport};
-use super::envelope::{json_u64, parse_envelope};
+use super::client::Transport;
+use super::envelope::json_u64;
 use super::error::Error;
 use super::urlenc::url_encode;
 
@@ -533,86 +532,6 @@ pub fn attach_record(
     Ok(Attached::File(r.get("FILE_ID").and_then(json_u64)))
 }
 
-/// POST a file to the upload URL that `attachRecord` returned (§4.2 mode 3), as
-/// `multipart/form-data` with one file field. The body is built by hand: it is one part, and
-/// no multipart crate is allowed. Returns the Drive file id if the answer has one.
-///
-/// The URL carries a token (and, for webhooks, the webhook code): it is never logged or put
-/// into an error as is, only through [`redact_url`].
-pub fn upload_record(
-    upload_url: &str,
-    field_name: &str,
-    filename: &str,
-    content: &[u8],
-    timeout: std::time::Duration,
-) -> Result<Option<u64>, Error> {
-    let boundary = multipart_boundary(content);
-    let body = multipart_body(&boundary, field_name, filename, content);
-    let agent = agent(timeout, Redirects::Follow);
-    let shown = redact_url(upload_url);
-    log::debug!(
-        "bitrix24 -> POST {shown} ({} bytes, {filename})",
-        content.len()
-    );
-    let scrub = |m: String| m.replace(upload_url, &shown);
-    let mut response = agent
-        .post(upload_url)
-        .header(
-            "Content-Type",
-            &format!("multipart/form-data; boundary={boundary}"),
-        )
-        .send(&body[..])
-        .map_err(|e| Error::Transport(scrub(e.to_string())))?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| Error::Transport(scrub(format!("reading upload response: {e}"))))?;
-    log::debug!(
-        "bitrix24 <- upload HTTP {status}: {}",
-        super::error::truncate(&text, 512)
-    );
-    let reply = parse_envelope(status, &text)?;
-    Ok(reply.result.get("FILE_ID").and_then(json_u64))
-}
-
-/// A boundary that does not occur in `content` (checked, not just hoped for).
-fn multipart_boundary(content: &[u8]) -> String {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    (0u32..)
-        .map(|n| format!("callme-{seed:x}-{n}"))
-        .find(|b| !content.windows(b.len()).any(|w| w == b.as_bytes()))
-        .expect("some boundary is free")
-}
-
-/// One-part `multipart/form-data` body (RFC 7578). Quotes and line breaks in the name are
-/// replaced, since they would end the header.
-pub fn multipart_body(boundary: &str, field: &str, filename: &str, content: &[u8]) -> Vec<u8> {
-    let clean = |s: &str| s.replace(['"', '\r', '\n', '\\'], "_");
-    let mime = if filename.ends_with(".mp3") {
-        "audio/mpeg"
-    } else if filename.ends_with(".wav") {
-        "audio/wav"
-    } else {
-        "application/octet-stream"
-    };
-    let mut body = Vec::with_capacity(content.len() + 256);
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\n\
-             Content-Type: {mime}\r\n\r\n",
-            clean(field),
-            clean(filename)
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(content);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    body
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::envelope::Reply;
@@ -898,17 +817,5 @@ mod tests {
             attach_record(&t, "c1", &name),
             Err(Error::Decode(_))
         ));
-    }
-
-    #[test]
-    fn multipart_body_is_one_file_part() {
-        let b = multipart_body("XyZ", "file", "a\".mp3", b"\x00\x01ID3");
-        let mut want = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; \
-                         filename=\"a_.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
-            .to_vec();
-        want.extend_from_slice(b"\x00\x01ID3\r\n--XyZ--\r\n");
-        assert_eq!(b, want);
-        let boundary = multipart_boundary(b"callme-");
-        assert!(boundary.starts_with("callme-"));
     }
 }

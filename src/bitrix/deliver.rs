@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::api::{self, FinishParams, RegisterParams};
+use super::attach_worker::{AttachWorker, Job};
 use super::client::{Reply, Transport};
 use super::outbox::{Outbox, Step};
 use super::users::{Directory, SharedDirectory};
@@ -204,7 +205,16 @@ pub struct Deliverer {
     /// (for the backoff). Bounded by the calls in the outbox: an entry goes when its call's
     /// step runs with the directory loaded.
     waiting: HashMap<String, u32>,
+    /// Where attaches run when set (the daemon): off this thread, so that cards never wait
+    /// behind an upload. `None`: inline (replay, the demo, tests of the step logic).
+    attach_worker: Option<AttachWorker>,
 }
+
+/// A due attach waiting for the busy attach worker looks again this soon.
+const ATTACH_QUEUED: Duration = Duration::from_millis(250);
+/// An attach in flight holds its call this long at most; its result (or the worker's death)
+/// settles it long before.
+const ATTACH_IN_FLIGHT: Duration = Duration::from_secs(24 * 3600);
 
 impl Deliverer {
     /// A deliverer with an in-memory outbox that sends one request at a time: for
@@ -237,8 +247,27 @@ impl Deliverer {
             batching: true,
             attach_since: HashMap::new(),
             waiting: HashMap::new(),
+            attach_worker: None,
             stats: DeliveryStats::default(),
         }
+    }
+
+    /// Run recording attaches on a worker thread of their own (see [`AttachWorker`]), with
+    /// `transport` (not this deliverer's, whose requests stamp the delivery thread's
+    /// liveness); `wake` is signalled when one finishes. If the thread cannot be started,
+    /// attaches stay inline.
+    pub fn with_attach_worker(
+        mut self,
+        transport: Arc<dyn Transport>,
+        wake: Option<crossbeam_channel::Sender<()>>,
+    ) -> Self {
+        match AttachWorker::spawn(self.cfg.recording.clone(), transport, wake) {
+            Ok(w) => self.attach_worker = Some(w),
+            Err(e) => {
+                log::error!("cannot start the recording attach thread ({e}); attaching inline")
+            }
+        }
+        self
     }
 
     /// Publish a freshly loaded directory (to everyone sharing it) and let the steps that
@@ -307,6 +336,7 @@ impl Deliverer {
     pub fn run_due(&mut self, now: Instant) -> Option<Instant> {
         // Each pass moves every due call one step; a call on hold drops out of `due`.
         for _ in 0..100_000 {
+            self.collect_attaches();
             let due = self.ob().due(now);
             if due.is_empty() {
                 break;
@@ -325,6 +355,12 @@ impl Deliverer {
                 self.run_batch(chunk.to_vec(), now);
             }
             for (key, step) in single {
+                if matches!(step.action, Action::Attach { .. })
+                    && self.attach_worker.as_ref().is_some_and(|w| !w.is_dead())
+                {
+                    self.start_attach(&key, &step, now);
+                    continue;
+                }
                 let t = Arc::clone(&self.transport);
                 let result = self.step(&key, &step.action, t.as_ref());
                 self.settle(&key, &step, result, now);
@@ -334,6 +370,53 @@ impl Deliverer {
         let mut ob = self.ob();
         ob.maybe_compact();
         ob.next_due()
+    }
+
+    /// Hand a due attach to the worker, holding its call while it runs (or, with the worker
+    /// busy, for a moment before looking again).
+    fn start_attach(&mut self, key: &str, step: &Step, now: Instant) {
+        let Action::Attach { path } = &step.action else {
+            return;
+        };
+        let Some(call_id) = self.call_id(key) else {
+            let skipped = Ok(Done::Skipped("call is not registered".into()));
+            self.settle(key, step, skipped, now);
+            return;
+        };
+        let since = *self
+            .attach_since
+            .entry(key.to_string())
+            .or_insert_with(Instant::now);
+        let job = Job {
+            key: key.to_string(),
+            seq: step.seq,
+            call_id,
+            path: path.clone(),
+            waited: since.elapsed(),
+        };
+        let submitted = self.attach_worker.as_mut().is_some_and(|w| w.submit(job));
+        let hold = if submitted {
+            ATTACH_IN_FLIGHT
+        } else {
+            ATTACH_QUEUED
+        };
+        self.ob().hold(key, now + hold, false);
+    }
+
+    /// Settle the attach the worker finished, if any.
+    fn collect_attaches(&mut self) {
+        while let Some(f) = self.attach_worker.as_mut().and_then(AttachWorker::poll) {
+            let step = self
+                .ob()
+                .call(&f.key)
+                .and_then(|c| c.steps.iter().find(|s| s.seq == f.seq).cloned());
+            let Some(step) = step else {
+                continue;
+            };
+            let call_id = self.call_id(&f.key).unwrap_or_default();
+            let result = self.attach_outcome(&f.key, &call_id, f.result);
+            self.settle(&f.key, &step, result, Instant::now());
+        }
     }
 
     /// One step of each call in `due` (at most [`api::BATCH_MAX`]), their requests packed
@@ -635,23 +718,34 @@ impl Deliverer {
                     .attach_since
                     .entry(key.to_string())
                     .or_insert_with(Instant::now);
-                let step =
-                    super::record::attach(&self.cfg.recording, t, &call_id, path, since.elapsed())?;
-                if !matches!(step, super::record::Progress::Later(_)) {
-                    self.attach_since.remove(key);
-                }
-                match step {
-                    super::record::Progress::Attached(how) => {
-                        log::info!("{key}: recording attached to {call_id}: {how}");
-                        Ok(Done::Ok)
-                    }
-                    super::record::Progress::Later(d) => Ok(Done::Later(d)),
-                    super::record::Progress::Skipped { why, outcome } => {
-                        // Why nothing was sent, beside the general "skipped" count.
-                        self.stats.count("attachRecord", outcome);
-                        Ok(Done::Skipped(why))
-                    }
-                }
+                let r =
+                    super::record::attach(&self.cfg.recording, t, &call_id, path, since.elapsed());
+                self.attach_outcome(key, &call_id, r)
+            }
+        }
+    }
+
+    /// An attach's [`Progress`] as a step outcome (inline or from the worker).
+    fn attach_outcome(
+        &mut self,
+        key: &str,
+        call_id: &str,
+        r: Result<super::record::Progress, Error>,
+    ) -> Result<Done, Error> {
+        let step = r?;
+        if !matches!(step, super::record::Progress::Later(_)) {
+            self.attach_since.remove(key);
+        }
+        match step {
+            super::record::Progress::Attached(how) => {
+                log::info!("{key}: recording attached to {call_id}: {how}");
+                Ok(Done::Ok)
+            }
+            super::record::Progress::Later(d) => Ok(Done::Later(d)),
+            super::record::Progress::Skipped { why, outcome } => {
+                // Why nothing was sent, beside the general "skipped" count.
+                self.stats.count("attachRecord", outcome);
+                Ok(Done::Skipped(why))
             }
         }
     }

@@ -14,19 +14,24 @@
 //! A torn last line (crash mid-write) is logged and skipped; everything before it is kept.
 //! Both files are rewritten (temp file, fsync, rename, fsync the directory) at start, so a
 //! torn tail never glues onto the next record.
+//!
+//! Disk trouble (full, read-only, gone): a failed append is cut back to the last whole record
+//! and the file is marked stale; delivery goes on from memory, and the whole outbox is
+//! rewritten from memory (at most once a second) until that works. The state is reported to
+//! a shared [`DiskStatus`] (`/healthz` 503 while it fails), logged once per change.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::calls::{Action, Direction, Intent};
 use crate::clock::now_ms;
-use crate::statefile::{err, line, read_lines, rewrite};
+use crate::statefile::{append, err, line, read_lines, rewrite, DiskStatus};
 
 pub use crate::statefile::Error;
 
@@ -43,6 +48,10 @@ const KEEP_FINISHED_MS: u64 = 600_000;
 const KEEP_IDLE_MS: u64 = 48 * 3_600_000;
 /// Compact once at least this many journal lines are no longer needed…
 const COMPACT_MIN_GARBAGE: usize = 1000;
+/// While the file cannot be written, a full rewrite from memory is tried this often.
+const REWRITE_RETRY: Duration = Duration::from_secs(1);
+/// The name the outbox reports under in [`DiskStatus`].
+const DISK_NAME: &str = "outbox";
 
 /// One line of `outbox.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +153,13 @@ impl CallEntry {
 pub struct Outbox {
     path: Option<PathBuf>,
     file: Option<File>,
+    /// Bytes of whole records in `file`: where a failed append is cut back to.
+    len: u64,
+    /// A write failed: appending is off until a full rewrite from memory succeeds (tried at
+    /// `retry_at`, then every [`REWRITE_RETRY`]).
+    stale: bool,
+    retry_at: Option<Instant>,
+    disk: Arc<DiskStatus>,
     /// Records not yet written (done/call records are written at the end of a delivery round).
     buf: String,
     calls: HashMap<String, CallEntry>,
@@ -165,6 +181,10 @@ impl Outbox {
         Outbox {
             path: None,
             file: None,
+            len: 0,
+            stale: false,
+            retry_at: None,
+            disk: Arc::new(DiskStatus::default()),
             buf: String::new(),
             calls: HashMap::new(),
             order: VecDeque::new(),
@@ -177,13 +197,41 @@ impl Outbox {
     }
 
     /// Load `dir/outbox.jsonl` (if any) and rewrite it compacted. Steps not yet done are
-    /// queued again; calls' facts (CALL_ID, responsible, direction) come back with them.
+    /// queued again; calls' facts (CALL_ID, responsible, direction) come back with them. Fails
+    /// only if the directory cannot be created or the file read; a rewrite that fails is
+    /// retried later (see [`Outbox::flush`]).
     pub fn open(dir: &Path, warn_at: usize) -> Result<Outbox, Error> {
+        Self::open_reporting(dir, warn_at, Arc::new(DiskStatus::default()))
+    }
+
+    /// [`Outbox::open`], reporting whether the file can be written to `disk`. A state dir
+    /// that cannot be created or read at start gives an outbox in memory, reported to `disk`
+    /// until the process ends: rewriting a file we could not read would throw away the steps
+    /// in it, so only a restart tries again. One we could read but not rewrite is rewritten
+    /// from memory once it can be.
+    pub fn open_or_memory(dir: &Path, warn_at: usize, disk: Arc<DiskStatus>) -> Outbox {
+        match Self::open_reporting(dir, warn_at, disk.clone()) {
+            Ok(o) => o,
+            Err(e) => {
+                disk.failed(
+                    DISK_NAME,
+                    &format!("{e}; steps are kept in memory only until a restart"),
+                );
+                let mut o = Outbox::in_memory();
+                o.warn_at = warn_at;
+                o.disk = disk;
+                o
+            }
+        }
+    }
+
+    fn open_reporting(dir: &Path, warn_at: usize, disk: Arc<DiskStatus>) -> Result<Outbox, Error> {
         fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
         let path = dir.join(OUTBOX_FILE);
         let records: Vec<Record> = read_lines(&path)?;
         let mut ob = Outbox::in_memory();
         ob.warn_at = warn_at;
+        ob.disk = disk;
         let mut done = HashSet::new();
         for r in &records {
             if let Record::Done { seq } = r {
@@ -254,7 +302,12 @@ impl Outbox {
         }
         ob.purge(now_ms());
         ob.path = Some(path);
-        ob.compact()?;
+        if let Err(e) = ob.compact() {
+            // We could read the file, so rewriting it from memory later is safe.
+            ob.disk.failed(DISK_NAME, &e.to_string());
+            ob.stale = true;
+            ob.retry_at = Some(Instant::now() + REWRITE_RETRY);
+        }
         Ok(ob)
     }
 
@@ -321,24 +374,42 @@ impl Outbox {
         }
     }
 
-    /// Write and fsync what is buffered. A write error is logged, not fatal: the steps are
-    /// still in memory and delivery goes on; only a crash now would lose them.
+    /// Write and fsync what is buffered. A write error is not fatal: the steps are in memory
+    /// and delivery goes on. The file is cut back to its last whole record and marked stale,
+    /// and from then on the whole outbox is rewritten from memory (at most once every
+    /// [`REWRITE_RETRY`]) until that works: the retry carries what failed, and no torn record
+    /// is ever glued onto the next one.
     pub fn flush(&mut self) {
+        if self.stale {
+            self.buf.clear();
+            if self.retry_at.is_none_or(|t| Instant::now() >= t) {
+                self.retry_at = Some(Instant::now() + REWRITE_RETRY);
+                self.rewrite_all();
+            }
+            return;
+        }
         if self.buf.is_empty() {
             return;
         }
-        if let Some(f) = self.file.as_mut() {
-            let r = f
-                .write_all(self.buf.as_bytes())
-                .and_then(|()| f.sync_data());
-            if let Err(e) = r {
-                log::error!(
-                    "outbox: cannot write {}: {e}; steps are kept in memory only",
-                    self.path.as_deref().unwrap_or(Path::new("?")).display()
-                );
+        let Some(f) = self.file.as_mut() else {
+            // In memory only.
+            self.buf.clear();
+            return;
+        };
+        let r = append(f, &mut self.len, self.buf.as_bytes(), true);
+        self.buf.clear();
+        match r {
+            Ok(()) => self.disk.ok(DISK_NAME),
+            Err(e) => {
+                let path = self.path.as_deref().unwrap_or(Path::new("?"));
+                self.disk
+                    .failed(DISK_NAME, &format!("cannot write {}: {e}", path.display()));
+                self.stale = true;
+                // Try once straight away: a passing error need not wait a second.
+                self.rewrite_all();
+                self.retry_at = Some(Instant::now() + REWRITE_RETRY);
             }
         }
-        self.buf.clear();
     }
 
     pub fn call(&self, key: &str) -> Option<&CallEntry> {
@@ -484,21 +555,42 @@ impl Outbox {
             self.garbage += before - self.calls.len();
         }
         let live = self.calls.len() + self.pending();
-        if self.garbage >= COMPACT_MIN_GARBAGE && self.garbage > live {
+        if !self.stale && self.garbage >= COMPACT_MIN_GARBAGE && self.garbage > live {
             self.purge(now_ms());
             if let Err(e) = self.compact() {
-                log::error!("outbox: compaction failed, keeping the long journal: {e}");
+                // The old file is gone or was replaced under our handle: rewrite from memory
+                // until it works, like after a failed append.
+                self.disk
+                    .failed(DISK_NAME, &format!("compaction failed: {e}"));
+                self.stale = true;
+                self.retry_at = Some(Instant::now() + REWRITE_RETRY);
             }
         }
     }
 
+    /// The rewrite that ends a stale spell: everything in memory, then appending again.
+    fn rewrite_all(&mut self) {
+        self.purge(now_ms());
+        match self.compact() {
+            Ok(()) => {
+                self.stale = false;
+                self.retry_at = None;
+                self.disk.ok(DISK_NAME);
+            }
+            Err(e) => self.disk.failed(DISK_NAME, &e.to_string()),
+        }
+    }
+
     /// Rewrite the journal with only what is still needed: one `call` record per call we
-    /// remember, then its pending steps.
+    /// remember, then its pending steps. Memory is the whole truth: what is buffered is part
+    /// of the rewrite (and dropped from the buffer). On failure the file handle is dropped
+    /// (it may point at a replaced file): the caller marks the outbox stale.
     fn compact(&mut self) -> Result<(), Error> {
-        self.flush();
         let Some(path) = self.path.clone() else {
+            self.buf.clear();
             return Ok(());
         };
+        self.buf.clear();
         let mut text = String::new();
         for key in &self.order {
             let Some(c) = self.calls.get(key) else {
@@ -519,6 +611,7 @@ impl Outbox {
         }
         self.file = None;
         self.file = Some(rewrite(&path, &text)?);
+        self.len = text.len() as u64;
         self.garbage = 0;
         Ok(())
     }

@@ -48,6 +48,8 @@
 //!   maintenance. The connection is answered, not dropped: tiny_http cannot close a connection
 //!   without answering, and a refused connection is easier to get from a closed port (see
 //!   [`closed_port_url`]). Requests while down are recorded too.
+//! - [`FakeBitrix::set_upload_delay`]: a slow upload endpoint; other requests are served
+//!   meanwhile.
 //! - [`FakeBitrix::set_rate_limit`]: a leaky bucket like the cloud's (§9.4). Off by default.
 //!   When it overflows the request gets HTTP 503
 //!   `{"error":"QUERY_LIMIT_EXCEEDED","error_description":"Too many requests"}`; a `batch`
@@ -167,6 +169,9 @@ struct State {
     records: Vec<AttachedRecord>,
     /// Upload URL token → (CALL_ID, FILENAME) of an `attachRecord` without `FILE_CONTENT`.
     uploads: BTreeMap<String, (String, String)>,
+    /// How long an upload to an upload URL waits before it is read and answered (on a thread
+    /// of its own, so other requests are served meanwhile): a slow upload endpoint.
+    upload_delay: Duration,
     /// App (OAuth) mode, when enabled with [`FakeBitrix::enable_app`].
     app: Option<AppAuth>,
     /// Answer `WRONG_AUTH_TYPE` to telephony methods called through the webhook (§1.4).
@@ -286,7 +291,21 @@ impl FakeBitrix {
                 .name("fake-bitrix".into())
                 .spawn(move || {
                     for request in server.incoming_requests() {
-                        serve(&shared, request);
+                        let delay = if request.url().contains("/upload/") {
+                            shared.lock().upload_delay
+                        } else {
+                            Duration::ZERO
+                        };
+                        if delay.is_zero() {
+                            serve(&shared, request);
+                        } else {
+                            let shared = shared.clone();
+                            std::thread::spawn(move || {
+                                // The slow endpoint is the scenario, not a wait.
+                                std::thread::sleep(delay);
+                                serve(&shared, request);
+                            });
+                        }
                     }
                 })
                 .expect("spawn fake Bitrix24")
@@ -506,6 +525,12 @@ impl FakeBitrix {
     /// A client that retries then meets the portal's answer to a repeated request.
     pub fn lose_next_response(&self, method: &str) {
         self.shared.lock().lost.push(method.to_ascii_lowercase());
+    }
+
+    /// Hold each upload to an upload URL (§4.2 mode 3) for `delay` before reading it, while
+    /// every other request is served as usual: a slow upload endpoint.
+    pub fn set_upload_delay(&self, delay: Duration) {
+        self.shared.lock().upload_delay = delay;
     }
 
     /// Enforce a leaky bucket of `burst` requests draining `rate` per second (see module docs).
@@ -1860,7 +1885,7 @@ fn parse_upload(content_type: &str, body: &[u8]) -> Option<(String, Vec<u8>)> {
 /// `base64_decode($s, true)` that the portal uses.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| -> Option<u32> {
