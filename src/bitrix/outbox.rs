@@ -163,9 +163,27 @@ impl Outbox {
     pub fn open(dir: &Path, warn_at: usize) -> Result<Outbox, Error> {
         fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
         let path = dir.join(OUTBOX_FILE);
-        let records: Vec<Record> = read_lines(&path)?;
-        let mut ob = Outbox::in_memory();
+        let mut ob = Outbox::read(&path)?;
         ob.warn_at = warn_at;
+        let pending = ob.pending();
+        if pending > 0 {
+            log::info!(
+                "outbox: {pending} Bitrix24 step(s) of {} call(s) left from the last run, continuing",
+                ob.calls.values().filter(|c| !c.steps.is_empty()).count()
+            );
+        }
+        ob.purge(now_ms());
+        ob.path = Some(path);
+        ob.compact()?;
+        Ok(ob)
+    }
+
+    /// Load `path` (an `outbox.jsonl`; missing = empty) into memory without writing anything:
+    /// the loader [`Outbox::open`] uses, and what `callme doctor` counts the backlog with
+    /// next to a running daemon. The result is not backed by a file.
+    pub fn read(path: &Path) -> Result<Outbox, Error> {
+        let records: Vec<Record> = read_lines(path)?;
+        let mut ob = Outbox::in_memory();
         let mut done = HashSet::new();
         for r in &records {
             if let Record::Done { seq } = r {
@@ -216,16 +234,6 @@ impl Outbox {
                 }
             }
         }
-        let pending = ob.pending();
-        if pending > 0 {
-            log::info!(
-                "outbox: {pending} Bitrix24 step(s) of {} call(s) left from the last run, continuing",
-                ob.calls.values().filter(|c| !c.steps.is_empty()).count()
-            );
-        }
-        ob.purge(now_ms());
-        ob.path = Some(path);
-        ob.compact()?;
         Ok(ob)
     }
 

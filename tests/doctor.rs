@@ -1,0 +1,374 @@
+//! `callme doctor` against the fakes: a healthy setup gives no FAIL and exit 0; each fault
+//! (wrong AMI secret, a missing scope, an unmapped default_user, an unwritable state dir, an
+//! account that may not Originate) gives its FAIL line and a non-zero exit. Runs the real
+//! binary. Each output is printed (`cargo test --test doctor -- --nocapture`): these are the
+//! outputs shown in docs/operations.md.
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use support::configs;
+use support::daemon::TempDir;
+use support::fake_ami::FakeAmi;
+use support::fake_bitrix::{FakeBitrix, WEBHOOK_CODE};
+
+const AMI_SECRET: &str = "ami-s3cret-do-not-print";
+const APP_TOKEN: &str = "app-token-do-not-print";
+
+/// The reverse proxy in front of callme, as far as `public_url` is concerned: answers every
+/// request with 405, as callme does to a GET of its event path.
+struct Proxy {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the proxy"));
+        let s = Arc::clone(&server);
+        let thread = std::thread::spawn(move || {
+            for req in s.incoming_requests() {
+                let _ = req.respond(tiny_http::Response::from_string("").with_status_code(405));
+            }
+        });
+        Proxy {
+            server,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        let port = self.server.server_addr().to_ip().expect("ip").port();
+        format!("http://127.0.0.1:{port}/callme/")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Everything healthy: an AMI account with the recommended classes plus `command`,
+/// timestamps on, the contrib dialplan loaded, PJSIP; a portal with all scopes; the
+/// `[calls]` numbers all employees; `public_url` answering; an empty, private state dir.
+struct Setup {
+    ami: FakeAmi,
+    portal: FakeBitrix,
+    proxy: Proxy,
+    dir: TempDir,
+    config: String,
+}
+
+impl Setup {
+    fn healthy(name: &str) -> Setup {
+        let ami = FakeAmi::start("callme", AMI_SECRET);
+        ami.set_classes(
+            &["system", "call", "dialplan", "agent"],
+            &["originate", "call", "reporting", "command"],
+        );
+        ami.set_timestamp_events(true);
+        ami.set_dialplan_contexts(&["callme-rec"]);
+        let portal = FakeBitrix::start();
+        let proxy = Proxy::start();
+        let dir = TempDir::new(name);
+        let state = dir.path().join("state");
+        fs::create_dir(&state).expect("create the state dir");
+        set_mode(&state, 0o750);
+        let config = format!(
+            "{}[bitrix24]\nwebhook_url = {}\napp_token = {APP_TOKEN}\ntimeout = 5\n\
+             [calls]\ndefault_user = 201\nresponsible = static\n\
+             static_responsible = 8001231231:219, 8002345678:220\nshow_cards_to = 219, 220, 221\n\
+             [http]\npublic_url = {}\n[state]\ndir = {}\n",
+            configs::asterisk(ami.port(), AMI_SECRET),
+            portal.webhook_url(),
+            proxy.url(),
+            state.display()
+        );
+        Setup {
+            ami,
+            portal,
+            proxy,
+            dir,
+            config,
+        }
+    }
+
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs `callme doctor -c` on the config (with `key = value` set in `section`, if given):
+    /// (exit code, stdout). Prints the output under `title`.
+    fn doctor(&self, title: &str, edit: Option<(&str, &str, &str)>) -> (i32, String) {
+        let text = match edit {
+            Some((section, key, value)) => configs::set(&self.config, section, key, value),
+            None => self.config.clone(),
+        };
+        let path = self.dir.path().join("callme.conf");
+        fs::write(&path, text).expect("write the config");
+        set_mode(&path, 0o640);
+        let out = Command::new(env!("CARGO_BIN_EXE_callme"))
+            .args(["doctor", "-c"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .expect("run callme doctor");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        println!(
+            "---- {title} (exit {:?})\n$ callme doctor\n{stdout}",
+            out.status.code()
+        );
+        if !stderr.is_empty() {
+            println!("stderr:\n{stderr}");
+        }
+        for secret in [AMI_SECRET, APP_TOKEN, WEBHOOK_CODE] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "{title}: a secret was printed:\n{stdout}\n{stderr}"
+            );
+        }
+        (out.status.code().unwrap_or(-1), stdout)
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn line<'a>(out: &'a str, start: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{out}"))
+}
+
+fn fails(out: &str) -> Vec<&str> {
+    out.lines().filter(|l| l.starts_with("FAIL  ")).collect()
+}
+
+#[test]
+fn healthy_setup_passes_every_check() {
+    let s = Setup::healthy("doctor-ok");
+    let (code, out) = s.doctor("healthy", None);
+    assert_eq!(code, 0, "{out}");
+    assert!(fails(&out).is_empty(), "{out}");
+    for expected in [
+        format!("OK    ami connect: 127.0.0.1:{} reachable", s.ami.port()),
+        "OK    ami banner: Asterisk Call Manager/9.0.0".to_string(),
+        "OK    ami login: user callme accepted".to_string(),
+        "OK    ami read classes: read = agent,call,dialplan,system (manager show user)".to_string(),
+        "OK    ami write classes: permitted: Originate, CoreShowChannels, Command, CoreSettings \
+         (click-to-call can dial)"
+            .to_string(),
+        "OK    ami timestamps: timestampevents = yes".to_string(),
+        "OK    asterisk version: Asterisk 20.5.2 (AMI 9.0.0)".to_string(),
+        "OK    asterisk channel driver: PJSIP (chan_pjsip loaded, chan_sip not loaded)".to_string(),
+        "OK    asterisk dialplan: callme-rec loaded".to_string(),
+        "OK    bitrix24 auth: webhook http://127.0.0.1:".to_string(),
+        "OK    bitrix24 scope: crm, telephony, user".to_string(),
+        "OK    bitrix24 telephony: ".to_string(),
+        "OK    bitrix24 users: 119 active employees, 117 with an internal number".to_string(),
+        "OK    calls default_user: 201 is Bitrix24 user 1".to_string(),
+        "OK    calls static_responsible: all 2 lines map to employees".to_string(),
+        "OK    calls show_cards_to: all 3 numbers are employees".to_string(),
+        format!(
+            "OK    click-to-call public_url: {}bitrix24/event reachable",
+            s.proxy.url()
+        ),
+        "OK    state dir: ".to_string(),
+        "OK    state permissions: no access for other users".to_string(),
+        "WARN  state lock: not checked".to_string(),
+        "OK    state backlog: 0 Bitrix24 step(s) waiting".to_string(),
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&expected)),
+            "no line starting {expected:?} in:\n{out}"
+        );
+    }
+    assert!(out.contains("/rest/1/***/ accepted"), "{out}");
+    // Only reads were sent: no Originate, no REST write.
+    assert!(s.ami.actions_named("Originate").is_empty());
+    let methods: Vec<String> = s.portal.requests().into_iter().map(|r| r.method).collect();
+    assert!(
+        methods
+            .iter()
+            .all(|m| ["scope", "telephony.externalline.get", "user.get"].contains(&m.as_str())),
+        "{methods:?}"
+    );
+}
+
+#[test]
+fn wrong_ami_secret_fails_the_login() {
+    let s = Setup::healthy("doctor-secret");
+    s.ami.set_secret("the-secret-manager-conf-has");
+    let (code, out) = s.doctor("wrong AMI secret", None);
+    assert_ne!(code, 0, "{out}");
+    let l = line(&out, "FAIL  ami login:");
+    assert!(
+        l.contains("Asterisk refused user callme: Authentication failed; fix: make [asterisk] username/secret"),
+        "{l}"
+    );
+    assert!(l.contains("manager reload"), "{l}");
+    // Nothing else of AMI could be checked; the rest still ran.
+    assert!(!out.contains("ami read classes"), "{out}");
+    assert!(out.contains("OK    bitrix24 auth"), "{out}");
+}
+
+#[test]
+fn missing_scope_fails() {
+    let s = Setup::healthy("doctor-scope");
+    s.portal.set_scopes(&["crm", "user"]);
+    let (code, out) = s.doctor("missing telephony scope", None);
+    assert_ne!(code, 0, "{out}");
+    let l = line(&out, "FAIL  bitrix24 scope:");
+    assert!(
+        l.starts_with("FAIL  bitrix24 scope: telephony missing (granted: crm, user); fix: edit the inbound webhook"),
+        "{l}"
+    );
+    assert!(l.contains("tick telephony and save"), "{l}");
+    assert!(
+        line(&out, "FAIL  bitrix24 telephony:").contains("insufficient_scope"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unmapped_default_user_fails() {
+    let s = Setup::healthy("doctor-default");
+    let (code, out) = s.doctor(
+        "unmapped default_user",
+        Some(("calls", "default_user", "999")),
+    );
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(fails(&out).len(), 1, "{out}");
+    let l = line(&out, "FAIL  calls default_user:");
+    assert!(
+        l.starts_with("FAIL  calls default_user: 999 is no active employee's internal number"),
+        "{l}"
+    );
+    assert!(
+        l.contains("fix: give 999 to an active employee in Bitrix24 (internal number), or change [calls] default_user"),
+        "{l}"
+    );
+}
+
+#[test]
+fn unwritable_state_dir_fails() {
+    let s = Setup::healthy("doctor-state");
+    let state = s.state_dir();
+    let _lock = Unwritable::make(&state);
+    let (code, out) = s.doctor("unwritable state dir", None);
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(fails(&out).len(), 1, "{out}");
+    let l = line(&out, "FAIL  state dir:");
+    assert!(
+        l.starts_with(&format!(
+            "FAIL  state dir: {} is not writable: ",
+            state.display()
+        )),
+        "{l}"
+    );
+    assert!(l.contains("fix: chown -R callme:callme"), "{l}");
+}
+
+#[test]
+fn account_without_originate_fails_when_click_to_call_is_configured() {
+    let s = Setup::healthy("doctor-originate");
+    // The recommended classes minus originate, and no command class: the read classes and
+    // timestamps then come from the events that arrive.
+    s.ami.set_classes(
+        &["system", "call", "dialplan", "agent"],
+        &["call", "reporting"],
+    );
+    s.ami.set_stream(
+        b"Event: Newchannel\r\nPrivilege: call,all\r\nTimestamp: 1795668285.100000\r\n\
+          Channel: PJSIP/219-00000001\r\nChannelState: 0\r\nUniqueid: 1795668285.1\r\n\
+          Linkedid: 1795668285.1\r\n\r\n"
+            .to_vec(),
+    );
+    let (code, out) = s.doctor("no originate class", None);
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(fails(&out).len(), 1, "{out}");
+    assert!(
+        line(&out, "FAIL  ami write classes:").contains(
+            "Originate is not permitted, so click-to-call and callbacks cannot dial; fix: write = originate,call,reporting"
+        ),
+        "{out}"
+    );
+    assert!(
+        line(&out, "WARN  ami read classes:").contains("call and system confirmed by events"),
+        "{out}"
+    );
+    assert!(line(&out, "OK    ami timestamps:").contains("yes"), "{out}");
+    // CoreSettings needs reporting only; the driver shows in the channel of the call event.
+    assert!(
+        line(&out, "OK    asterisk version:").contains("20.5.2"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "OK    asterisk channel driver:")
+            .contains("PJSIP (chan_pjsip loaded, chan_sip unknown)"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "OK    asterisk dialplan:").contains("not checked (needs write = command)"),
+        "{out}"
+    );
+}
+
+/// A directory its owner cannot write to, even as root: mode 0500, and when that is not
+/// enough (root), the immutable attribute. Undone on drop so the temp dir can be removed.
+struct Unwritable<'a> {
+    dir: &'a Path,
+    immutable: bool,
+}
+
+impl<'a> Unwritable<'a> {
+    fn make(dir: &'a Path) -> Unwritable<'a> {
+        set_mode(dir, 0o500);
+        let mut u = Unwritable {
+            dir,
+            immutable: false,
+        };
+        if !u.refuses_writes() {
+            let ok = Command::new("chattr")
+                .arg("+i")
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            u.immutable = ok;
+            assert!(
+                ok && u.refuses_writes(),
+                "cannot make {} unwritable here (root, and chattr +i failed)",
+                dir.display()
+            );
+        }
+        u
+    }
+
+    fn refuses_writes(&self) -> bool {
+        let probe = self.dir.join("probe");
+        let refused = fs::write(&probe, b"x").is_err();
+        let _ = fs::remove_file(&probe);
+        refused
+    }
+}
+
+impl Drop for Unwritable<'_> {
+    fn drop(&mut self) {
+        if self.immutable {
+            let _ = Command::new("chattr").arg("-i").arg(self.dir).status();
+        }
+        set_mode(self.dir, 0o750);
+    }
+}
