@@ -69,6 +69,11 @@ struct Setup {
 
 impl Setup {
     fn healthy(name: &str) -> Setup {
+        Setup::with_bitrix24(name, None)
+    }
+
+    /// [`Setup::healthy`] with another `[bitrix24]` section body (default: the webhook).
+    fn with_bitrix24(name: &str, bitrix24: Option<&str>) -> Setup {
         let ami = FakeAmi::start("callme", AMI_SECRET);
         ami.set_classes(
             &["system", "call", "dialplan", "agent"],
@@ -82,13 +87,17 @@ impl Setup {
         let state = dir.path().join("state");
         fs::create_dir(&state).expect("create the state dir");
         set_mode(&state, 0o750);
+        let webhook = format!(
+            "webhook_url = {}\napp_token = {APP_TOKEN}\ntimeout = 5\n",
+            portal.webhook_url()
+        );
         let config = format!(
-            "{}[bitrix24]\nwebhook_url = {}\napp_token = {APP_TOKEN}\ntimeout = 5\n\
+            "{}[bitrix24]\n{}\
              [calls]\ndefault_user = 201\nresponsible = static\n\
              static_responsible = 8001231231:219, 8002345678:220\nshow_cards_to = 219, 220, 221\n\
              [http]\npublic_url = {}\n[state]\ndir = {}\n",
             configs::asterisk(ami.port(), AMI_SECRET),
-            portal.webhook_url(),
+            bitrix24.unwrap_or(&webhook),
             proxy.url(),
             state.display()
         );
@@ -282,6 +291,34 @@ fn unwritable_state_dir_fails() {
 }
 
 #[test]
+fn state_dir_open_to_every_user_fails() {
+    let s = Setup::healthy("doctor-perm");
+    let state = s.state_dir();
+    set_mode(&state, 0o755);
+    let (code, out) = s.doctor("state dir open to every user", None);
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(fails(&out).len(), 1, "{out}");
+    assert_eq!(
+        line(&out, "FAIL  state permissions:"),
+        format!(
+            "FAIL  state permissions: {0} is open to every user (0755); fix: chmod -R o-rwx {0} \
+             (the unit sets StateDirectoryMode=0750, UMask=0027)",
+            state.display()
+        )
+    );
+    // Closed again, a stray readable file is only a warning.
+    set_mode(&state, 0o750);
+    fs::write(state.join("notes.txt"), b"x").expect("write a file");
+    set_mode(&state.join("notes.txt"), 0o644);
+    let (code, out) = s.doctor("a readable file in a closed state dir", None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "WARN  state permissions:").contains("notes.txt (0644)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn account_without_originate_fails_when_click_to_call_is_configured() {
     let s = Setup::healthy("doctor-originate");
     // The recommended classes minus originate, and no command class: the read classes and
@@ -322,6 +359,122 @@ fn account_without_originate_fails_when_click_to_call_is_configured() {
     );
     assert!(
         line(&out, "OK    asterisk dialplan:").contains("not checked (needs write = command)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn app_mode_checks_the_bound_events() {
+    use callme::bitrix::oauth::{bind_events, AppClient, TokenStore, Tokens};
+    use callme::config::AppConfig;
+
+    let body = "auth = app\nclient_id = local.doctor\nclient_secret = client-secret-do-not-print\n\
+                portal = test.bitrix24.ru\ntimeout = 5\n";
+    let s = Setup::with_bitrix24("doctor-app", Some(body));
+    let (access, refresh) = s.portal.enable_app(1000);
+    let tokens = Tokens {
+        access_token: access.clone(),
+        refresh_token: refresh.clone(),
+        expires: 4_000_000_000,
+        client_endpoint: s.portal.client_endpoint(),
+        member_id: "member-1".into(),
+        domain: "test.bitrix24.ru".into(),
+        application_token: APP_TOKEN.into(),
+    };
+    TokenStore::new(&s.state_dir())
+        .save(&tokens)
+        .expect("store the tokens");
+
+    let (code, out) = s.doctor("app mode, events not bound", None);
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(fails(&out).len(), 1, "{out}");
+    let handler = format!("{}bitrix24/event", s.proxy.url());
+    assert!(line(&out, "OK    bitrix24 auth:").contains("app mode (test.bitrix24.ru) accepted"));
+    assert!(
+        line(&out, "FAIL  click-to-call events:").starts_with(&format!(
+            "FAIL  click-to-call events: ONEXTERNALCALLSTART, ONEXTERNALCALLBACKSTART not bound to {handler}; fix: reinstall"
+        )),
+        "{out}"
+    );
+
+    // Bound the way the install event binds them.
+    let cfg = AppConfig {
+        client_id: "local.doctor".into(),
+        client_secret: callme::config::Secret::new("client-secret-do-not-print"),
+        portal: "test.bitrix24.ru".into(),
+        oauth_url: callme::config::DEFAULT_OAUTH_URL.into(),
+    };
+    let client = AppClient::new(
+        &cfg,
+        &s.state_dir(),
+        std::time::Duration::from_secs(5),
+        Default::default(),
+    )
+    .read_only();
+    bind_events(&client, &handler).expect("bind the events");
+    let (code, out) = s.doctor("app mode, healthy", None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "OK    click-to-call events:").contains(&format!(
+            "ONEXTERNALCALLSTART, ONEXTERNALCALLBACKSTART bound to {handler}"
+        )),
+        "{out}"
+    );
+    for secret in [
+        access.as_str(),
+        refresh.as_str(),
+        "client-secret-do-not-print",
+    ] {
+        assert!(!out.contains(secret), "{out}");
+    }
+}
+
+#[test]
+fn backlog_is_counted_without_touching_the_outbox() {
+    use callme::bitrix::outbox::{Outbox, OUTBOX_FILE};
+    use callme::calls::{Action, Direction, Intent};
+
+    let s = Setup::healthy("doctor-backlog");
+    {
+        let mut ob = Outbox::open(&s.state_dir(), 1000).expect("open the outbox");
+        let call = "callme-1795668285.0".to_string();
+        let register = Action::Register {
+            direction: Direction::Inbound,
+            phone: "79991234567".into(),
+            line: "8001231231".into(),
+            started_ms: 1_795_668_285_000,
+            employee: None,
+        };
+        for action in [register, Action::Show { ext: "219".into() }] {
+            assert!(ob.enqueue(Intent {
+                call: call.clone(),
+                action,
+            }));
+        }
+        ob.flush();
+    }
+    let path = s.state_dir().join(OUTBOX_FILE);
+    set_mode(&path, 0o640);
+    let before = fs::read(&path).expect("read the outbox");
+    let (code, out) = s.doctor("backlog", None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "OK    state backlog:").starts_with(&format!(
+            "OK    state backlog: 2 Bitrix24 step(s) waiting in {}, the oldest queued",
+            path.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(fs::read(&path).expect("read it again"), before);
+
+    // Over [state] outbox_warn it is a warning.
+    let (code, out) = s.doctor(
+        "backlog over outbox_warn",
+        Some(("state", "outbox_warn", "2")),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "WARN  state backlog:").contains("over [state] outbox_warn = 2"),
         "{out}"
     );
 }

@@ -74,10 +74,16 @@ fn permissions(dir: &Path) -> Check {
             .ok()
             .map(|m| m.permissions().mode() & 0o777)
     };
-    let mut open = Vec::new();
     if let Some(m) = mode(dir).filter(|m| m & 0o007 != 0) {
-        open.push(format!("{shown} ({m:04o})"));
+        return Check::fail(
+            NAME,
+            format!("{shown} is open to every user ({m:04o})"),
+            format!("chmod -R o-rwx {shown} (the unit sets StateDirectoryMode=0750, UMask=0027)"),
+        );
     }
+    // Behind a closed directory a file's own bits do not matter yet; they would once the
+    // directory is opened, so they are worth a word.
+    let mut open = Vec::new();
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
@@ -91,10 +97,13 @@ fn permissions(dir: &Path) -> Check {
     if open.is_empty() {
         Check::ok(NAME, "no access for other users")
     } else {
-        Check::fail(
+        Check::warn(
             NAME,
-            format!("open to every user: {}", open.join(", ")),
-            format!("chmod -R o-rwx {shown}"),
+            format!(
+                "the directory is closed, but these files are open to every user: {} (created \
+                 outside the service's UMask=0027?); chmod -R o-rwx {shown}",
+                open.join(", ")
+            ),
         )
     }
 }
