@@ -525,3 +525,72 @@ impl Drop for Unwritable<'_> {
         set_mode(self.dir, 0o750);
     }
 }
+
+#[test]
+fn unreachable_ami_fails_the_connect_and_the_rest_still_runs() {
+    let s = Setup::healthy("doctor-connect");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (code, out) = s.doctor(
+        "AMI not reachable",
+        Some(("asterisk", "port", &closed.to_string())),
+    );
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(fails(&out).len(), 1, "{out}");
+    let l = line(&out, "FAIL  ami connect:");
+    assert!(
+        l.starts_with(&format!(
+            "FAIL  ami connect: cannot connect to 127.0.0.1:{closed}: "
+        )),
+        "{l}"
+    );
+    assert!(
+        l.contains("fix: start Asterisk, or correct [asterisk] host/port"),
+        "{l}"
+    );
+    assert!(!out.contains("ami login"), "{out}");
+    assert!(out.contains("OK    bitrix24 users"), "{out}");
+}
+
+/// The library entry point with a short event wait: an idle PBX and an account without the
+/// `command` class leave the read classes unconfirmed, which is a warning, not a failure.
+#[test]
+fn idle_pbx_without_command_class_warns_about_read_classes() {
+    use callme::doctor::{self, Level, Options};
+
+    let s = Setup::healthy("doctor-idle");
+    s.ami.set_classes(
+        &["system", "call", "dialplan", "agent"],
+        &["originate", "call", "reporting"],
+    );
+    let cfg = configs::parse(&s.config);
+    let opts = Options {
+        events_wait: std::time::Duration::from_millis(300),
+    };
+    let started = std::time::Instant::now();
+    let checks = doctor::run(&cfg, &opts, &mut |_| {});
+    let took = started.elapsed();
+    let get = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {checks:#?}"))
+    };
+    let read = get("ami read classes");
+    assert_eq!(read.level, Level::Warn, "{read}");
+    assert!(
+        read.detail.starts_with("no call event within 0.3 s"),
+        "{read}"
+    );
+    // Without `command` the setting comes from the FullyBooted event and its Timestamp.
+    let stamps = get("ami timestamps");
+    assert_eq!(stamps.level, Level::Ok, "{stamps}");
+    assert!(
+        stamps.detail.starts_with("timestampevents = yes"),
+        "{stamps}"
+    );
+    assert!(!doctor::any_failed(&checks), "{checks:#?}");
+    println!("idle PBX: {read}\n(took {took:?})");
+}
