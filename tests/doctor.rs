@@ -555,7 +555,8 @@ fn unreachable_ami_fails_the_connect_and_the_rest_still_runs() {
 }
 
 /// The library entry point with a short event wait: an idle PBX and an account without the
-/// `command` class leave the read classes unconfirmed, which is a warning, not a failure.
+/// `command` class leave the read classes unconfirmed, which is a warning, not a failure; the
+/// channel driver comes from the calls in progress.
 #[test]
 fn idle_pbx_without_command_class_warns_about_read_classes() {
     use callme::doctor::{self, Level, Options};
@@ -565,6 +566,11 @@ fn idle_pbx_without_command_class_warns_about_read_classes() {
         &["system", "call", "dialplan", "agent"],
         &["originate", "call", "reporting"],
     );
+    // A call in progress on chan_sip: CoreShowChannels (write class reporting) names it.
+    s.ami.set_core_show_channels(vec![vec![
+        ("Channel".to_string(), "SIP/220-0000002a".to_string()),
+        ("Uniqueid".to_string(), "1795668285.42".to_string()),
+    ]]);
     let cfg = configs::parse(&s.config);
     let opts = Options {
         events_wait: std::time::Duration::from_millis(300),
@@ -590,6 +596,11 @@ fn idle_pbx_without_command_class_warns_about_read_classes() {
     assert!(
         stamps.detail.starts_with("timestampevents = yes"),
         "{stamps}"
+    );
+    let driver = get("asterisk channel driver");
+    assert_eq!(
+        driver.detail, "chan_sip (chan_pjsip unknown, chan_sip loaded)",
+        "{driver}"
     );
     assert!(!doctor::any_failed(&checks), "{checks:#?}");
     println!("idle PBX: {read}\n(took {took:?})");

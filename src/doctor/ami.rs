@@ -115,6 +115,32 @@ impl Session {
         }
     }
 
+    /// An event-list action: the items, up to the `…Complete` event (ami.md §2.8).
+    fn list(&mut self, pairs: &[(&str, &str)]) -> Result<Vec<Message>, String> {
+        let ack = self.request(pairs, ACTION_TIMEOUT)?;
+        if ack.response() != Some("Success") {
+            return Err(ack.get("Message").unwrap_or("refused").to_string());
+        }
+        let id = ack.action_id().unwrap_or_default().to_string();
+        let deadline = Instant::now() + ACTION_TIMEOUT;
+        let mut items = Vec::new();
+        loop {
+            match self.next_frame(deadline)? {
+                None => return Err("the list did not complete".to_string()),
+                Some(Frame::Message(m)) if m.action_id() == Some(id.as_str()) => {
+                    if m.event().is_some_and(|e| e.ends_with("Complete")) {
+                        return Ok(items);
+                    }
+                    if items.len() < MAX_EVENTS {
+                        items.push(m);
+                    }
+                }
+                Some(Frame::Message(m)) if m.event().is_some() => self.keep_event(m),
+                Some(_) => {}
+            }
+        }
+    }
+
     /// `Command` (class `command`): the CLI output lines, or `Err` with why not. Asterisk 14+
     /// answers `Error` for a failed CLI command, with its output; that output is returned too.
     fn command(&mut self, cli: &str) -> Result<Vec<String>, String> {
@@ -153,6 +179,8 @@ struct Facts {
     chan_sip: Option<bool>,
     /// Whether [`CONTRIB_CONTEXT`] is in the dialplan.
     contrib: Option<bool>,
+    /// Channels in progress (`CoreShowChannels`).
+    channels: Vec<String>,
 }
 
 impl Facts {
@@ -377,6 +405,15 @@ fn gather(s: &mut Session, cfg: &Config) -> Facts {
             });
         }
     }
+    if f.may("CoreShowChannels") {
+        // Calls in progress name their driver (`PJSIP/219-…`, `SIP/219-…`).
+        if let Ok(items) = s.list(&[("Action", "CoreShowChannels")]) {
+            f.channels = items
+                .iter()
+                .filter_map(|m| m.get("Channel").map(str::to_string))
+                .collect();
+        }
+    }
     if f.pjsip.is_none() && f.may("ModuleCheck") {
         let mut loaded = |module: &str| {
             s.request(
@@ -584,11 +621,12 @@ fn version(f: &Facts) -> Check {
 
 fn channel_driver(cfg: &Config, f: &Facts, events: &[Message]) -> Check {
     const NAME: &str = "asterisk channel driver";
-    // Channel names in the events seen are evidence too (a live call shows its driver).
+    // Channel names of calls in progress and in the events seen are evidence too.
     let seen = |prefix: &str| {
-        events
-            .iter()
-            .any(|e| e.get("Channel").is_some_and(|c| c.starts_with(prefix)))
+        f.channels.iter().any(|c| c.starts_with(prefix))
+            || events
+                .iter()
+                .any(|e| e.get("Channel").is_some_and(|c| c.starts_with(prefix)))
     };
     let pjsip = f.pjsip.or(seen("PJSIP/").then_some(true));
     let chan_sip = f.chan_sip.or(seen("SIP/").then_some(true));
