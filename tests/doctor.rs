@@ -605,3 +605,53 @@ fn idle_pbx_without_command_class_warns_about_read_classes() {
     assert!(!doctor::any_failed(&checks), "{checks:#?}");
     println!("idle PBX: {read}\n(took {took:?})");
 }
+
+/// Where a daemon keeps `callme.lock` (its PID inside), doctor names the holder without
+/// taking the lock.
+#[test]
+fn state_lock_names_the_running_daemon() {
+    let s = Setup::healthy("doctor-lock");
+    let lock = s.state_dir().join("callme.lock");
+
+    // A PID that has ended.
+    let mut gone = Command::new(env!("CARGO_BIN_EXE_callme"))
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run callme --version");
+    let gone_pid = gone.id();
+    gone.wait().expect("wait for it");
+    fs::write(&lock, format!("{gone_pid}\n")).expect("write the lock file");
+    set_mode(&lock, 0o640);
+    let (code, out) = s.doctor("lock file of an ended daemon", None);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        line(&out, "OK    state lock:"),
+        format!(
+            "OK    state lock: free: no daemon runs on this dir (PID {gone_pid} of callme.lock has ended)"
+        )
+    );
+
+    // A running callme (ami-events runs until killed) whose PID is in the file.
+    let conf = s.dir.path().join("ami-events.conf");
+    fs::write(&conf, &s.config).expect("write its config");
+    let mut running = Command::new(env!("CARGO_BIN_EXE_callme"))
+        .args(["ami-events", "-c"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start callme ami-events");
+    fs::write(&lock, format!("{}\n", running.id())).expect("write the lock file");
+    let (code, out) = s.doctor("lock held by a running callme", None);
+    let _ = running.kill();
+    let _ = running.wait();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        line(&out, "OK    state lock:"),
+        format!(
+            "OK    state lock: held by callme PID {}: the daemon on this dir is running",
+            running.id()
+        )
+    );
+}

@@ -113,16 +113,48 @@ fn permissions(_dir: &Path) -> Check {
     Check::warn("state permissions", "not checked on this platform")
 }
 
-/// This callme has no lock on its state dir (yet): say so rather than guess.
+/// The lock file a daemon keeps in the state dir (flock on it, its PID inside), where callme
+/// has one.
+const LOCK_FILE: &str = "callme.lock";
+
+/// Who holds the state dir. Read from the PID in the lock file and `/proc`, never by taking
+/// the lock: a doctor holding it for a moment could make a daemon starting at that moment
+/// refuse to run.
 fn lock(dir: &Path) -> Check {
-    Check::warn(
-        "state lock",
-        format!(
-            "not checked: callme keeps no lock file in {}, so two daemons on one state dir are \
-             not detected; make sure only one runs (systemctl status callme)",
-            dir.display()
-        ),
-    )
+    const NAME: &str = "state lock";
+    let path = dir.join(LOCK_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Check::warn(
+                NAME,
+                format!(
+                    "not checked: no {LOCK_FILE} in {} (this callme keeps none, or no daemon \
+                     ran here yet), so a second daemon on this dir is not detected; make sure \
+                     only one runs (systemctl status callme)",
+                    dir.display()
+                ),
+            )
+        }
+        Err(e) => {
+            return Check::warn(NAME, format!("cannot read {}: {e}", path.display()));
+        }
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return Check::ok(NAME, format!("free ({} holds no PID)", path.display()));
+    };
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == "callme" {
+        Check::ok(
+            NAME,
+            format!("held by callme PID {pid}: the daemon on this dir is running"),
+        )
+    } else {
+        Check::ok(
+            NAME,
+            format!("free: no daemon runs on this dir (PID {pid} of {LOCK_FILE} has ended)"),
+        )
+    }
 }
 
 /// Steps waiting in the outbox, counted by the outbox's own loader, read-only.
