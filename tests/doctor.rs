@@ -330,7 +330,10 @@ fn account_without_originate_fails_when_click_to_call_is_configured() {
     s.ami.set_stream(
         b"Event: Newchannel\r\nPrivilege: call,all\r\nTimestamp: 1795668285.100000\r\n\
           Channel: PJSIP/219-00000001\r\nChannelState: 0\r\nUniqueid: 1795668285.1\r\n\
-          Linkedid: 1795668285.1\r\n\r\n"
+          Linkedid: 1795668285.1\r\n\r\n\
+          Event: VarSet\r\nPrivilege: dialplan,all\r\nTimestamp: 1795668285.100100\r\n\
+          Channel: PJSIP/219-00000001\r\nVariable: CallMeLINKEDID\r\nValue: 1795668285.1\r\n\
+          Uniqueid: 1795668285.1\r\n\r\n"
             .to_vec(),
     );
     let (code, out) = s.doctor("no originate class", None);
@@ -343,7 +346,8 @@ fn account_without_originate_fails_when_click_to_call_is_configured() {
         "{out}"
     );
     assert!(
-        line(&out, "WARN  ami read classes:").contains("call and system confirmed by events"),
+        line(&out, "WARN  ami read classes:")
+            .contains("call, dialplan, system confirmed by events; no agent event seen"),
         "{out}"
     );
     assert!(line(&out, "OK    ami timestamps:").contains("yes"), "{out}");

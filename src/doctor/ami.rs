@@ -487,33 +487,60 @@ fn read_classes(cfg: &Config, f: &Facts, events: &[Message], waited: Duration) -
             Check::fail(NAME, detail, read_fix(cfg))
         };
     }
-    // No `command` class: what the events prove.
-    let call = events.iter().any(is_call_event);
-    let system = events.iter().any(is_fully_booted);
+    // No `command` class: what the events prove (each carries its class in `Privilege`).
+    let seen: BTreeSet<String> = events
+        .iter()
+        .flat_map(privileges)
+        .map(str::to_ascii_lowercase)
+        .filter(|p| !p.is_empty() && p != "all")
+        .collect();
     let secs = waited.as_secs_f64();
-    match (call, system) {
-        (true, true) => Check::warn(
-            NAME,
-            "call and system confirmed by events; dialplan and agent not checked (grant write \
-             = command, or run asterisk -rx \"manager show user\")",
-        ),
-        (true, false) => Check::warn(
-            NAME,
-            format!(
-                "call events arrive, but no FullyBooted: system is missing, so a PBX restart is \
-                 noticed only by the dropped link; {}",
-                read_fix(cfg)
-            ),
-        ),
-        (false, _) => Check::warn(
+    if !seen.contains("call") {
+        return Check::warn(
             NAME,
             format!(
                 "no call event within {secs} s: the PBX was idle, or read = call is missing \
                  (then no card ever shows); check with asterisk -rx \"manager show user {}\"",
                 cfg.asterisk.username
             ),
-        ),
+        );
     }
+    if !seen.contains("system") {
+        return Check::warn(
+            NAME,
+            format!(
+                "call events arrive, but no FullyBooted: system is missing, so a PBX restart is \
+                 noticed only by the dropped link; {}",
+                read_fix(cfg)
+            ),
+        );
+    }
+    let confirmed: Vec<&str> = READ_CLASSES
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| seen.contains(*c))
+        .collect();
+    let unseen: Vec<&str> = READ_CLASSES
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !seen.contains(*c))
+        .collect();
+    if unseen.is_empty() {
+        return Check::ok(
+            NAME,
+            format!("{} confirmed by events", confirmed.join(", ")),
+        );
+    }
+    Check::warn(
+        NAME,
+        format!(
+            "{} confirmed by events; no {} event seen (grant write = command for an exact \
+             answer, or run asterisk -rx \"manager show user {}\")",
+            confirmed.join(", "),
+            unseen.join(" or "),
+            cfg.asterisk.username
+        ),
+    )
 }
 
 fn write_classes(cfg: &Config, f: &Facts) -> Check {
