@@ -72,8 +72,9 @@ impl Setup {
         Setup::with_bitrix24(name, None)
     }
 
-    /// [`Setup::healthy`] with another `[bitrix24]` section body (default: the webhook).
-    fn with_bitrix24(name: &str, bitrix24: Option<&str>) -> Setup {
+    /// [`Setup::healthy`] with another `[bitrix24]` section body, made for the fake portal
+    /// (default: its webhook).
+    fn with_bitrix24(name: &str, bitrix24: Option<&dyn Fn(&FakeBitrix) -> String>) -> Setup {
         let ami = FakeAmi::start("callme", AMI_SECRET);
         ami.set_classes(
             &["system", "call", "dialplan", "agent"],
@@ -97,7 +98,7 @@ impl Setup {
              static_responsible = 8001231231:219, 8002345678:220\nshow_cards_to = 219, 220, 221\n\
              [http]\npublic_url = {}\n[state]\ndir = {}\n",
             configs::asterisk(ami.port(), AMI_SECRET),
-            bitrix24.unwrap_or(&webhook),
+            bitrix24.map_or(webhook, |f| f(&portal)),
             proxy.url(),
             state.display()
         );
@@ -371,10 +372,12 @@ fn account_without_originate_fails_when_click_to_call_is_configured() {
 fn app_mode_checks_the_bound_events() {
     use callme::bitrix::oauth::{bind_events, AppClient, TokenStore, Tokens};
     use callme::config::AppConfig;
+    use support::fake_oauth::{CLIENT_ID, CLIENT_SECRET};
 
-    let body = "auth = app\nclient_id = local.doctor\nclient_secret = client-secret-do-not-print\n\
-                portal = test.bitrix24.ru\ntimeout = 5\n";
-    let s = Setup::with_bitrix24("doctor-app", Some(body));
+    // Never contacted: doctor does not refresh tokens.
+    let oauth_url = "http://127.0.0.1:9/oauth/token/";
+    let body = |p: &FakeBitrix| configs::app_bitrix24(&p.host(), oauth_url);
+    let s = Setup::with_bitrix24("doctor-app", Some(&body));
     let (access, refresh) = s.portal.enable_app(1000);
     let tokens = Tokens {
         access_token: access.clone(),
@@ -382,7 +385,7 @@ fn app_mode_checks_the_bound_events() {
         expires: 4_000_000_000,
         client_endpoint: s.portal.client_endpoint(),
         member_id: "member-1".into(),
-        domain: "test.bitrix24.ru".into(),
+        domain: s.portal.host(),
         application_token: APP_TOKEN.into(),
     };
     TokenStore::new(&s.state_dir())
@@ -393,7 +396,11 @@ fn app_mode_checks_the_bound_events() {
     assert_ne!(code, 0, "{out}");
     assert_eq!(fails(&out).len(), 1, "{out}");
     let handler = format!("{}bitrix24/event", s.proxy.url());
-    assert!(line(&out, "OK    bitrix24 auth:").contains("app mode (test.bitrix24.ru) accepted"));
+    assert!(
+        line(&out, "OK    bitrix24 auth:")
+            .contains(&format!("app mode ({}) accepted", s.portal.host())),
+        "{out}"
+    );
     assert!(
         line(&out, "FAIL  click-to-call events:").starts_with(&format!(
             "FAIL  click-to-call events: ONEXTERNALCALLSTART, ONEXTERNALCALLBACKSTART not bound to {handler}; fix: reinstall"
@@ -403,10 +410,12 @@ fn app_mode_checks_the_bound_events() {
 
     // Bound the way the install event binds them.
     let cfg = AppConfig {
-        client_id: "local.doctor".into(),
-        client_secret: callme::config::Secret::new("client-secret-do-not-print"),
-        portal: "test.bitrix24.ru".into(),
-        oauth_url: callme::config::DEFAULT_OAUTH_URL.into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: callme::config::Secret::new(CLIENT_SECRET),
+        portal: s.portal.host(),
+        oauth_url: oauth_url.into(),
+        member_id: None,
+        insecure_http: true,
     };
     let client = AppClient::new(
         &cfg,
@@ -424,11 +433,7 @@ fn app_mode_checks_the_bound_events() {
         )),
         "{out}"
     );
-    for secret in [
-        access.as_str(),
-        refresh.as_str(),
-        "client-secret-do-not-print",
-    ] {
+    for secret in [access.as_str(), refresh.as_str(), CLIENT_SECRET] {
         assert!(!out.contains(secret), "{out}");
     }
 }
