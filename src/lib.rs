@@ -15,6 +15,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod dial_policy;
+pub mod doctor;
 pub mod dryrun;
 pub mod histogram;
 pub mod http;

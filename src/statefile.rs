@@ -69,10 +69,12 @@ pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, E
 
 /// Replace `path` with `lines` atomically: temp file, fsync, rename, fsync the directory.
 /// A temp file that could not be written whole is removed (it would only take space).
+/// The file is made 0640 whatever the umask: it holds callers' numbers, and a `callme run`
+/// by hand does not get the unit's `UMask=0027`.
 pub fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
     let tmp = path.with_extension("jsonl.tmp");
     {
-        let mut f = File::create(&tmp).map_err(err(&tmp, "cannot create"))?;
+        let mut f = private_file(&tmp).map_err(err(&tmp, "cannot create"))?;
         let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
         if let Err(e) = written {
             drop(f);
@@ -91,6 +93,23 @@ pub fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
         .append(true)
         .open(path)
         .map_err(err(path, "cannot open"))
+}
+
+/// Create (or truncate) `path` for writing, readable by owner and group only.
+pub fn private_file(path: &Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o640);
+        let f = opts.open(path)?;
+        // `mode` applies only when the file is created; a leftover may be wider.
+        f.set_permissions(fs::Permissions::from_mode(0o640))?;
+        Ok(f)
+    }
+    #[cfg(not(unix))]
+    opts.open(path)
 }
 
 pub fn line<T: Serialize>(rec: &T, out: &mut String) {

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const LOCK_FILE: &str = "callme.lock";
@@ -74,6 +75,7 @@ impl StateLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o640)
             .open(&path)
             .map_err(io_err(&path, "cannot open"))?;
         match file.try_lock() {

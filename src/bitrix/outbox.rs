@@ -228,10 +228,33 @@ impl Outbox {
     fn open_reporting(dir: &Path, warn_at: usize, disk: Arc<DiskStatus>) -> Result<Outbox, Error> {
         fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
         let path = dir.join(OUTBOX_FILE);
-        let records: Vec<Record> = read_lines(&path)?;
-        let mut ob = Outbox::in_memory();
+        let mut ob = Outbox::read(&path)?;
         ob.warn_at = warn_at;
         ob.disk = disk;
+        let pending = ob.pending();
+        if pending > 0 {
+            log::info!(
+                "outbox: {pending} Bitrix24 step(s) of {} call(s) left from the last run, continuing",
+                ob.calls.values().filter(|c| !c.steps.is_empty()).count()
+            );
+        }
+        ob.purge(now_ms());
+        ob.path = Some(path);
+        if let Err(e) = ob.compact() {
+            // We could read the file, so rewriting it from memory later is safe.
+            ob.disk.failed(DISK_NAME, &e.to_string());
+            ob.stale = true;
+            ob.retry_at = Some(Instant::now() + REWRITE_RETRY);
+        }
+        Ok(ob)
+    }
+
+    /// Load `path` (an `outbox.jsonl`; missing = empty) into memory without writing anything:
+    /// the loader [`Outbox::open`] uses, and what `callme doctor` counts the backlog with
+    /// next to a running daemon. The result is not backed by a file.
+    pub fn read(path: &Path) -> Result<Outbox, Error> {
+        let records: Vec<Record> = read_lines(path)?;
+        let mut ob = Outbox::in_memory();
         let mut done = HashSet::new();
         for r in &records {
             if let Record::Done { seq } = r {
@@ -292,21 +315,6 @@ impl Outbox {
             {
                 c.attempts = c.attempts.max(1);
             }
-        }
-        let pending = ob.pending();
-        if pending > 0 {
-            log::info!(
-                "outbox: {pending} Bitrix24 step(s) of {} call(s) left from the last run, continuing",
-                ob.calls.values().filter(|c| !c.steps.is_empty()).count()
-            );
-        }
-        ob.purge(now_ms());
-        ob.path = Some(path);
-        if let Err(e) = ob.compact() {
-            // We could read the file, so rewriting it from memory later is safe.
-            ob.disk.failed(DISK_NAME, &e.to_string());
-            ob.stale = true;
-            ob.retry_at = Some(Instant::now() + REWRITE_RETRY);
         }
         Ok(ob)
     }

@@ -26,7 +26,10 @@
 //! # Methods
 //!
 //! `user.get`, `telephony.externalcall.register`, `.finish`, `.show`, `.hide`,
-//! `.searchCrmEntities`, `.attachRecord` and `crm.duplicate.findbycomm`, case-insensitively, with `.json`, a
+//! `.searchCrmEntities`, `.attachRecord`, `crm.duplicate.findbycomm`, `scope` (the granted
+//! scopes: `crm`, `telephony`, `user` unless [`FakeBitrix::set_scopes`] says otherwise; a
+//! method of a scope not granted is HTTP 401 `insufficient_scope`) and
+//! `telephony.externalLine.get` (no lines), case-insensitively, with `.json`, a
 //! trailing `/` or neither. Anything else is HTTP 404 `ERROR_METHOD_NOT_FOUND`. A wrong user
 //! id or code in the URL is HTTP 401 `INVALID_CREDENTIALS` (the source's status, §9.3).
 //! Params may be a JSON body, a form-encoded body (PHP `a[b][]=` brackets) and/or a query
@@ -158,6 +161,8 @@ struct State {
     /// Methods whose next response is lost after the request was applied.
     lost: Vec<String>,
     down: bool,
+    /// What `scope` answers; `None`: the default `crm`, `telephony`, `user`.
+    scopes: Option<Vec<String>>,
     /// (rate per second, burst, level, last update) of the optional leaky bucket.
     bucket: Option<(f64, f64, f64, Instant)>,
     /// Every method run, alone or inside a batch, with its outcome status.
@@ -576,6 +581,11 @@ impl FakeBitrix {
         self.shared.lock().registrations.clone()
     }
 
+    /// The scopes the webhook (or app) was granted, as `scope` answers them.
+    pub fn set_scopes(&self, scopes: &[&str]) {
+        self.shared.lock().scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
+    }
+
     /// Registered calls not finished yet.
     pub fn active_calls(&self) -> Vec<ActiveCall> {
         self.shared.lock().calls.values().cloned().collect()
@@ -988,6 +998,25 @@ fn dispatch(st: &mut State, method: &str, p: &Map<String, Value>) -> Outcome {
             description: "Current authorization type is denied for this method".into(),
         });
     }
+    // A method of a scope not granted (set_scopes): 401 insufficient_scope (§9.3).
+    if let Some(granted) = &st.scopes {
+        let scope = method.split('.').next().unwrap_or("");
+        let ok_with: &[&str] = match scope {
+            "user" => &["user", "user_brief", "user_basic"],
+            "telephony" => &["telephony"],
+            "crm" => &["crm"],
+            _ => &[],
+        };
+        if !ok_with.is_empty() && !granted.iter().any(|g| ok_with.contains(&g.as_str())) {
+            return Err(Fail {
+                status: 401,
+                code: "insufficient_scope",
+                description:
+                    "The request requires higher privileges than provided by the webhook token"
+                        .into(),
+            });
+        }
+    }
     match method {
         "user.get" => user_get(st, p),
         "telephony.externalcall.register" => register(st, p),
@@ -1000,6 +1029,12 @@ fn dispatch(st: &mut State, method: &str, p: &Map<String, Value>) -> Outcome {
         "crm.contact.get" => crm_get(st, p, "CONTACT"),
         "crm.company.get" => crm_get(st, p, "COMPANY"),
         "crm.lead.get" => crm_get(st, p, "LEAD"),
+        "scope" => ok(json!(st.scopes.clone().unwrap_or_else(|| vec![
+            "crm".into(),
+            "telephony".into(),
+            "user".into()
+        ]))),
+        "telephony.externalline.get" => ok(json!([])),
         _ => Err(Fail {
             status: 404,
             code: "ERROR_METHOD_NOT_FOUND",
