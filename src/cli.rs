@@ -1,5 +1,5 @@
 //! Command-line parsing, by hand: the design allows no argument-parsing crate, and the
-//! surface is small (six subcommands, five flags).
+//! surface is small (nine subcommands, five flags).
 //!
 //! Flags may come before or after the subcommand (`callme -c f run` = `callme run -c f`), but
 //! each subcommand accepts only its own flags, so a misplaced `--dry-run` is an error instead of
@@ -51,6 +51,10 @@ pub enum Command {
     AppStatus {
         config: PathBuf,
     },
+    /// Online checks of AMI, Bitrix24, click-to-call and the state dir.
+    Doctor {
+        config: PathBuf,
+    },
     Help,
     Version,
 }
@@ -81,6 +85,7 @@ Usage:
   callme ami-events   [-c FILE] [--debug]
   callme originate    [-c FILE] --from INNER --to NUMBER [--debug]
   callme app-status   [-c FILE]
+  callme doctor       [-c FILE]
   callme help | -h | --help
   callme -V | --version
 
@@ -101,6 +106,13 @@ Subcommands:
   app-status    App mode ([bitrix24] auth = app): show the portal, member_id,
                 token expiry, whether tokens are stored and the bound events.
                 Never prints a token or secret.
+  doctor        Online checks, one line each (OK, WARN or FAIL with the
+                fix): AMI login, classes, timestamps, Asterisk version and
+                channel driver, the contrib dialplan; Bitrix24 credentials,
+                scopes, employees' internal numbers and the [calls] numbers;
+                click-to-call public_url and bound events; the state dir.
+                Exits non-zero if a check fails. Never prints a secret.
+                Start here when something is wrong.
 
 Options:
   -c, --config FILE  Config file. Default: ",
@@ -159,7 +171,7 @@ impl Flag {
 }
 
 const SUBCOMMANDS: &str =
-    "run, check-config, replay, demo, ami-events, originate, app-status, help";
+    "run, check-config, replay, demo, ami-events, originate, app-status, doctor, help";
 
 /// Parse the arguments, without `argv[0]`.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageError> {
@@ -239,7 +251,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageEr
 
     let allowed: &[Flag] = match sub.as_str() {
         "run" | "ami-events" => &[Flag::Config, Flag::Debug],
-        "check-config" | "app-status" => &[Flag::Config],
+        "check-config" | "app-status" | "doctor" => &[Flag::Config],
         "replay" => &[Flag::Config, Flag::DryRun, Flag::Debug],
         "demo" => &[Flag::Debug],
         "originate" => &[Flag::Config, Flag::From, Flag::To, Flag::Debug],
@@ -320,6 +332,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageEr
             debug,
         },
         "app-status" => Command::AppStatus { config: config() },
+        "doctor" => Command::Doctor { config: config() },
         "originate" => {
             let (Some(from), Some(to)) = (get(Flag::From), get(Flag::To)) else {
                 return Err(UsageError(
@@ -573,6 +586,24 @@ mod tests {
     }
 
     #[test]
+    fn doctor() {
+        assert_eq!(
+            p(&["doctor"]).unwrap(),
+            Command::Doctor {
+                config: default_config()
+            }
+        );
+        assert_eq!(
+            p(&["doctor", "-c", "x.conf"]).unwrap(),
+            Command::Doctor {
+                config: PathBuf::from("x.conf")
+            }
+        );
+        assert!(err(&["doctor", "--debug"]).contains("--debug is not valid for `doctor`"));
+        assert!(err(&["doctor", "extra"]).contains("unexpected argument `extra`"));
+    }
+
+    #[test]
     fn help_and_version() {
         assert_eq!(p(&["help"]).unwrap(), Command::Help);
         assert_eq!(p(&["-h"]).unwrap(), Command::Help);
@@ -596,7 +627,7 @@ mod tests {
     fn unknown_things() {
         assert_eq!(
             err(&["rnu"]),
-            "unknown subcommand `rnu` (one of: run, check-config, replay, demo, ami-events, originate, app-status, help)"
+            "unknown subcommand `rnu` (one of: run, check-config, replay, demo, ami-events, originate, app-status, doctor, help)"
         );
         assert_eq!(err(&["run", "--dryrun"]), "unknown option `--dryrun`");
         assert_eq!(err(&["run", "-x"]), "unknown option `-x`");

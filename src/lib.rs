@@ -15,6 +15,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod dial_policy;
+pub mod doctor;
 pub mod dryrun;
 pub mod histogram;
 pub mod http;
@@ -32,5 +33,6 @@ pub mod replay;
 #[allow(unsafe_code)]
 pub mod rlimit;
 pub mod statefile;
+pub mod statelock;
 pub mod supervisor;
 pub mod text;

@@ -6,7 +6,7 @@ mod signals;
 use std::process::ExitCode;
 
 use callme::cli::{self, Command};
-use callme::cmd::{ami_events, app_status, originate_once, replay_capture, run_daemon};
+use callme::cmd::{ami_events, app_status, doctor, originate_once, replay_capture, run_daemon};
 use callme::{config, logging};
 
 fn main() -> ExitCode {
@@ -81,6 +81,10 @@ fn main() -> ExitCode {
         Command::AppStatus { config } => {
             logging::init(false);
             app_status::run(&config)
+        }
+        Command::Doctor { config } => {
+            logging::init(false);
+            doctor::run(&config)
         }
     }
 }

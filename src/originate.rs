@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::ami::{self, Message};
@@ -24,7 +24,7 @@ use crate::calls::tracker::Originate;
 use crate::calls::Status;
 use crate::clock::now_ms;
 use crate::config::OriginateConfig;
-use crate::context::{Context, Control};
+use crate::context::{publish_directory, Context, Control};
 use crate::dial_policy::Refusal;
 use crate::phone::{self, PhoneConfig};
 
@@ -260,27 +260,23 @@ impl Outcome {
     }
 }
 
-/// The internal number of Bitrix24 user `user_id`. On a miss the directory is loaded again
-/// once (a new employee, or one whose `UF_PHONE_INNER` was just set) and published for
-/// everybody.
+/// The internal number of Bitrix24 user `user_id`. On a miss (a new employee, one whose
+/// `UF_PHONE_INNER` was just set, or no directory loaded yet) the directory is loaded again
+/// once and published for everybody: delivery and the tracker included.
 pub fn resolve_inner(daemon: &Context, user_id: u64) -> Option<String> {
-    let current = daemon
-        .directory
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    if let Some(inner) = current.inner_for(user_id) {
+    let current = daemon.directory.get();
+    if let Some(inner) = current.as_ref().and_then(|d| d.inner_for(user_id)) {
         return Some(inner.to_string());
     }
-    log::info!("Bitrix24 user {user_id} not in the user directory, reloading it");
+    match &current {
+        Some(_) => log::info!("Bitrix24 user {user_id} not in the user directory, reloading it"),
+        None => log::info!("the Bitrix24 user directory has not loaded yet, loading it now"),
+    }
     match api::users_all(&*daemon.transport) {
         Ok(users) => {
             let dir = Directory::from_users(users, Instant::now());
             let inner = dir.inner_for(user_id).map(str::to_string);
-            let _ = daemon
-                .control
-                .send(Control::Employees(dir.inners().map(String::from).collect()));
-            *daemon.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dir);
+            publish_directory(&daemon.directory, &daemon.control, dir);
             inner
         }
         Err(e) => {

@@ -211,6 +211,17 @@ pub struct Summary {
 /// How long a replay against a real portal waits for retries before giving up.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
+/// When the deliverer sends during a replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// After each intent, so a timeline shows each request under the event behind it (the
+    /// demo and `--dry-run`, whose responder answers at once).
+    EachIntent,
+    /// The whole capture into the outbox first, then delivered the way `callme run` delivers
+    /// a backlog: batched, through its rate limiter (a replay into a real portal).
+    AfterCapture,
+}
+
 /// Feed a capture through the tracker and deliver the intents. Never sleeps between events:
 /// time comes from the capture. Only retries against a real portal wait (up to `drain_limit`).
 ///
@@ -220,6 +231,7 @@ pub fn run(
     tracker: &mut Tracker,
     deliverer: &mut Deliverer,
     mut timeline: Option<&mut dyn Write>,
+    pace: Pace,
     drain_limit: Duration,
 ) -> Summary {
     let mut summary = Summary {
@@ -254,7 +266,9 @@ pub fn run(
                 let _ = w.flush();
             }
             deliverer.push(intent);
-            deliverer.run_due(Instant::now());
+            if pace == Pace::EachIntent {
+                deliverer.run_due(Instant::now());
+            }
         }
     }
     let deadline = Instant::now() + drain_limit;

@@ -2,10 +2,12 @@
 //! survives a torn last line, and atomic rewrites. Shared by [`crate::bitrix::outbox`] and
 //! [`crate::journal`], which are siblings and do not import each other.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,13 +68,19 @@ pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, E
 }
 
 /// Replace `path` with `lines` atomically: temp file, fsync, rename, fsync the directory.
+/// A temp file that could not be written whole is removed (it would only take space).
+/// The file is made 0640 whatever the umask: it holds callers' numbers, and a `callme run`
+/// by hand does not get the unit's `UMask=0027`.
 pub fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
     let tmp = path.with_extension("jsonl.tmp");
     {
-        let mut f = File::create(&tmp).map_err(err(&tmp, "cannot create"))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(err(&tmp, "cannot write"))?;
+        let mut f = private_file(&tmp).map_err(err(&tmp, "cannot create"))?;
+        let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
+        if let Err(e) = written {
+            drop(f);
+            let _ = fs::remove_file(&tmp);
+            return Err(err(&tmp, "cannot write")(e));
+        }
     }
     fs::rename(&tmp, path).map_err(err(path, "cannot replace"))?;
     if let Some(dir) = path.parent() {
@@ -87,10 +95,93 @@ pub fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
         .map_err(err(path, "cannot open"))
 }
 
+/// Create (or truncate) `path` for writing, readable by owner and group only.
+pub fn private_file(path: &Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o640);
+        let f = opts.open(path)?;
+        // `mode` applies only when the file is created; a leftover may be wider.
+        f.set_permissions(fs::Permissions::from_mode(0o640))?;
+        Ok(f)
+    }
+    #[cfg(not(unix))]
+    opts.open(path)
+}
+
 pub fn line<T: Serialize>(rec: &T, out: &mut String) {
     // Serialising our own plain types cannot fail.
     if let Ok(s) = serde_json::to_string(rec) {
         out.push_str(&s);
         out.push('\n');
+    }
+}
+
+/// Append `bytes` to `file` (opened for appending, `len` bytes of whole records long) and,
+/// with `sync`, fsync. On failure the file is cut back to `len`, so a record torn by a full
+/// disk is not left for the next one to be glued onto; the caller decides how to retry.
+/// On success `len` grows by what was written.
+pub fn append(file: &mut File, len: &mut u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let r = file
+        .write_all(bytes)
+        .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+    match r {
+        Ok(()) => {
+            *len += bytes.len() as u64;
+            Ok(())
+        }
+        Err(e) => {
+            if let Err(cut) = file.set_len(*len) {
+                log::debug!("cannot cut a failed append back to {len} bytes: {cut}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether the files under `[state] dir` can be written, per file (`outbox`, `events
+/// journal`): written by their owners, read by `/healthz` and `/status`. A change is logged
+/// once (an error when a file stops being writable, a warning when it is writable again),
+/// never once per failed write.
+#[derive(Debug, Default)]
+pub struct DiskStatus {
+    problems: Mutex<BTreeMap<&'static str, String>>,
+}
+
+impl DiskStatus {
+    /// `what` cannot be written: `why` (kept as the current reason).
+    pub fn failed(&self, what: &'static str, why: &str) {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if p.insert(what, why.to_string()).is_none() {
+            log::error!(
+                "{what}: {why}; calls still go through from memory, but what is not on disk \
+                 would not survive a restart"
+            );
+        }
+    }
+
+    /// `what` was written fine.
+    pub fn ok(&self, what: &'static str) {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if p.remove(what).is_some() {
+            log::warn!("{what}: the state dir can be written again");
+        }
+    }
+
+    /// What is wrong, `None` when every file is writable.
+    pub fn problem(&self) -> Option<String> {
+        let p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_empty() {
+            return None;
+        }
+        Some(
+            p.iter()
+                .map(|(what, why)| format!("{what}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     }
 }

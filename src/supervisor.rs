@@ -14,8 +14,8 @@ use crate::daemon::Daemon;
 use crate::notify;
 
 /// Tells systemd how the daemon is doing (sd_notify): READY once AMI is logged in, WATCHDOG
-/// while the state thread is alive and the HTTP listener accepts connections, STATUS when
-/// the summary line changes.
+/// while the state and delivery threads are alive and the HTTP listener accepts connections,
+/// STATUS when the summary line changes.
 pub struct Supervisor {
     /// `$NOTIFY_SOCKET`, read once; `None` when not started by systemd.
     socket: Option<OsString>,
@@ -25,7 +25,7 @@ pub struct Supervisor {
     ready: bool,
     last_status: String,
     last_watchdog: Option<Instant>,
-    /// The state thread missed its deadline; logged once per episode.
+    /// The state or delivery thread missed its deadline; logged once per episode.
     stalled: bool,
     /// The HTTP listener has been unable to accept for too long; logged once per episode.
     listener_down: bool,
@@ -85,30 +85,28 @@ impl Supervisor {
         if self.last_watchdog.is_some_and(|t| now - t < interval / 2) {
             return;
         }
-        // The state thread stamps `state_alive_ms` at least every second. If it stops (a
-        // panic, a deadlock), we stop the keepalive so systemd kills and restarts us; a
-        // watchdog fed by this loop alone would only prove that this loop runs.
-        let limit = interval.max(Duration::from_secs(5)).as_millis() as u64;
-        let last = health
-            .state_alive_ms
-            .load(Ordering::Relaxed)
-            .max(self.started_ms);
-        let silent_ms = now_ms.saturating_sub(last);
-        if self.listener_down {
-            // withheld; said above
-        } else if silent_ms <= limit {
-            if self.stalled {
-                log::warn!("state thread is responsive again; watchdog keepalive resumed");
-                self.stalled = false;
+        // The state thread stamps `state_alive_ms` at least every second, the delivery thread
+        // `delivery_alive_ms` around every request and every second when idle. If either
+        // stops (a panic, a deadlock, a request that never ends), we stop the keepalive so
+        // systemd kills and restarts us; a watchdog fed by this loop alone would only prove
+        // that this loop runs.
+        match stuck_thread(health, interval, self.started_ms, now_ms) {
+            _ if self.listener_down => {
+                // withheld; said above
             }
-            self.send("WATCHDOG=1");
-            self.last_watchdog = Some(now);
-        } else if !self.stalled {
-            log::error!(
-                "state thread silent for {silent_ms} ms; withholding the watchdog keepalive \
-                 so systemd restarts callme"
-            );
-            self.stalled = true;
+            None => {
+                if self.stalled {
+                    log::warn!("daemon threads are responsive again; watchdog keepalive resumed");
+                    self.stalled = false;
+                }
+                self.send("WATCHDOG=1");
+                self.last_watchdog = Some(now);
+            }
+            Some(why) if !self.stalled => {
+                log::error!("{why}; withholding the watchdog keepalive so systemd restarts callme");
+                self.stalled = true;
+            }
+            Some(_) => {}
         }
     }
 
@@ -149,6 +147,31 @@ impl Supervisor {
             Err(_) => {}
         }
     }
+}
+
+/// Which watched thread has been silent too long, if one has: the state thread (limit: the
+/// watchdog interval, at least 5 s) or the delivery thread (`Health::delivery_limit_ms`, when
+/// set). Both count as alive from `started_ms` until their first stamp.
+fn stuck_thread(
+    health: &Health,
+    interval: Duration,
+    started_ms: u64,
+    now_ms: u64,
+) -> Option<String> {
+    let silent = |stamp: &std::sync::atomic::AtomicU64| {
+        now_ms.saturating_sub(stamp.load(Ordering::Relaxed).max(started_ms))
+    };
+    let limit = interval.max(Duration::from_secs(5)).as_millis() as u64;
+    let state = silent(&health.state_alive_ms);
+    if state > limit {
+        return Some(format!("state thread silent for {state} ms"));
+    }
+    let limit = health.delivery_limit_ms.load(Ordering::Relaxed);
+    let delivery = silent(&health.delivery_alive_ms);
+    if limit > 0 && delivery > limit {
+        return Some(format!("delivery thread silent for {delivery} ms"));
+    }
+    None
 }
 
 /// [`Daemon::shutdown`](crate::daemon::Daemon::shutdown), but give up waiting after

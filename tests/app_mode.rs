@@ -335,6 +335,49 @@ fn refused_refresh_waits(answered: &str) {
     d.wait_exit(WAIT);
 }
 
+/// An install reloads the user directory at once, not at the next refresh (issue #16): with
+/// `users_refresh` an hour, an employee added on the portal reaches `/status` right after a
+/// reinstall, which without the reload would take the hour.
+#[test]
+fn an_install_reloads_the_user_directory_at_once() {
+    let portal = FakeBitrix::start();
+    let first = portal.enable_app(1000);
+    let oauth = FakeOAuth::start(portal.refresher(), portal.client_endpoint());
+    let ami = FakeAmi::start("callme", SECRET);
+    let text = configs::set(
+        &app_config_text(&portal, &oauth, "{state}", ami.port()),
+        "bitrix24",
+        "users_refresh",
+        "3600",
+    );
+    let d = Running::start(&text, &["--debug"]);
+    let addr = d.http_addr(WAIT).expect("HTTP address");
+    let ops = d.ops_addr(WAIT).expect("ops address");
+    // Not installed: the directory cannot load, and /status says so.
+    assert_eq!(status(&ops)["users"]["loaded"], false);
+
+    let t1 = tokens(&portal, first);
+    assert_eq!(post(&addr, "/bitrix24/install", &install_body(&t1)).0, 200);
+    let count = |ops: &str| status(ops)["users"]["count"].as_u64().unwrap_or(0);
+    let before = wait_for(WAIT, || Some(count(&ops)).filter(|&n| n > 0))
+        .unwrap_or_else(|| panic!("no directory after the install:\n{}", d.log()));
+    assert_eq!(status(&ops)["users"]["loaded"], true);
+
+    // A new employee; the next refresh is an hour away. A reinstall loads them now.
+    portal.add_users(1);
+    let t2 = tokens(&portal, portal.issue_tokens());
+    assert_eq!(post(&addr, "/bitrix24/install", &install_body(&t2)).0, 200);
+    assert!(
+        wait_until(WAIT, || count(&ops) == before + 1),
+        "the install did not reload the directory ({} users):\n{}",
+        count(&ops),
+        d.log()
+    );
+    assert!(d
+        .log()
+        .contains("loading the Bitrix24 user directory again now"));
+}
+
 /// The install endpoint: the first install must name our portal; later ones must carry the
 /// stored application_token and member_id; oversized and malformed bodies are refused.
 /// Events in app mode are checked against the stored token too.

@@ -64,16 +64,11 @@ fn portal_faults_seed_6() {
 }
 
 #[test]
-#[ignore = "fails until #16 point 3: the AMI link is cut twice (1.7-3.5 s, 3.3-4.8 s); calls that \
-            began during the cuts are listed by CoreShowChannels after the reconnect but never \
-            adopted (8 of 10 in reach lost)"]
 fn all_faults_seed_3() {
     check(&Schedule::random(3, Kinds::All));
 }
 
 #[test]
-#[ignore = "fails until #16 point 3: SIGTERM and restart at 2.4 s; calls that began in the gap \
-            are listed by CoreShowChannels but never adopted (5 of 14 in reach lost)"]
 fn all_faults_seed_4() {
     check(&Schedule::random(4, Kinds::All));
 }
@@ -133,7 +128,6 @@ fn the_first_calls_after_a_start_are_registered_while_the_directory_loads() {
 /// While the state dir's files cannot grow (`EFBIG`), `/healthz` says 503 with the reason;
 /// once the disk has room again it says 200.
 #[test]
-#[ignore = "fails until #16 point 5: /healthz stays 200 while every journal write fails"]
 fn a_full_disk_turns_healthz_503_until_it_has_room_again() {
     let mut rig = chaos::Rig::new(true, "rate = 20\nusers_refresh = 2\n");
     rig.start_limited(chaos::FULL_DISK_BLOCKS);
@@ -212,9 +206,6 @@ fn soak() {
 /// registered once and finished once. Calls that began in the gap are alive at the restart,
 /// so `CoreShowChannels` lists them.
 #[test]
-#[ignore = "fails until #16 point 3: channels that CoreShowChannels lists after a restart are \
-            not adopted, so calls that began during the gap are never registered (25 of the 96 \
-            calls in reach)"]
 fn kill_9_mid_stream_every_call_alive_while_up_is_registered_once_and_finished_once() {
     let mut traffic = TrafficSpec::new(16_001, 100, 10.0);
     traffic.mix = [40, 15, 10, 15, 10, 10, 0];
@@ -234,9 +225,6 @@ fn kill_9_mid_stream_every_call_alive_while_up_is_registered_once_and_finished_o
 /// `NOTHING_LOST_OUTAGE_SECS` to shorten it for a quick local run; CI runs 20 s): all 100
 /// registered once and finished once.
 #[test]
-#[ignore = "fails until #16 point 1: the user directory has not loaded when the portal comes \
-            back, so registers fail for good with `nobody to register the call under` (59 of 100 \
-            never registered; shows skipped and finishes under the wrong user for the rest)"]
 fn portal_refusing_at_start_all_100_calls_registered_once_and_finished_once() {
     let outage = std::env::var("NOTHING_LOST_OUTAGE_SECS")
         .ok()

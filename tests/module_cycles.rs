@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Directory modules whose files are checked against each other, not just as one node.
-const SUBMODULE_DIRS: &[&str] = &["ami", "bitrix", "calls", "cmd", "config", "http"];
+const SUBMODULE_DIRS: &[&str] = &["ami", "bitrix", "calls", "cmd", "config", "doctor", "http"];
 
 /// A library source file: its module path (`["bitrix", "client"]`; `[]` for lib.rs) and text.
 struct Source {

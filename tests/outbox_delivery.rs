@@ -6,14 +6,14 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use callme::bitrix::deliver::{DeliverConfig, Deliverer, DeliveryStats};
 use callme::bitrix::limiter::{Limited, Limiter};
 use callme::bitrix::outbox::{Outbox, OUTBOX_FILE};
-use callme::bitrix::{api, Directory, Reply, Transport, WebhookClient};
+use callme::bitrix::{api, Directory, Reply, SharedDirectory, Transport, WebhookClient};
 use callme::calls::{Tracker, TrackerConfig};
 use callme::context::{Control, Health};
 use callme::daemon::delivery_loop;
@@ -76,14 +76,9 @@ impl Delivery {
         let (ctl_tx, ctl_rx) = unbounded::<Control>();
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let health = Arc::new(Health::default());
-        let published = Arc::new(RwLock::new(Arc::new(Directory::from_users(
-            Vec::new(),
-            Instant::now(),
-        ))));
         let h = health.clone();
-        let thread = thread::spawn(move || {
-            delivery_loop(d, wake_rx, ctl_tx, stop_rx, NO_REFRESH, h, published)
-        });
+        let thread =
+            thread::spawn(move || delivery_loop(d, wake_rx, ctl_tx, stop_rx, NO_REFRESH, h));
         Delivery {
             wake: wake_tx,
             stop: stop_tx,
@@ -212,7 +207,7 @@ fn outage_then_recovery_loses_and_duplicates_nothing() {
     let d = Deliverer::with_outbox(
         deliver_config(),
         Box::new(switch.clone()),
-        directory,
+        SharedDirectory::loaded(directory),
         outbox.clone(),
     );
     let delivery = Delivery::start(d);
@@ -274,7 +269,7 @@ fn a_burst_of_calls_stays_under_the_portal_rate_limit() {
     let d = Deliverer::with_outbox(
         deliver_config(),
         Box::new(transport),
-        Directory::from_users(Vec::new(), Instant::now()),
+        SharedDirectory::not_loaded(),
         outbox.clone(),
     );
     let delivery = Delivery::start(d);

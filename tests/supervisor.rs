@@ -138,3 +138,41 @@ fn watchdog_stops_while_the_listener_cannot_accept() {
     *failing.lock().unwrap() = None;
     assert_eq!(tick(4), 1, "resumed");
 }
+
+/// The delivery thread is watched too: silent past `Health::delivery_limit_ms` (a panic, or a
+/// request that never ends), the keepalive is withheld; stamping again resumes it.
+#[test]
+fn watchdog_stops_while_the_delivery_thread_is_silent() {
+    let interval = Duration::from_secs(2);
+    let (mut sup, sock, _dir) = supervised("watchdog-delivery", Some(interval));
+    let health = Health::default();
+    let t0 = Instant::now();
+    let ms0 = sup.started_ms();
+    health.delivery_limit_ms.store(70_000, Ordering::Relaxed);
+    health.delivery_alive_ms.store(ms0, Ordering::Relaxed);
+    let watchdogs = |v: Vec<String>| v.iter().filter(|m| *m == "WATCHDOG=1").count();
+
+    // The state thread stays alive throughout; only delivery goes quiet.
+    let tick = |sup: &mut Supervisor, secs: u64| {
+        let ms = ms0 + secs * 1000;
+        health.state_alive_ms.store(ms, Ordering::Relaxed);
+        sup.tick(&health, t0 + Duration::from_secs(secs), ms);
+    };
+    tick(&mut sup, 0);
+    assert_eq!(watchdogs(received(&sock)), 1, "first tick");
+    tick(&mut sup, 60);
+    assert_eq!(
+        watchdogs(received(&sock)),
+        1,
+        "60 s without a stamp is under the limit"
+    );
+    tick(&mut sup, 71);
+    assert_eq!(watchdogs(received(&sock)), 0, "withheld past the limit");
+    assert!(sup.is_stalled());
+    health
+        .delivery_alive_ms
+        .store(ms0 + 71_500, Ordering::Relaxed);
+    tick(&mut sup, 72);
+    assert_eq!(watchdogs(received(&sock)), 1, "resumed");
+    assert!(!sup.is_stalled());
+}

@@ -7,7 +7,7 @@
 //! but the socket: events go onto an unbounded channel drained by another thread, and responses
 //! are handed to the waiting caller by ActionID without ever blocking the reader.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::io::{self, BufReader, ErrorKind, Write};
@@ -25,6 +25,9 @@ use super::Error;
 /// Asterisk answers a wrong secret only after `sleep(1)` (ami.md §2.3), so the wait for the Login
 /// response must outlast that, or a wrong secret would be reported as a mere timeout.
 const LOGIN_GRACE: Duration = Duration::from_secs(2);
+/// Events kept that arrive before the Login response (see [`Worker::login`]); past this many
+/// the oldest of them are dropped, with a warning. Each is at most the codec's message cap.
+const EARLY_EVENTS_MAX: usize = 10_000;
 /// Bounds of the socket read timeout, i.e. how often timers are checked while the link is idle.
 const MIN_TICK: Duration = Duration::from_millis(10);
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -594,7 +597,7 @@ impl Worker {
                 )))
             }
         };
-        self.login(&mut reader)?;
+        let early = self.login(&mut reader)?;
 
         self.shared.logged_in.store(true, Ordering::SeqCst);
         self.backoff.reset();
@@ -614,7 +617,7 @@ impl Worker {
         }
         self.failures = 0;
         self.last_failure = None;
-        self.read_loop(reader, banner)
+        self.read_loop(reader, banner, early)
     }
 
     /// Resolving and connecting cannot be interrupted, so they run on a short-lived helper
@@ -635,7 +638,11 @@ impl Worker {
         }
     }
 
-    fn login(&self, reader: &mut AmiReader) -> Result<(), Error> {
+    /// Log in. Returns the events that came before the Login response: a busy server may
+    /// already be streaming a call when the response goes out (issue #16: the first call after
+    /// a start vanished without a word because its Newchannel was read here and thrown away).
+    /// They are kept, in order, and delivered after `Connected` like every other event.
+    fn login(&self, reader: &mut AmiReader) -> Result<Vec<(Message, SystemTime)>, Error> {
         let id = self.shared.new_action_id();
         let login = Message::from_pairs(&[
             ("Action", "Login"),
@@ -645,18 +652,37 @@ impl Worker {
         ]);
         self.shared.write(&login, false)?;
         let deadline = Instant::now() + self.cfg.connect_timeout + LOGIN_GRACE;
+        let mut early = EarlyEvents::new(EARLY_EVENTS_MAX);
         loop {
             let Frame::Message(msg) =
                 self.next_frame(reader, deadline, "waiting for the Login response")?
             else {
                 continue;
             };
-            if msg.event().is_some() || msg.action_id().is_some_and(|a| a != id) {
+            if msg.event().is_some() {
+                early.push(msg, SystemTime::now());
+                continue;
+            }
+            if msg.action_id().is_some_and(|a| a != id) {
                 continue;
             }
             let status = msg.get("Response").unwrap_or_default();
             if status.eq_ignore_ascii_case("Success") {
-                return Ok(());
+                if early.dropped > 0 {
+                    log::warn!(
+                        "AMI: {} events came before the Login response; kept the last \
+                         {EARLY_EVENTS_MAX}, dropped {}",
+                        early.kept.len() + early.dropped,
+                        early.dropped
+                    );
+                } else if !early.kept.is_empty() {
+                    log::info!(
+                        "AMI: {} event(s) came before the Login response; kept, delivered \
+                         after it",
+                        early.kept.len()
+                    );
+                }
+                return Ok(early.kept.into());
             }
             let text = msg
                 .get("Message")
@@ -693,7 +719,12 @@ impl Worker {
     /// Reads until the link fails. Waits on nothing but the socket: the read timeout (`tick`)
     /// wakes it to run the keepalive and FullyBooted timers. This relies on the codec's reader
     /// being resumable after a timeout in the middle of a message.
-    fn read_loop(&mut self, mut reader: AmiReader, banner: String) -> Result<Infallible, Error> {
+    fn read_loop(
+        &mut self,
+        mut reader: AmiReader,
+        banner: String,
+        early: Vec<(Message, SystemTime)>,
+    ) -> Result<Infallible, Error> {
         let dropped_base = self.shared.dropped.load(Ordering::Relaxed);
         let mut keepalive = Keepalive::new(
             Instant::now(),
@@ -703,7 +734,8 @@ impl Worker {
         // Until FullyBooted (or its timeout) events are held back, so the consumer gets
         // `Connected` first and every event after it.
         let mut boot_deadline = Some(Instant::now() + self.cfg.fully_booted_timeout);
-        let mut held: Vec<(Message, SystemTime)> = Vec::new();
+        // The events that came with the Login response go first.
+        let mut held: Vec<(Message, SystemTime)> = early;
         let mut position = reader.position();
         loop {
             if self.stopping() {
@@ -795,6 +827,32 @@ impl Worker {
         self.shared.events.fetch_add(1, Ordering::Relaxed);
         // A dropped receiver means the daemon is stopping; requests may still be in flight.
         let _ = self.events.send(Incoming::Event { msg, at });
+    }
+}
+
+/// Events read while waiting for the Login response: the newest `max` are kept, in order;
+/// older ones beyond that are counted and dropped.
+struct EarlyEvents {
+    kept: VecDeque<(Message, SystemTime)>,
+    dropped: usize,
+    max: usize,
+}
+
+impl EarlyEvents {
+    fn new(max: usize) -> EarlyEvents {
+        EarlyEvents {
+            kept: VecDeque::new(),
+            dropped: 0,
+            max,
+        }
+    }
+
+    fn push(&mut self, msg: Message, at: SystemTime) {
+        if self.kept.len() >= self.max {
+            self.kept.pop_front();
+            self.dropped += 1;
+        }
+        self.kept.push_back((msg, at));
     }
 }
 
@@ -933,6 +991,25 @@ impl XorShift {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_before_the_login_response_are_kept_up_to_the_bound() {
+        let mut early = EarlyEvents::new(3);
+        for i in 0..5 {
+            let n = i.to_string();
+            early.push(
+                Message::from_pairs(&[("Event", "Newchannel"), ("Uniqueid", &n)]),
+                SystemTime::now(),
+            );
+        }
+        let kept: Vec<&str> = early
+            .kept
+            .iter()
+            .filter_map(|(m, _)| m.get("Uniqueid"))
+            .collect();
+        assert_eq!(kept, ["2", "3", "4"], "the newest, in order");
+        assert_eq!(early.dropped, 2);
+    }
 
     fn shared() -> Shared {
         Shared {

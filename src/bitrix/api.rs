@@ -7,9 +7,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::agent::{agent, Redirects};
-use super::client::{redact_url, Transport};
-use super::envelope::{json_u64, parse_envelope};
+use super::client::Transport;
+use super::envelope::json_u64;
 use super::error::Error;
 use super::urlenc::url_encode;
 
@@ -263,6 +262,12 @@ pub struct User {
 const PAGE: u64 = 50;
 /// Stop paging after this many pages even if `next` keeps coming (100 000 users).
 const MAX_PAGES: u64 = 2000;
+/// Most users kept from `user.get`, whatever the pages hold: `MAX_PAGES` full pages. A portal
+/// (or anything answering in its name) that sends more is refused rather than believed.
+const MAX_USERS: usize = (MAX_PAGES * PAGE) as usize;
+/// Room reserved up front from the `total` the first page claims. A number from the network
+/// sizes no allocation beyond this; the list grows past it only with users actually received.
+const RESERVE_MAX: usize = 1000;
 
 /// All active employees, following `next` page by page (50 a page, §6.2).
 ///
@@ -285,8 +290,14 @@ pub fn users_all(t: &dyn Transport) -> Result<Vec<User>, Error> {
             )));
         };
         if start == 0 {
-            // A missing `total` means an empty list (§6.2).
-            users.reserve(reply.total.unwrap_or(0) as usize);
+            // A missing `total` means an empty list (§6.2). Capped: it is the network's word.
+            let total = usize::try_from(reply.total.unwrap_or(0)).unwrap_or(usize::MAX);
+            users.reserve(total.min(RESERVE_MAX));
+        }
+        if users.len().saturating_add(rows.len()) > MAX_USERS {
+            return Err(Error::Decode(format!(
+                "user.get: more than {MAX_USERS} users, giving up"
+            )));
         }
         for row in rows {
             users.push(parse_user(row)?);
@@ -521,86 +532,6 @@ pub fn attach_record(
     Ok(Attached::File(r.get("FILE_ID").and_then(json_u64)))
 }
 
-/// POST a file to the upload URL that `attachRecord` returned (§4.2 mode 3), as
-/// `multipart/form-data` with one file field. The body is built by hand: it is one part, and
-/// no multipart crate is allowed. Returns the Drive file id if the answer has one.
-///
-/// The URL carries a token (and, for webhooks, the webhook code): it is never logged or put
-/// into an error as is, only through [`redact_url`].
-pub fn upload_record(
-    upload_url: &str,
-    field_name: &str,
-    filename: &str,
-    content: &[u8],
-    timeout: std::time::Duration,
-) -> Result<Option<u64>, Error> {
-    let boundary = multipart_boundary(content);
-    let body = multipart_body(&boundary, field_name, filename, content);
-    let agent = agent(timeout, Redirects::Follow);
-    let shown = redact_url(upload_url);
-    log::debug!(
-        "bitrix24 -> POST {shown} ({} bytes, {filename})",
-        content.len()
-    );
-    let scrub = |m: String| m.replace(upload_url, &shown);
-    let mut response = agent
-        .post(upload_url)
-        .header(
-            "Content-Type",
-            &format!("multipart/form-data; boundary={boundary}"),
-        )
-        .send(&body[..])
-        .map_err(|e| Error::Transport(scrub(e.to_string())))?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| Error::Transport(scrub(format!("reading upload response: {e}"))))?;
-    log::debug!(
-        "bitrix24 <- upload HTTP {status}: {}",
-        super::error::truncate(&text, 512)
-    );
-    let reply = parse_envelope(status, &text)?;
-    Ok(reply.result.get("FILE_ID").and_then(json_u64))
-}
-
-/// A boundary that does not occur in `content` (checked, not just hoped for).
-fn multipart_boundary(content: &[u8]) -> String {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    (0u32..)
-        .map(|n| format!("callme-{seed:x}-{n}"))
-        .find(|b| !content.windows(b.len()).any(|w| w == b.as_bytes()))
-        .expect("some boundary is free")
-}
-
-/// One-part `multipart/form-data` body (RFC 7578). Quotes and line breaks in the name are
-/// replaced, since they would end the header.
-pub fn multipart_body(boundary: &str, field: &str, filename: &str, content: &[u8]) -> Vec<u8> {
-    let clean = |s: &str| s.replace(['"', '\r', '\n', '\\'], "_");
-    let mime = if filename.ends_with(".mp3") {
-        "audio/mpeg"
-    } else if filename.ends_with(".wav") {
-        "audio/wav"
-    } else {
-        "application/octet-stream"
-    };
-    let mut body = Vec::with_capacity(content.len() + 256);
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\n\
-             Content-Type: {mime}\r\n\r\n",
-            clean(field),
-            clean(filename)
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(content);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    body
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::envelope::Reply;
@@ -770,6 +701,35 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_total_from_the_network_sizes_nothing() {
+        // A `total` of u64::MAX used to go straight into `Vec::reserve` (capacity overflow,
+        // a panic, or an allocation as large as the claim).
+        let t = Canned::new(vec![Ok(Reply {
+            result: json!([{"ID":"1","ACTIVE":true,"UF_PHONE_INNER":"219"}]),
+            next: None,
+            total: Some(u64::MAX),
+        })]);
+        let users = users_all(&t).unwrap();
+        assert_eq!(users.len(), 1);
+        assert!(users.capacity() <= RESERVE_MAX, "{}", users.capacity());
+    }
+
+    #[test]
+    fn more_users_than_the_cap_are_refused() {
+        let row = json!({"ID":"1","ACTIVE":true});
+        let page = Ok(Reply {
+            result: Value::Array(vec![row; MAX_USERS + 1]),
+            next: None,
+            total: None,
+        });
+        let t = Canned::new(vec![page]);
+        match users_all(&t) {
+            Err(Error::Decode(why)) => assert!(why.contains("more than"), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn batch_commands_use_php_encoding() {
         let p = card_params("externalCall.x.1", &[19, 20]);
         assert_eq!(
@@ -857,17 +817,5 @@ mod tests {
             attach_record(&t, "c1", &name),
             Err(Error::Decode(_))
         ));
-    }
-
-    #[test]
-    fn multipart_body_is_one_file_part() {
-        let b = multipart_body("XyZ", "file", "a\".mp3", b"\x00\x01ID3");
-        let mut want = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; \
-                         filename=\"a_.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
-            .to_vec();
-        want.extend_from_slice(b"\x00\x01ID3\r\n--XyZ--\r\n");
-        assert_eq!(b, want);
-        let boundary = multipart_boundary(b"callme-");
-        assert!(boundary.starts_with("callme-"));
     }
 }

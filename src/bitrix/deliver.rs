@@ -10,6 +10,12 @@
 //! exponential backoff; other calls go on. A permanent failure is logged once with the full
 //! Bitrix24 error and the call moves on.
 //!
+//! A step that needs an internal number → user mapping while the user directory has not loaded
+//! yet is neither: it waits (held with the same backoff, released at once when a directory is
+//! published, no attempt counted), because "not loaded" is not "nobody" (issue #16). The only
+//! permanent "nobody to register the call under" is a loaded directory without the employee and
+//! no usable `[calls] default_user`.
+//!
 //! The queue is the [`Outbox`]: with the daemon's durable outbox every step is on disk
 //! before it is tried, and a restart continues where it stopped (`docs/outbox.md`). When
 //! several calls have a step due at once (a backlog after an outage, a burst of calls), their
@@ -23,11 +29,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::api::{self, FinishParams, RegisterParams};
+use super::attach_worker::{AttachWorker, Job};
 use super::client::{Reply, Transport};
 use super::limiter::Limiter;
 use super::outbox::{Outbox, Step};
 use super::priority::{self, Priority};
-use super::users::Directory;
+use super::users::{Directory, SharedDirectory};
 use super::Error;
 use crate::calls::{Action, Direction, FinishUser, Intent};
 use crate::config::{Config, PhoneConfig, RecordingConfig, Responsible};
@@ -80,6 +87,8 @@ pub struct DeliveryStats {
     pub steps: BTreeMap<(String, String), u64>,
     /// Finished calls by (direction: inbound/outbound, STATUS_CODE).
     pub finished: BTreeMap<(String, String), u64>,
+    /// Calls whose next step waits for the first load of the user directory (now).
+    pub waiting_for_directory: usize,
     /// Card latency: from the moment the tracker decided a Show (the phone started ringing;
     /// the step's `queued_ms`, stamped when the state thread queued it) to the moment the
     /// portal accepted the show. Includes the register before it and any retries, which is
@@ -104,6 +113,34 @@ pub(crate) enum Done {
     /// Not yet: run this step again after the delay. Not a failure and not a retry (the
     /// attempt count stays), e.g. a recording still being converted.
     Later(Duration),
+    /// The step needs an internal number → user mapping and the user directory has not
+    /// loaded yet: wait for it (never a reason to give up, issue #16). Says what it needs.
+    NoDirectory(String),
+}
+
+/// The answer of a look-up that may need the user directory.
+enum Lookup {
+    User(u64),
+    /// The directory is loaded and has nobody for it (and no fallback applies).
+    Nobody,
+    /// Only the directory can say, and it has not loaded yet.
+    NotLoaded,
+}
+
+impl Lookup {
+    fn from_dir(dir: Option<&Directory>, f: impl FnOnce(&Directory) -> Option<u64>) -> Lookup {
+        match dir {
+            None => Lookup::NotLoaded,
+            Some(d) => f(d).map_or(Lookup::Nobody, Lookup::User),
+        }
+    }
+
+    fn or_else(self, f: impl FnOnce() -> Lookup) -> Lookup {
+        match self {
+            Lookup::Nobody => f(),
+            other => other,
+        }
+    }
 }
 
 /// A [`Transport`] for one step inside a batch round: it answers the step's requests from
@@ -196,7 +233,8 @@ enum Round {
 pub struct Deliverer {
     cfg: DeliverConfig,
     transport: Arc<dyn Transport>,
-    directory: Directory,
+    /// The daemon's one published directory (see [`SharedDirectory`]).
+    directory: SharedDirectory,
     outbox: Arc<Mutex<Outbox>>,
     /// Pack due steps of different calls into `batch` requests when several are due.
     batching: bool,
@@ -211,27 +249,42 @@ pub struct Deliverer {
     /// When each call's recording attach first ran, for `[recording] wait`. In memory: after a
     /// restart the wait starts again, which only delays giving up.
     attach_since: HashMap<String, Instant>,
+    /// Calls held because their next step needs the directory, with how many times in a row
+    /// (for the backoff). Bounded by the calls in the outbox: an entry goes when its call's
+    /// step runs with the directory loaded.
+    waiting: HashMap<String, u32>,
+    /// Where attaches run when set (the daemon): off this thread, so that cards never wait
+    /// behind an upload. `None`: inline (replay, the demo, tests of the step logic).
+    attach_worker: Option<AttachWorker>,
 }
+
+/// A due attach waiting for the busy attach worker looks again this soon.
+const ATTACH_QUEUED: Duration = Duration::from_millis(250);
+/// An attach in flight holds its call this long at most; its result (or the worker's death)
+/// settles it long before.
+const ATTACH_IN_FLIGHT: Duration = Duration::from_secs(24 * 3600);
 
 impl Deliverer {
     /// A deliverer with an in-memory outbox that sends one request at a time: for
     /// `callme replay` and the demo, whose dry-run transport knows no `batch`.
+    /// `directory` is taken as loaded (the caller loaded `user.get` first).
     pub fn new(cfg: DeliverConfig, transport: Box<dyn Transport>, directory: Directory) -> Self {
         let mut d = Self::with_outbox(
             cfg,
             transport,
-            directory,
+            SharedDirectory::loaded(directory),
             Arc::new(Mutex::new(Outbox::in_memory())),
         );
         d.batching = false;
         d
     }
 
-    /// A deliverer over a shared (usually durable) outbox, batching when a backlog forms.
+    /// A deliverer over a shared (usually durable) outbox and the shared user directory,
+    /// batching when a backlog forms.
     pub fn with_outbox(
         cfg: DeliverConfig,
         transport: Box<dyn Transport>,
-        directory: Directory,
+        directory: SharedDirectory,
         outbox: Arc<Mutex<Outbox>>,
     ) -> Self {
         Deliverer {
@@ -243,6 +296,8 @@ impl Deliverer {
             pacing: None,
             answers: HashMap::new(),
             attach_since: HashMap::new(),
+            waiting: HashMap::new(),
+            attach_worker: None,
             stats: DeliveryStats::default(),
         }
     }
@@ -253,12 +308,50 @@ impl Deliverer {
         self.pacing = Some(limiter);
     }
 
-    pub fn set_directory(&mut self, directory: Directory) {
-        self.directory = directory;
+    /// Run recording attaches on a worker thread of their own (see [`AttachWorker`]), with
+    /// `transport` (not this deliverer's, whose requests stamp the delivery thread's
+    /// liveness); `wake` is signalled when one finishes. If the thread cannot be started,
+    /// attaches stay inline.
+    pub fn with_attach_worker(
+        mut self,
+        transport: Arc<dyn Transport>,
+        wake: Option<crossbeam_channel::Sender<()>>,
+    ) -> Self {
+        match AttachWorker::spawn(self.cfg.recording.clone(), transport, wake) {
+            Ok(w) => self.attach_worker = Some(w),
+            Err(e) => {
+                log::error!("cannot start the recording attach thread ({e}); attaching inline")
+            }
+        }
+        self
     }
 
-    pub fn directory(&self) -> &Directory {
+    /// Publish a freshly loaded directory (to everyone sharing it) and let the steps that
+    /// waited for it go at once.
+    pub fn set_directory(&mut self, directory: Directory) {
+        self.directory.publish(directory);
+        self.directory_arrived(Instant::now());
+    }
+
+    /// The shared directory this deliverer reads.
+    pub fn directory(&self) -> &SharedDirectory {
         &self.directory
+    }
+
+    /// A directory was published (here or by another thread): the calls held for it are due
+    /// now instead of at the end of their backoff.
+    pub fn directory_arrived(&mut self, now: Instant) {
+        if !self.directory.is_loaded() || self.waiting.is_empty() {
+            return;
+        }
+        log::info!(
+            "user directory loaded: {} call(s) that waited for it go on",
+            self.waiting.len()
+        );
+        let mut ob = self.ob();
+        for key in self.waiting.keys() {
+            ob.hold(key, now, false);
+        }
     }
 
     pub fn transport(&self) -> &dyn Transport {
@@ -317,6 +410,7 @@ impl Deliverer {
             if let Some(l) = self.pacing.as_ref().filter(|_| wait) {
                 l.wait_ready();
             }
+            self.collect_attaches();
             let now = now.max(Instant::now());
             let round = self.round(now, &mut answers);
             // After a round that only settled steps (e.g. a show answered in its register's
@@ -368,6 +462,11 @@ impl Deliverer {
         let mut settled = false;
         for (key, step) in due {
             if matches!(step.action, Action::Attach { .. }) {
+                if self.attach_worker.as_ref().is_some_and(|w| !w.is_dead()) {
+                    self.start_attach(&key, &step, now);
+                    settled = true;
+                    continue;
+                }
                 let t = Arc::clone(&self.transport);
                 let result = self.step(&key, &step.action, t.as_ref());
                 self.settle(&key, &step, result, now);
@@ -480,7 +579,7 @@ impl Deliverer {
             let Action::Show { ext } = &next.action else {
                 continue;
             };
-            let Some(user) = self.directory.user_for(ext) else {
+            let Some(user) = self.directory.get().and_then(|d| d.user_for(ext)) else {
                 continue;
             };
             if ob.begin(key, next.seq) {
@@ -501,11 +600,18 @@ impl Deliverer {
     /// Without batching (`callme replay`, the demo): each due step straight to the transport.
     fn run_due_one_by_one(&mut self, now: Instant) -> Option<Instant> {
         for _ in 0..100_000 {
+            self.collect_attaches();
             let due = self.ob().due(now);
             if due.is_empty() {
                 break;
             }
             for (key, step) in due {
+                if matches!(step.action, Action::Attach { .. })
+                    && self.attach_worker.as_ref().is_some_and(|w| !w.is_dead())
+                {
+                    self.start_attach(&key, &step, now);
+                    continue;
+                }
                 let t = Arc::clone(&self.transport);
                 let result = self.step(&key, &step.action, t.as_ref());
                 self.settle(&key, &step, result, now);
@@ -517,9 +623,68 @@ impl Deliverer {
         ob.next_due()
     }
 
+    /// Hand a due attach to the worker, holding its call while it runs (or, with the worker
+    /// busy, for a moment before looking again).
+    fn start_attach(&mut self, key: &str, step: &Step, now: Instant) {
+        let Action::Attach { path } = &step.action else {
+            return;
+        };
+        let Some(call_id) = self.call_id(key) else {
+            let skipped = Ok(Done::Skipped("call is not registered".into()));
+            self.settle(key, step, skipped, now);
+            return;
+        };
+        let since = *self
+            .attach_since
+            .entry(key.to_string())
+            .or_insert_with(Instant::now);
+        let job = Job {
+            key: key.to_string(),
+            seq: step.seq,
+            call_id,
+            path: path.clone(),
+            waited: since.elapsed(),
+        };
+        let submitted = self.attach_worker.as_mut().is_some_and(|w| w.submit(job));
+        let hold = if submitted {
+            ATTACH_IN_FLIGHT
+        } else {
+            ATTACH_QUEUED
+        };
+        self.ob().hold(key, now + hold, false);
+    }
+
+    /// Settle the attach the worker finished, if any.
+    fn collect_attaches(&mut self) {
+        while let Some(f) = self.attach_worker.as_mut().and_then(AttachWorker::poll) {
+            let step = self
+                .ob()
+                .call(&f.key)
+                .and_then(|c| c.steps.iter().find(|s| s.seq == f.seq).cloned());
+            let Some(step) = step else {
+                continue;
+            };
+            let call_id = self.call_id(&f.key).unwrap_or_default();
+            let result = self.attach_outcome(&f.key, &call_id, f.result);
+            self.settle(&f.key, &step, result, Instant::now());
+        }
+    }
+
     /// Record the outcome of one step in the outbox and the stats.
     fn settle(&mut self, key: &str, step: &Step, result: Result<Done, Error>, now: Instant) {
         let name = step_name(&step.action);
+        let again = match &result {
+            Ok(Done::Later(_) | Done::NoDirectory(_)) => true,
+            Err(e) => e.is_retryable(),
+            Ok(_) => false,
+        };
+        if !again && matches!(step.action, Action::Attach { .. }) {
+            // The attach is over, whatever its end: its wait clock goes with it.
+            self.attach_since.remove(key);
+        }
+        if !matches!(result, Ok(Done::NoDirectory(_))) && self.waiting.remove(key).is_some() {
+            self.stats.waiting_for_directory = self.waiting.len();
+        }
         match result {
             Ok(Done::Ok) => {
                 self.stats.sent += 1;
@@ -538,6 +703,24 @@ impl Deliverer {
             }
             Ok(Done::Later(delay)) => {
                 log::debug!("{key}: {name} not possible yet, again in {delay:?}");
+                self.ob().hold(key, now + delay, false);
+            }
+            Ok(Done::NoDirectory(what)) => {
+                self.stats.count(name, "wait");
+                let waits = self.waiting.entry(key.to_string()).or_insert(0);
+                *waits += 1;
+                let delay = backoff(self.cfg.retry_min, self.cfg.retry_max, *waits, key);
+                if *waits == 1 {
+                    log::info!(
+                        "{key}: {name} waits for the Bitrix24 user directory (not loaded yet) \
+                         to map {what}"
+                    );
+                } else {
+                    log::debug!("{key}: {name} still waits for the user directory ({what})");
+                }
+                self.stats.waiting_for_directory = self.waiting.len();
+                // Not a retry and not an attempt: nothing was sent. The directory's arrival
+                // releases the call early (`directory_arrived`).
                 self.ob().hold(key, now + delay, false);
             }
             Err(e) if e.is_retryable() => {
@@ -608,17 +791,31 @@ impl Deliverer {
                 // outbound call to the employee who dialled; otherwise the CRM decides before
                 // the card opens. An outbound call from a phone that is not a Bitrix24 user
                 // falls back to the inbound rules (CRM owner, line map, default user).
+                let dir = self.directory.get();
+                let dir = dir.as_deref();
                 let chosen = match (employee, direction) {
-                    (Some(ext), Direction::Outbound) => match self.directory.user_for(ext) {
-                        Some(id) => Some(id),
-                        None => self.responsible_for(t, &number, line)?,
-                    },
-                    (Some(ext), _) => self.directory.user_for(ext).or_else(|| self.default_user()),
-                    (None, _) => self.responsible_for(t, &number, line)?,
+                    (Some(ext), Direction::Outbound) => {
+                        match Lookup::from_dir(dir, |d| d.user_for(ext)) {
+                            Lookup::Nobody => self.responsible_for(t, &number, line, dir)?,
+                            other => other,
+                        }
+                    }
+                    (Some(ext), _) => Lookup::from_dir(dir, |d| d.user_for(ext))
+                        .or_else(|| self.default_user(dir)),
+                    (None, _) => self.responsible_for(t, &number, line, dir)?,
                 };
                 let user_id = match chosen {
-                    Some(id) => id,
-                    None => {
+                    Lookup::User(id) => id,
+                    Lookup::NotLoaded => {
+                        let who = employee.as_deref().map_or_else(
+                            || "the line or default user".to_string(),
+                            |e| format!("internal number {e}"),
+                        );
+                        return Ok(Done::NoDirectory(who));
+                    }
+                    // The only permanent "nobody": a loaded directory without the employee
+                    // and no usable default user.
+                    Lookup::Nobody => {
                         return Err(Error::Decode(
                             "nobody to register the call under: the CRM has no responsible \
                              employee for this number and [calls] default_user is not set or \
@@ -646,7 +843,10 @@ impl Deliverer {
                 Ok(Done::Ok)
             }
             Action::Adopt { call_id, ext } => {
-                let user = self.directory.user_for(ext);
+                let Some(dir) = self.directory.get() else {
+                    return Ok(Done::NoDirectory(format!("internal number {ext}")));
+                };
+                let user = dir.user_for(ext);
                 self.ob()
                     .set_facts(key, call_id.clone(), user, Direction::Outbound);
                 log::info!("{key}: click-to-call {call_id} by {ext}");
@@ -656,7 +856,10 @@ impl Deliverer {
                 let Some(call_id) = self.call_id(key) else {
                     return Ok(Done::Skipped("call is not registered".into()));
                 };
-                let Some(user) = self.directory.user_for(ext) else {
+                let Some(dir) = self.directory.get() else {
+                    return Ok(Done::NoDirectory(format!("internal number {ext}")));
+                };
+                let Some(user) = dir.user_for(ext) else {
                     return Ok(Done::Skipped(format!("{ext} is not a Bitrix24 user")));
                 };
                 if matches!(action, Action::Show { .. }) {
@@ -674,11 +877,20 @@ impl Deliverer {
                 let Some(call_id) = self.call_id(key) else {
                     return Ok(Done::Skipped("call is not registered".into()));
                 };
-                let user_id = self.finish_user(key, user).ok_or_else(|| {
-                    Error::Decode(
-                        "nobody to finish the call under (set [calls] default_user)".into(),
-                    )
-                })?;
+                let user_id = match self.finish_user(key, user) {
+                    Lookup::User(id) => id,
+                    Lookup::NotLoaded => {
+                        return Ok(Done::NoDirectory(match user {
+                            FinishUser::Employee(ext) => format!("internal number {ext}"),
+                            _ => "the default user".to_string(),
+                        }))
+                    }
+                    Lookup::Nobody => {
+                        return Err(Error::Decode(
+                            "nobody to finish the call under (set [calls] default_user)".into(),
+                        ))
+                    }
+                };
                 let attempts = self.ob().call(key).map_or(0, |c| c.attempts);
                 let res = api::finish(
                     t,
@@ -721,23 +933,34 @@ impl Deliverer {
                     .attach_since
                     .entry(key.to_string())
                     .or_insert_with(Instant::now);
-                let step =
-                    super::record::attach(&self.cfg.recording, t, &call_id, path, since.elapsed())?;
-                if !matches!(step, super::record::Progress::Later(_)) {
-                    self.attach_since.remove(key);
-                }
-                match step {
-                    super::record::Progress::Attached(how) => {
-                        log::info!("{key}: recording attached to {call_id}: {how}");
-                        Ok(Done::Ok)
-                    }
-                    super::record::Progress::Later(d) => Ok(Done::Later(d)),
-                    super::record::Progress::Skipped { why, outcome } => {
-                        // Why nothing was sent, beside the general "skipped" count.
-                        self.stats.count("attachRecord", outcome);
-                        Ok(Done::Skipped(why))
-                    }
-                }
+                let r =
+                    super::record::attach(&self.cfg.recording, t, &call_id, path, since.elapsed());
+                self.attach_outcome(key, &call_id, r)
+            }
+        }
+    }
+
+    /// An attach's [`Progress`] as a step outcome (inline or from the worker).
+    fn attach_outcome(
+        &mut self,
+        key: &str,
+        call_id: &str,
+        r: Result<super::record::Progress, Error>,
+    ) -> Result<Done, Error> {
+        let step = r?;
+        if !matches!(step, super::record::Progress::Later(_)) {
+            self.attach_since.remove(key);
+        }
+        match step {
+            super::record::Progress::Attached(how) => {
+                log::info!("{key}: recording attached to {call_id}: {how}");
+                Ok(Done::Ok)
+            }
+            super::record::Progress::Later(d) => Ok(Done::Later(d)),
+            super::record::Progress::Skipped { why, outcome } => {
+                // Why nothing was sent, beside the general "skipped" count.
+                self.stats.count("attachRecord", outcome);
+                Ok(Done::Skipped(why))
             }
         }
     }
@@ -749,46 +972,50 @@ impl Deliverer {
     /// CRM responsible (contact → company → lead), else the static line map, else the default
     /// user. A CRM lookup that fails with a retryable error is retried: registering under a
     /// fallback user because Bitrix24 hiccuped would put the card in front of the wrong person.
+    /// The CRM needs no directory; the line map and the default user do, so without one they
+    /// answer [`Lookup::NotLoaded`].
     fn responsible_for(
         &self,
         t: &dyn Transport,
         number: &str,
         line: &str,
-    ) -> Result<Option<u64>, Error> {
+        dir: Option<&Directory>,
+    ) -> Result<Lookup, Error> {
         if self.cfg.responsible == Responsible::Crm {
             match api::responsible_for(t, number) {
-                Ok(Some(id)) => return Ok(Some(id)),
+                Ok(Some(id)) => return Ok(Lookup::User(id)),
                 Ok(None) => {}
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => log::warn!("CRM lookup for {number} failed, using fallbacks: {e}"),
             }
         }
-        let by_line = self
-            .cfg
-            .static_responsible
-            .iter()
-            .find(|(l, _)| l == line)
-            .and_then(|(_, ext)| self.directory.user_for(ext));
-        Ok(by_line.or_else(|| self.default_user()))
+        let by_line = match self.cfg.static_responsible.iter().find(|(l, _)| l == line) {
+            Some((_, ext)) => Lookup::from_dir(dir, |d| d.user_for(ext)),
+            None => Lookup::Nobody,
+        };
+        Ok(by_line.or_else(|| self.default_user(dir)))
     }
 
-    fn default_user(&self) -> Option<u64> {
-        self.cfg
-            .default_user
-            .as_deref()
-            .and_then(|ext| self.directory.user_for(ext))
+    /// `[calls] default_user` as a Bitrix24 user. Without one configured nothing can come of
+    /// waiting, so that is `Nobody` whether or not the directory has loaded.
+    fn default_user(&self, dir: Option<&Directory>) -> Lookup {
+        match self.cfg.default_user.as_deref() {
+            None => Lookup::Nobody,
+            Some(ext) => Lookup::from_dir(dir, |d| d.user_for(ext)),
+        }
     }
 
-    fn finish_user(&self, key: &str, user: &FinishUser) -> Option<u64> {
+    fn finish_user(&self, key: &str, user: &FinishUser) -> Lookup {
         let responsible = self.ob().call(key).and_then(|c| c.responsible);
+        let responsible = || responsible.map_or(Lookup::Nobody, Lookup::User);
+        let dir = self.directory.get();
+        let dir = dir.as_deref();
         match user {
-            FinishUser::Employee(ext) => self
-                .directory
-                .user_for(ext)
-                .or(responsible)
-                .or_else(|| self.default_user()),
-            FinishUser::Responsible => responsible.or_else(|| self.default_user()),
-            FinishUser::Default => self.default_user().or(responsible),
+            FinishUser::Employee(ext) => Lookup::from_dir(dir, |d| d.user_for(ext))
+                .or_else(responsible)
+                .or_else(|| self.default_user(dir)),
+            FinishUser::Responsible => responsible().or_else(|| self.default_user(dir)),
+            FinishUser::Default => self.default_user(dir).or_else(responsible),
         }
     }
 }
@@ -820,6 +1047,287 @@ fn backoff(min: Duration, max: Duration, attempt: u32, key: &str) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bitrix::api::User;
+    use crate::calls::Status;
+    use crate::config::RecordingMode;
+    use serde_json::json;
+
+    /// A portal in memory: records every request; the CRM knows `crm_owner` (if any) as the
+    /// responsible user of every number.
+    #[derive(Default)]
+    struct Portal {
+        crm_owner: Option<u64>,
+        sent: Mutex<Vec<(String, Value)>>,
+    }
+
+    impl Portal {
+        fn sent(&self, method: &str) -> Vec<Value> {
+            let sent = self.sent.lock().unwrap();
+            sent.iter()
+                .filter(|(m, _)| m == method)
+                .map(|(_, p)| p.clone())
+                .collect()
+        }
+    }
+
+    impl Transport for Portal {
+        fn call(&self, method: &str, params: &Value) -> Result<Reply, Error> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push((method.to_string(), params.clone()));
+            let result = match method {
+                "telephony.externalCall.searchCrmEntities" => match self.crm_owner {
+                    Some(id) => json!([{
+                        "CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": 5, "ASSIGNED_BY_ID": id
+                    }]),
+                    None => json!([]),
+                },
+                "telephony.externalcall.register" => json!({ "CALL_ID": "CID-1" }),
+                "telephony.externalcall.show" | "telephony.externalcall.hide" => json!(true),
+                "telephony.externalcall.finish" => json!({}),
+                other => return Err(Error::Decode(format!("unexpected {other}"))),
+            };
+            Ok(Reply {
+                result,
+                next: None,
+                total: None,
+            })
+        }
+    }
+
+    fn config(default_user: Option<&str>) -> DeliverConfig {
+        DeliverConfig {
+            responsible: Responsible::Crm,
+            static_responsible: Vec::new(),
+            default_user: default_user.map(str::to_string),
+            crm_create: false,
+            add_to_chat: false,
+            phone: PhoneConfig::default(),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            recording: RecordingConfig::default(),
+        }
+    }
+
+    /// 201 → user 1 (the default user), 219 → user 19.
+    fn directory() -> Directory {
+        let user = |id: u64, inner: &str| User {
+            id,
+            inner: Some(inner.to_string()),
+            active: true,
+            name: String::new(),
+        };
+        Directory::from_users(vec![user(1, "201"), user(19, "219")], Instant::now())
+    }
+
+    fn deliverer(portal: &Arc<Portal>, dir: SharedDirectory, default: Option<&str>) -> Deliverer {
+        Deliverer::with_outbox(
+            config(default),
+            Box::new(portal.clone()),
+            dir,
+            Arc::new(Mutex::new(Outbox::in_memory())),
+        )
+    }
+
+    fn intent(action: Action) -> Intent {
+        Intent {
+            call: "k1".to_string(),
+            action,
+        }
+    }
+
+    fn register(direction: Direction, employee: Option<&str>) -> Action {
+        Action::Register {
+            direction,
+            phone: "79991234567".to_string(),
+            line: String::new(),
+            started_ms: 1_700_000_000_000,
+            employee: employee.map(str::to_string),
+        }
+    }
+
+    fn push_call(d: &mut Deliverer, reg: Action) {
+        d.push(intent(reg));
+        d.push(intent(Action::Show {
+            ext: "219".to_string(),
+        }));
+        d.push(intent(Action::Finish {
+            user: FinishUser::Employee("219".to_string()),
+            duration: 5,
+            status: Status::ANSWERED,
+        }));
+    }
+
+    fn outcome(d: &Deliverer, step: &str, outcome: &str) -> u64 {
+        let key = (step.to_string(), outcome.to_string());
+        d.stats().steps.get(&key).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn before_the_directory_loads_a_register_waits_then_goes_under_the_default_user() {
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::not_loaded(), Some("201"));
+        push_call(&mut d, register(Direction::Inbound, None));
+        let now = Instant::now();
+        let next = d.run_due(now);
+        assert!(portal.sent("telephony.externalcall.register").is_empty());
+        assert_eq!(outcome(&d, "register", "wait"), 1);
+        assert_eq!(
+            d.stats().permanent_failures,
+            0,
+            "{:?}",
+            d.stats().last_error
+        );
+        assert_eq!(d.stats().waiting_for_directory, 1);
+        assert_eq!(d.pending(), 3, "nothing dropped");
+        let next = next.expect("held with a backoff");
+        assert!(next > now, "not due again at once");
+        // Still waiting when the backoff runs out without a directory, and the backoff grows.
+        let again = d.run_due(next).expect("held again");
+        assert!(
+            again - next > next - now,
+            "{:?} then {:?}",
+            next - now,
+            again - next
+        );
+        assert_eq!(outcome(&d, "register", "wait"), 2);
+
+        // The directory arrives: the call goes at once, not at the end of its backoff.
+        d.set_directory(directory());
+        let released = Instant::now();
+        assert!(released < again, "the test ran past the backoff");
+        assert_eq!(d.run_due(released), None);
+        let reg = portal.sent("telephony.externalcall.register");
+        assert_eq!(reg.len(), 1);
+        assert_eq!(reg[0]["USER_ID"], 1, "the default user");
+        let show = portal.sent("telephony.externalcall.show");
+        assert_eq!(show.len(), 1);
+        assert_eq!(show[0]["USER_ID"], json!([19]));
+        let fin = portal.sent("telephony.externalcall.finish");
+        assert_eq!(fin.len(), 1);
+        assert_eq!(fin[0]["USER_ID"], 19);
+        assert_eq!(d.pending(), 0);
+        assert_eq!(d.stats().waiting_for_directory, 0);
+        assert_eq!(d.stats().skipped, 0);
+    }
+
+    #[test]
+    fn a_crm_owner_registers_without_the_directory_but_the_card_waits_for_it() {
+        let portal = Arc::new(Portal {
+            crm_owner: Some(7),
+            ..Portal::default()
+        });
+        let mut d = deliverer(&portal, SharedDirectory::not_loaded(), Some("201"));
+        push_call(&mut d, register(Direction::Inbound, None));
+        d.run_due(Instant::now());
+        let reg = portal.sent("telephony.externalcall.register");
+        assert_eq!(reg.len(), 1, "the CRM owner needs no directory");
+        assert_eq!(reg[0]["USER_ID"], 7);
+        // The show for 219 needs 219's user: it waits, it is not skipped.
+        assert!(portal.sent("telephony.externalcall.show").is_empty());
+        assert_eq!(outcome(&d, "show", "wait"), 1);
+        assert_eq!(d.stats().skipped, 0);
+        assert_eq!(d.pending(), 2);
+
+        d.set_directory(directory());
+        d.run_due(Instant::now());
+        assert_eq!(portal.sent("telephony.externalcall.show").len(), 1);
+        assert_eq!(
+            portal.sent("telephony.externalcall.finish")[0]["USER_ID"],
+            19
+        );
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn an_outbound_call_waits_for_its_employee_rather_than_going_to_the_crm_owner() {
+        let portal = Arc::new(Portal {
+            crm_owner: Some(7),
+            ..Portal::default()
+        });
+        let mut d = deliverer(&portal, SharedDirectory::not_loaded(), None);
+        d.push(intent(register(Direction::Outbound, Some("219"))));
+        d.run_due(Instant::now());
+        assert!(portal.sent("telephony.externalcall.register").is_empty());
+        assert!(
+            portal
+                .sent("telephony.externalCall.searchCrmEntities")
+                .is_empty(),
+            "no CRM fallback while the employee may still be in the directory"
+        );
+        assert_eq!(outcome(&d, "register", "wait"), 1);
+        d.set_directory(directory());
+        d.run_due(Instant::now());
+        assert_eq!(
+            portal.sent("telephony.externalcall.register")[0]["USER_ID"],
+            19
+        );
+    }
+
+    #[test]
+    fn only_a_loaded_directory_without_the_employee_and_no_default_user_is_permanent() {
+        // Not loaded, no default user: waits (the directory may hold the line's employee).
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::not_loaded(), None);
+        d.push(intent(register(Direction::Callback, Some("230"))));
+        d.run_due(Instant::now());
+        assert_eq!(d.stats().permanent_failures, 0);
+        assert_eq!(d.pending(), 1);
+
+        // Loaded, 230 is nobody and there is no default user: given up, once, loudly.
+        d.set_directory(directory());
+        d.run_due(Instant::now());
+        assert_eq!(d.stats().permanent_failures, 1);
+        assert!(d
+            .stats()
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("nobody to register")));
+        assert_eq!(d.pending(), 0);
+        assert!(portal.sent("telephony.externalcall.register").is_empty());
+
+        // Loaded with a default user that is in it: the same call goes under that user.
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::loaded(directory()), Some("201"));
+        push_call(&mut d, register(Direction::Callback, Some("230")));
+        d.run_due(Instant::now());
+        assert_eq!(d.stats().permanent_failures, 0);
+        assert_eq!(
+            portal.sent("telephony.externalcall.register")[0]["USER_ID"],
+            1
+        );
+    }
+
+    #[test]
+    fn with_a_loaded_directory_a_card_for_a_stranger_is_skipped_not_held() {
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::loaded(directory()), Some("201"));
+        d.push(intent(register(Direction::Inbound, None)));
+        d.push(intent(Action::Show {
+            ext: "230".to_string(),
+        }));
+        d.run_due(Instant::now());
+        assert_eq!(outcome(&d, "show", "skipped"), 1);
+        assert_eq!(outcome(&d, "show", "wait"), 0);
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn a_directory_published_elsewhere_releases_the_waiting_calls() {
+        let portal = Arc::new(Portal::default());
+        let shared = SharedDirectory::not_loaded();
+        let mut d = deliverer(&portal, shared.clone(), Some("201"));
+        push_call(&mut d, register(Direction::Inbound, None));
+        let now = Instant::now();
+        assert!(d.run_due(now).is_some());
+        // Click-to-call loaded it on an HTTP thread: the delivery loop hears of it.
+        shared.publish(directory());
+        assert!(shared.publications().try_recv().is_ok());
+        d.directory_arrived(now);
+        assert_eq!(d.run_due(now), None);
+        assert_eq!(portal.sent("telephony.externalcall.finish").len(), 1);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {
@@ -871,7 +1379,7 @@ mod tests {
         }
     }
 
-    fn intent(call: &str, action: Action) -> Intent {
+    fn intent_of(call: &str, action: Action) -> Intent {
         Intent {
             call: call.into(),
             action,
@@ -901,15 +1409,19 @@ mod tests {
             .unwrap(),
         );
         let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
-        let mut d =
-            Deliverer::with_outbox(cfg, Box::new(portal.clone()), directory, outbox.clone());
+        let mut d = Deliverer::with_outbox(
+            cfg,
+            Box::new(portal.clone()),
+            SharedDirectory::loaded(directory),
+            outbox.clone(),
+        );
         {
             let mut ob = outbox.lock().unwrap();
             // 60 calls already over, registered before the outage, their finishes waiting…
             for n in 0..60 {
                 let key = format!("ended-{n}");
                 ob.set_facts(&key, format!("id-ended-{n}"), Some(19), Direction::Inbound);
-                ob.enqueue(intent(
+                ob.enqueue(intent_of(
                     &key,
                     Action::Finish {
                         user: FinishUser::Employee("219".into()),
@@ -920,7 +1432,7 @@ mod tests {
             }
             // …then a call whose phone is ringing now.
             ob.set_facts("ringing", "id-ringing".into(), Some(19), Direction::Inbound);
-            ob.enqueue(intent("ringing", Action::Show { ext: "219".into() }));
+            ob.enqueue(intent_of("ringing", Action::Show { ext: "219".into() }));
         }
         d.run_due(Instant::now());
         assert_eq!(d.pending(), 0);
@@ -946,18 +1458,54 @@ mod tests {
     fn an_unsent_show_and_its_hide_are_dropped() {
         let mut ob = Outbox::in_memory();
         ob.set_facts("a", "id-a".into(), Some(19), Direction::Inbound);
-        assert!(ob.enqueue(intent("a", Action::Show { ext: "219".into() })));
-        assert!(!ob.enqueue(intent("a", Action::Hide { ext: "219".into() })));
+        assert!(ob.enqueue(intent_of("a", Action::Show { ext: "219".into() })));
+        assert!(!ob.enqueue(intent_of("a", Action::Hide { ext: "219".into() })));
         assert_eq!(ob.pending(), 0, "neither is sent");
 
-        assert!(ob.enqueue(intent("a", Action::Show { ext: "220".into() })));
+        assert!(ob.enqueue(intent_of("a", Action::Show { ext: "220".into() })));
         let (_, show) = ob.due(Instant::now()).remove(0);
         assert!(ob.begin("a", show.seq), "delivery starts sending it");
-        assert!(ob.enqueue(intent("a", Action::Hide { ext: "220".into() })));
+        assert!(ob.enqueue(intent_of("a", Action::Hide { ext: "220".into() })));
         assert_eq!(
             ob.pending(),
             2,
             "the show is on its way, so the hide must follow"
         );
+    }
+
+    /// An attach that fails for good (here: an answer we cannot read) must not leave its wait
+    /// clock behind: one entry per failed attach would grow for the daemon's lifetime.
+    #[test]
+    fn a_permanently_failed_attach_leaves_no_timer_behind() {
+        let dir = std::env::temp_dir().join(format!("callme-attach-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("monitor")).unwrap();
+        std::fs::write(dir.join("monitor/a.mp3"), b"ID3 not really").unwrap();
+        let portal = Arc::new(Portal::default());
+        let mut cfg = config(Some("201"));
+        cfg.recording = RecordingConfig {
+            mode: RecordingMode::Upload,
+            pbx_root: dir.clone(),
+            path_base: dir.clone(),
+            ..RecordingConfig::default()
+        };
+        let mut d = Deliverer::with_outbox(
+            cfg,
+            Box::new(portal.clone()),
+            SharedDirectory::loaded(directory()),
+            Arc::new(Mutex::new(Outbox::in_memory())),
+        );
+        push_call(&mut d, register(Direction::Inbound, None));
+        d.push(intent(Action::Attach {
+            path: dir.join("monitor/a.mp3").display().to_string(),
+        }));
+        for _ in 0..10 {
+            d.run_due(Instant::now() + Duration::from_secs(3600));
+        }
+        // The fake portal answers attachRecord with an error that is not retryable.
+        assert_eq!(portal.sent("telephony.externalCall.attachRecord").len(), 1);
+        assert_eq!(d.pending(), 0, "the attach is settled");
+        assert!(d.attach_since.is_empty(), "{:?}", d.attach_since);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

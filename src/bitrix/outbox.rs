@@ -14,32 +14,44 @@
 //! A torn last line (crash mid-write) is logged and skipped; everything before it is kept.
 //! Both files are rewritten (temp file, fsync, rename, fsync the directory) at start, so a
 //! torn tail never glues onto the next record.
+//!
+//! Disk trouble (full, read-only, gone): a failed append is cut back to the last whole record
+//! and the file is marked stale; delivery goes on from memory, and the whole outbox is
+//! rewritten from memory (at most once a second) until that works. The state is reported to
+//! a shared [`DiskStatus`] (`/healthz` 503 while it fails), logged once per change.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::calls::{Action, Direction, Intent};
 use crate::clock::now_ms;
-use crate::statefile::{err, line, read_lines, rewrite};
+use crate::statefile::{append, err, line, read_lines, rewrite, DiskStatus};
 
 pub use crate::statefile::Error;
 
 pub const OUTBOX_FILE: &str = "outbox.jsonl";
 
 /// A finished call is remembered this long after its last step, so that a late duplicate
-/// Register or Finish for it is still recognised and dropped.
-const KEEP_FINISHED_MS: u64 = 3_600_000;
+/// Register or Finish for it is still recognised and dropped. The latest a duplicate can come
+/// is a click-to-call expectation replayed after a restart and expiring (`[originate]
+/// timeout`, 30 s by default) for a call that had finished; ten minutes covers that with
+/// room, and keeps the outbox of a busy PBX at ten minutes' worth of calls.
+const KEEP_FINISHED_MS: u64 = 600_000;
 /// A call with nothing queued and no finish is forgotten after this long without a step
 /// (the tracker lost it; nothing more will come).
 const KEEP_IDLE_MS: u64 = 48 * 3_600_000;
 /// Compact once at least this many journal lines are no longer needed…
 const COMPACT_MIN_GARBAGE: usize = 1000;
+/// While the file cannot be written, a full rewrite from memory is tried this often.
+const REWRITE_RETRY: Duration = Duration::from_secs(1);
+/// The name the outbox reports under in [`DiskStatus`].
+const DISK_NAME: &str = "outbox";
 
 /// One line of `outbox.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,8 +83,16 @@ enum Record {
         finished: bool,
         #[serde(default)]
         dead: bool,
+        /// Failed attempts of the call's current step (persisted so that a finish re-sent
+        /// after a restart knows an earlier attempt may have gone through).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        tries: u32,
         at: u64,
     },
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -102,12 +122,15 @@ pub struct CallEntry {
     /// Register failed for good: later steps have no CALL_ID to go to.
     pub dead: bool,
     pub steps: VecDeque<Step>,
-    /// Not persisted: retry state starts afresh after a restart.
+    /// Failed attempts of the current step. Persisted in the `call` record when a retry is
+    /// scheduled; a Finish left over from the last run counts at least one (it may have been
+    /// sent before the crash), so "Call is not found" for it means it went through.
     pub attempts: u32,
     pub not_before: Option<Instant>,
-    /// Not persisted: the step whose request delivery is sending (see [`Outbox::begin`]); it
-    /// can no longer be taken back.
-    in_flight: Option<u64>,
+    /// The highest seq of this call that may have reached Bitrix24 (see [`Outbox::begin`]): a
+    /// show at or below it can no longer be taken back, its hide must follow. Not persisted:
+    /// after a restart, [`Outbox::read`] counts what the last run may have sent.
+    maybe_sent: Option<u64>,
     last_ms: u64,
 }
 
@@ -122,6 +145,7 @@ impl CallEntry {
             finishing: self.finishing,
             finished: self.finished,
             dead: self.dead,
+            tries: self.attempts,
             at: self.last_ms,
         }
     }
@@ -133,6 +157,13 @@ impl CallEntry {
 pub struct Outbox {
     path: Option<PathBuf>,
     file: Option<File>,
+    /// Bytes of whole records in `file`: where a failed append is cut back to.
+    len: u64,
+    /// A write failed: appending is off until a full rewrite from memory succeeds (tried at
+    /// `retry_at`, then every [`REWRITE_RETRY`]).
+    stale: bool,
+    retry_at: Option<Instant>,
+    disk: Arc<DiskStatus>,
     /// Records not yet written (done/call records are written at the end of a delivery round).
     buf: String,
     calls: HashMap<String, CallEntry>,
@@ -143,6 +174,9 @@ pub struct Outbox {
     garbage: usize,
     warn_at: usize,
     warned: bool,
+    /// When finished calls were last forgotten ([`Outbox::maybe_compact`] does it once a
+    /// minute, so their memory goes even while the file is too small to compact).
+    last_purge: Instant,
 }
 
 impl Outbox {
@@ -151,6 +185,10 @@ impl Outbox {
         Outbox {
             path: None,
             file: None,
+            len: 0,
+            stale: false,
+            retry_at: None,
+            disk: Arc::new(DiskStatus::default()),
             buf: String::new(),
             calls: HashMap::new(),
             order: VecDeque::new(),
@@ -158,17 +196,69 @@ impl Outbox {
             garbage: 0,
             warn_at: usize::MAX,
             warned: false,
+            last_purge: Instant::now(),
         }
     }
 
     /// Load `dir/outbox.jsonl` (if any) and rewrite it compacted. Steps not yet done are
-    /// queued again; calls' facts (CALL_ID, responsible, direction) come back with them.
+    /// queued again; calls' facts (CALL_ID, responsible, direction) come back with them. Fails
+    /// only if the directory cannot be created or the file read; a rewrite that fails is
+    /// retried later (see [`Outbox::flush`]).
     pub fn open(dir: &Path, warn_at: usize) -> Result<Outbox, Error> {
+        Self::open_reporting(dir, warn_at, Arc::new(DiskStatus::default()))
+    }
+
+    /// [`Outbox::open`], reporting whether the file can be written to `disk`. A state dir
+    /// that cannot be created or read at start gives an outbox in memory, reported to `disk`
+    /// until the process ends: rewriting a file we could not read would throw away the steps
+    /// in it, so only a restart tries again. One we could read but not rewrite is rewritten
+    /// from memory once it can be.
+    pub fn open_or_memory(dir: &Path, warn_at: usize, disk: Arc<DiskStatus>) -> Outbox {
+        match Self::open_reporting(dir, warn_at, disk.clone()) {
+            Ok(o) => o,
+            Err(e) => {
+                disk.failed(
+                    DISK_NAME,
+                    &format!("{e}; steps are kept in memory only until a restart"),
+                );
+                let mut o = Outbox::in_memory();
+                o.warn_at = warn_at;
+                o.disk = disk;
+                o
+            }
+        }
+    }
+
+    fn open_reporting(dir: &Path, warn_at: usize, disk: Arc<DiskStatus>) -> Result<Outbox, Error> {
         fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
         let path = dir.join(OUTBOX_FILE);
-        let records: Vec<Record> = read_lines(&path)?;
-        let mut ob = Outbox::in_memory();
+        let mut ob = Outbox::read(&path)?;
         ob.warn_at = warn_at;
+        ob.disk = disk;
+        let pending = ob.pending();
+        if pending > 0 {
+            log::info!(
+                "outbox: {pending} Bitrix24 step(s) of {} call(s) left from the last run, continuing",
+                ob.calls.values().filter(|c| !c.steps.is_empty()).count()
+            );
+        }
+        ob.purge(now_ms());
+        ob.path = Some(path);
+        if let Err(e) = ob.compact() {
+            // We could read the file, so rewriting it from memory later is safe.
+            ob.disk.failed(DISK_NAME, &e.to_string());
+            ob.stale = true;
+            ob.retry_at = Some(Instant::now() + REWRITE_RETRY);
+        }
+        Ok(ob)
+    }
+
+    /// Load `path` (an `outbox.jsonl`; missing = empty) into memory without writing anything:
+    /// the loader [`Outbox::open`] uses, and what `callme doctor` counts the backlog with
+    /// next to a running daemon. The result is not backed by a file.
+    pub fn read(path: &Path) -> Result<Outbox, Error> {
+        let records: Vec<Record> = read_lines(path)?;
+        let mut ob = Outbox::in_memory();
         let mut done = HashSet::new();
         for r in &records {
             if let Record::Done { seq } = r {
@@ -205,9 +295,11 @@ impl Outbox {
                     finishing,
                     finished,
                     dead,
+                    tries,
                     at,
                 } => {
                     let e = ob.entry(&call);
+                    e.attempts = tries;
                     e.call_id = call_id.or(e.call_id.take());
                     e.responsible = user.or(e.responsible);
                     e.direction = dir;
@@ -219,16 +311,22 @@ impl Outbox {
                 }
             }
         }
-        let pending = ob.pending();
-        if pending > 0 {
-            log::info!(
-                "outbox: {pending} Bitrix24 step(s) of {} call(s) left from the last run, continuing",
-                ob.calls.values().filter(|c| !c.steps.is_empty()).count()
-            );
+        for c in ob.calls.values_mut() {
+            // A finish left from the last run may have reached Bitrix24 before the crash.
+            if c.steps
+                .front()
+                .is_some_and(|s| matches!(s.action, Action::Finish { .. }))
+            {
+                c.attempts = c.attempts.max(1);
+            }
+            // So may its first step, and a show that rode in its register's batch (the step
+            // after a register): neither may be dropped as "never sent".
+            let front = c.steps.front();
+            let rider = front
+                .filter(|s| matches!(s.action, Action::Register { .. }))
+                .and_then(|_| c.steps.get(1));
+            c.maybe_sent = rider.or(front).map(|s| s.seq);
         }
-        ob.purge(now_ms());
-        ob.path = Some(path);
-        ob.compact()?;
         Ok(ob)
     }
 
@@ -249,7 +347,9 @@ impl Outbox {
         let e = self.entry(&intent.call);
         let dup = match intent.action {
             Action::Register { .. } | Action::Adopt { .. } => e.registered,
-            Action::Finish { .. } => e.finishing,
+            // A card step after the finish can only come from a call rebuilt after a restart
+            // (a journal that missed its end); Bitrix24 closed the cards with the finish.
+            Action::Finish { .. } | Action::Show { .. } | Action::Hide { .. } => e.finishing,
             _ => false,
         };
         if dup {
@@ -306,8 +406,10 @@ impl Outbox {
         let Some(c) = self.calls.get_mut(&intent.call) else {
             return false;
         };
+        let sent = c.maybe_sent;
         let unsent = c.steps.iter().position(|s| {
-            matches!(&s.action, Action::Show { ext: e } if e == ext) && c.in_flight != Some(s.seq)
+            matches!(&s.action, Action::Show { ext: e } if e == ext)
+                && sent.is_none_or(|m| s.seq > m)
         });
         let Some(i) = unsent else {
             return false;
@@ -334,28 +436,46 @@ impl Outbox {
         if !c.steps.iter().any(|s| s.seq == seq) {
             return false;
         }
-        c.in_flight = Some(seq);
+        c.maybe_sent = c.maybe_sent.max(Some(seq));
         true
     }
 
-    /// Write and fsync what is buffered. A write error is logged, not fatal: the steps are
-    /// still in memory and delivery goes on; only a crash now would lose them.
+    /// Write and fsync what is buffered. A write error is not fatal: the steps are in memory
+    /// and delivery goes on. The file is cut back to its last whole record and marked stale,
+    /// and from then on the whole outbox is rewritten from memory (at most once every
+    /// [`REWRITE_RETRY`]) until that works: the retry carries what failed, and no torn record
+    /// is ever glued onto the next one.
     pub fn flush(&mut self) {
+        if self.stale {
+            self.buf.clear();
+            if self.retry_at.is_none_or(|t| Instant::now() >= t) {
+                self.retry_at = Some(Instant::now() + REWRITE_RETRY);
+                self.rewrite_all();
+            }
+            return;
+        }
         if self.buf.is_empty() {
             return;
         }
-        if let Some(f) = self.file.as_mut() {
-            let r = f
-                .write_all(self.buf.as_bytes())
-                .and_then(|()| f.sync_data());
-            if let Err(e) = r {
-                log::error!(
-                    "outbox: cannot write {}: {e}; steps are kept in memory only",
-                    self.path.as_deref().unwrap_or(Path::new("?")).display()
-                );
+        let Some(f) = self.file.as_mut() else {
+            // In memory only.
+            self.buf.clear();
+            return;
+        };
+        let r = append(f, &mut self.len, self.buf.as_bytes(), true);
+        self.buf.clear();
+        match r {
+            Ok(()) => self.disk.ok(DISK_NAME),
+            Err(e) => {
+                let path = self.path.as_deref().unwrap_or(Path::new("?"));
+                self.disk
+                    .failed(DISK_NAME, &format!("cannot write {}: {e}", path.display()));
+                self.stale = true;
+                // Try once straight away: a passing error need not wait a second.
+                self.rewrite_all();
+                self.retry_at = Some(Instant::now() + REWRITE_RETRY);
             }
         }
-        self.buf.clear();
     }
 
     pub fn call(&self, key: &str) -> Option<&CallEntry> {
@@ -398,9 +518,6 @@ impl Outbox {
         }
         c.attempts = 0;
         c.not_before = None;
-        if c.in_flight == Some(seq) {
-            c.in_flight = None;
-        }
         c.last_ms = now_ms();
         line(&Record::Done { seq }, &mut self.buf);
         // The step line and this one.
@@ -448,10 +565,14 @@ impl Outbox {
         let Some(c) = self.calls.get_mut(key) else {
             return 0;
         };
+        c.not_before = Some(until);
         if failed {
             c.attempts += 1;
+            let (n, rec) = (c.attempts, c.record(key));
+            line(&rec, &mut self.buf);
+            self.garbage += 1;
+            return n;
         }
-        c.not_before = Some(until);
         c.attempts
     }
 
@@ -492,22 +613,50 @@ impl Outbox {
     /// the live ones), after writing what is buffered.
     pub fn maybe_compact(&mut self) {
         self.flush();
+        if self.last_purge.elapsed() >= Duration::from_secs(60) {
+            self.last_purge = Instant::now();
+            let before = self.calls.len();
+            self.purge(now_ms());
+            // Forgotten calls' lines are garbage now.
+            self.garbage += before - self.calls.len();
+        }
         let live = self.calls.len() + self.pending();
-        if self.garbage >= COMPACT_MIN_GARBAGE && self.garbage > live {
+        if !self.stale && self.garbage >= COMPACT_MIN_GARBAGE && self.garbage > live {
             self.purge(now_ms());
             if let Err(e) = self.compact() {
-                log::error!("outbox: compaction failed, keeping the long journal: {e}");
+                // The old file is gone or was replaced under our handle: rewrite from memory
+                // until it works, like after a failed append.
+                self.disk
+                    .failed(DISK_NAME, &format!("compaction failed: {e}"));
+                self.stale = true;
+                self.retry_at = Some(Instant::now() + REWRITE_RETRY);
             }
         }
     }
 
+    /// The rewrite that ends a stale spell: everything in memory, then appending again.
+    fn rewrite_all(&mut self) {
+        self.purge(now_ms());
+        match self.compact() {
+            Ok(()) => {
+                self.stale = false;
+                self.retry_at = None;
+                self.disk.ok(DISK_NAME);
+            }
+            Err(e) => self.disk.failed(DISK_NAME, &e.to_string()),
+        }
+    }
+
     /// Rewrite the journal with only what is still needed: one `call` record per call we
-    /// remember, then its pending steps.
+    /// remember, then its pending steps. Memory is the whole truth: what is buffered is part
+    /// of the rewrite (and dropped from the buffer). On failure the file handle is dropped
+    /// (it may point at a replaced file): the caller marks the outbox stale.
     fn compact(&mut self) -> Result<(), Error> {
-        self.flush();
         let Some(path) = self.path.clone() else {
+            self.buf.clear();
             return Ok(());
         };
+        self.buf.clear();
         let mut text = String::new();
         for key in &self.order {
             let Some(c) = self.calls.get(key) else {
@@ -528,6 +677,7 @@ impl Outbox {
         }
         self.file = None;
         self.file = Some(rewrite(&path, &text)?);
+        self.len = text.len() as u64;
         self.garbage = 0;
         Ok(())
     }
@@ -604,6 +754,64 @@ mod tests {
         assert!(matches!(c.steps[0].action, Action::Finish { .. }));
         assert!(!ob.enqueue(register("a")));
         assert!(!ob.enqueue(finish("a")));
+        let hide = Intent {
+            call: "a".into(),
+            action: Action::Hide { ext: "219".into() },
+        };
+        assert!(!ob.enqueue(hide), "no card step after the finish");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn card(call: &str, hide: bool, ext: &str) -> Intent {
+        let ext = ext.to_string();
+        Intent {
+            call: call.into(),
+            action: if hide {
+                Action::Hide { ext }
+            } else {
+                Action::Show { ext }
+            },
+        }
+    }
+
+    /// A crash can come after a show's request left and before its done record: after the
+    /// restart that show may be on the portal, so its hide must follow rather than both be
+    /// dropped as "never sent" (a card left open). Only what could have been sent counts: the
+    /// first step, and the show after a register (it rides in the register's batch).
+    #[test]
+    fn a_show_left_from_the_last_run_is_not_dropped_with_its_hide() {
+        let dir = tmp("maybe-sent");
+        {
+            let mut ob = Outbox::open(&dir, 1000).unwrap();
+            // a: register, show 219 (may have ridden with the register), show 220.
+            assert!(ob.enqueue(register("a")));
+            assert!(ob.enqueue(card("a", false, "219")));
+            assert!(ob.enqueue(card("a", false, "220")));
+            // b: registered, its show first in line.
+            assert!(ob.enqueue(register("b")));
+            let (_, reg) = ob.due(Instant::now()).remove(1);
+            ob.set_facts("b", "externalCall.b".into(), Some(7), Direction::Inbound);
+            ob.complete("b", reg.seq);
+            assert!(ob.enqueue(card("b", false, "219")));
+            ob.flush();
+        }
+        let mut ob = Outbox::open(&dir, 1000).unwrap();
+        assert!(ob.enqueue(card("a", true, "219")), "may have been sent");
+        assert!(!ob.enqueue(card("a", true, "220")), "cannot have been sent");
+        assert!(
+            ob.enqueue(card("b", true, "219")),
+            "first in line: may have been sent"
+        );
+        let steps = |k: &str| -> Vec<Action> {
+            ob.call(k)
+                .unwrap()
+                .steps
+                .iter()
+                .map(|s| s.action.clone())
+                .collect()
+        };
+        assert_eq!(steps("a").len(), 3, "{:?}", steps("a"));
+        assert_eq!(steps("b").len(), 2, "{:?}", steps("b"));
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -654,6 +862,36 @@ mod tests {
         assert_eq!(ob.pending(), 1);
         assert_eq!(ob.call("c699").unwrap().call_id.as_deref(), Some("id699"));
         assert!(ob.call("c3").unwrap().registered);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A finish that failed before a restart, or was still queued at the crash, may have gone
+    /// through: after the restart its call counts at least one attempt, so "Call is not
+    /// found" for it means done.
+    #[test]
+    fn attempts_survive_a_restart_and_a_leftover_finish_counts_one() {
+        let dir = tmp("attempts");
+        {
+            let mut ob = Outbox::open(&dir, 1000).unwrap();
+            ob.enqueue(register("a"));
+            ob.enqueue(register("b"));
+            ob.enqueue(finish("b"));
+            for (k, s) in ob.due(Instant::now()) {
+                ob.set_facts(&k, format!("id-{k}"), Some(1), Direction::Inbound);
+                ob.complete(&k, s.seq);
+            }
+            ob.enqueue(finish("a"));
+            assert_eq!(ob.hold("a", Instant::now(), true), 1);
+            assert_eq!(ob.hold("a", Instant::now(), true), 2);
+            ob.flush();
+        }
+        let ob = Outbox::open(&dir, 1000).unwrap();
+        assert_eq!(ob.call("a").unwrap().attempts, 2);
+        assert_eq!(
+            ob.call("b").unwrap().attempts,
+            1,
+            "a finish left from the last run may have been sent"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

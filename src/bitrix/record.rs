@@ -13,11 +13,16 @@
 //!    delay, up to `wait`;
 //! 3. after `wait`, send the WAV of the same name if it is there, else give up with one log
 //!    line;
-//! 4. send it: `RECORD_URL` (`mode = url`), base64 `FILE_CONTENT`, or, above `upload_max`,
-//!    `FILENAME` alone and then the file to the returned upload URL (`mode = upload`).
+//! 4. send it: `RECORD_URL` (`mode = url`), base64 `FILE_CONTENT` (encoded as the file is
+//!    read), or, above `upload_max`, `FILENAME` alone and then the file streamed to the
+//!    returned upload URL ([`super::upload`], `mode = upload`). A file is never held whole,
+//!    raw and encoded.
+//!
+//! The daemon runs attaches on their own thread ([`super::attach_worker`]): all of this can
+//! take minutes, and cards must not wait for it.
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +30,7 @@ use super::agent::{agent, Redirects};
 use super::api::{self, Attached, RecordParams};
 use super::client::Transport;
 use super::error::Error;
+use super::upload::upload_record;
 use super::urlenc::url_encode;
 use crate::config::{RecordingConfig, RecordingMode};
 
@@ -32,8 +38,8 @@ use crate::config::{RecordingConfig, RecordingMode};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Downloading a recording from the PBX and uploading it to Bitrix24.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
-/// Larger files are refused: a recording this size is a runaway MixMonitor, and reading it
-/// would hold that much memory.
+/// Larger files are refused (by their size on disk or `Content-Length`, before a byte is
+/// read): a recording this size is a runaway MixMonitor.
 const MAX_FILE: u64 = 512 * 1024 * 1024;
 /// The longest pause between two looks for the file.
 const MAX_POLL: Duration = Duration::from_secs(15);
@@ -103,46 +109,129 @@ pub fn attach(
         api::attach_record(t, call_id, &RecordParams::Url { url, filename })?;
         return Ok(Progress::Attached(format!("{} by URL", found.rel())));
     }
-    let content = match store.read(&found)? {
-        Read::Bytes(b) => b,
-        Read::Refused(why) => return Ok(refuse(raw, &why)),
+    let (reader, len) = match store.open(&found)? {
+        Opened::Stream(r, len) => (r, len),
+        Opened::Refused(why) => return Ok(refuse(raw, &why)),
     };
-    if content.len() as u64 > cfg.upload_max {
-        let name_only = RecordParams::NameOnly {
-            filename: filename.clone(),
-        };
-        match api::attach_record(t, call_id, &name_only)? {
-            Attached::UploadUrl {
-                upload_url,
-                field_name,
-            } => {
-                api::upload_record(
-                    &upload_url,
-                    &field_name,
-                    &filename,
-                    &content,
-                    TRANSFER_TIMEOUT,
-                )?;
-            }
-            Attached::File(_) => {
-                return Err(Error::Decode(
-                    "attachRecord with FILENAME only did not return an uploadUrl".into(),
-                ))
-            }
+    let read_err = |e: std::io::Error| Error::Transport(format!("reading {}: {e}", found.rel()));
+    match prepare(reader, len, cfg.upload_max).map_err(read_err)? {
+        Body::Inline { base64, len } => {
+            api::attach_record(t, call_id, &RecordParams::Content { filename, base64 })?;
+            Ok(Progress::Attached(format!(
+                "{} ({len} bytes) as base64",
+                found.rel()
+            )))
         }
-        return Ok(Progress::Attached(format!(
-            "{} ({} bytes) through the upload URL",
-            found.rel(),
-            content.len()
+        Body::Upload { mut reader, len } => {
+            let name_only = RecordParams::NameOnly {
+                filename: filename.clone(),
+            };
+            let (upload_url, field_name) = match api::attach_record(t, call_id, &name_only)? {
+                Attached::UploadUrl {
+                    upload_url,
+                    field_name,
+                } => (upload_url, field_name),
+                Attached::File(_) => {
+                    return Err(Error::Decode(
+                        "attachRecord with FILENAME only did not return an uploadUrl".into(),
+                    ))
+                }
+            };
+            check_upload_answer(&upload_url, &field_name)?;
+            upload_record(
+                &upload_url,
+                &field_name,
+                &filename,
+                &mut reader,
+                len,
+                TRANSFER_TIMEOUT,
+            )?;
+            Ok(Progress::Attached(format!(
+                "{} ({} bytes) through the upload URL",
+                found.rel(),
+                len.map_or("unknown".to_string(), |n| n.to_string())
+            )))
+        }
+    }
+}
+
+/// The longest upload URL and field name taken from an `attachRecord` answer: they come from
+/// the network, and the URL is requested and the name put into a body header.
+const MAX_UPLOAD_URL: usize = 4096;
+const MAX_FIELD_NAME: usize = 128;
+
+fn check_upload_answer(url: &str, field: &str) -> Result<(), Error> {
+    let lower = url.to_ascii_lowercase();
+    if url.len() > MAX_UPLOAD_URL
+        || !(lower.starts_with("https://") || lower.starts_with("http://"))
+    {
+        return Err(Error::Decode(format!(
+            "attachRecord: uploadUrl is not an http(s) URL of at most {MAX_UPLOAD_URL} bytes \
+             ({} bytes)",
+            url.len()
         )));
     }
-    let base64 = base64_encode(&content);
-    api::attach_record(t, call_id, &RecordParams::Content { filename, base64 })?;
-    Ok(Progress::Attached(format!(
-        "{} ({} bytes) as base64",
-        found.rel(),
-        content.len()
-    )))
+    if field.len() > MAX_FIELD_NAME {
+        return Err(Error::Decode(format!(
+            "attachRecord: fieldName longer than {MAX_FIELD_NAME} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// How the file goes to Bitrix24.
+enum Body {
+    /// At most `upload_max` bytes: inline, base64.
+    Inline { base64: String, len: u64 },
+    /// Larger: streamed to the upload URL (`len` when known beforehand).
+    Upload {
+        reader: Box<dyn Read + Send>,
+        len: Option<u64>,
+    },
+}
+
+/// Choose inline or upload without holding a large file: a known length decides at once
+/// (inline files are base64-encoded as they are read, never held raw); an unknown one (a
+/// recordings server without `Content-Length`) is read up to `upload_max` + 1 bytes, and
+/// what is beyond goes to the upload behind what was read.
+fn prepare(
+    mut reader: Box<dyn Read + Send>,
+    len: Option<u64>,
+    upload_max: u64,
+) -> std::io::Result<Body> {
+    match len {
+        Some(n) if n <= upload_max => {
+            let (base64, read) = base64_encode_reader(&mut reader.take(n))?;
+            if read != n {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the file ended after {read} of {n} bytes"),
+                ));
+            }
+            Ok(Body::Inline { base64, len: n })
+        }
+        Some(n) => Ok(Body::Upload {
+            reader,
+            len: Some(n),
+        }),
+        None => {
+            let mut head = Vec::new();
+            (&mut reader)
+                .take(upload_max.saturating_add(1))
+                .read_to_end(&mut head)?;
+            if head.len() as u64 <= upload_max {
+                let len = head.len() as u64;
+                return Ok(Body::Inline {
+                    base64: base64_encode(&head),
+                    len,
+                });
+            }
+            Ok(Body::Upload {
+                reader: Box::new(std::io::Cursor::new(head).chain(reader)),
+                len: None,
+            })
+        }
+    }
 }
 
 fn skipped(why: &str, outcome: &'static str) -> Progress {
@@ -325,8 +414,8 @@ enum Probe {
     Outside,
 }
 
-enum Read {
-    Bytes(Vec<u8>),
+enum Opened {
+    Stream(Box<dyn Read + Send>, Option<u64>),
     Refused(String),
 }
 
@@ -381,29 +470,35 @@ impl Store {
         }
     }
 
-    fn read(&self, t: &Target) -> Result<Read, Error> {
+    /// The file as a reader, with its length when known. Larger than [`MAX_FILE`] (by its
+    /// size on disk or its `Content-Length`) is refused before a byte is read; a server that
+    /// sends more than it announced, or more than that without announcing, is cut off there.
+    fn open(&self, t: &Target) -> Result<Opened, Error> {
         match self {
             Store::Local(base) => {
                 let path = match local_path(base, t) {
                     LocalPath::File(p) => p,
                     LocalPath::Outside => {
-                        return Ok(Read::Refused(format!("{} leads outside", t.rel())))
+                        return Ok(Opened::Refused(format!("{} leads outside", t.rel())))
                     }
                     LocalPath::Absent => {
                         return Err(Error::Transport(format!("{} vanished", t.rel())))
                     }
                 };
-                let too_big = fs::metadata(&path).is_ok_and(|m| m.len() > MAX_FILE);
-                if too_big {
-                    return Ok(Read::Refused(format!("larger than {MAX_FILE} bytes")));
+                let file = fs::File::open(&path)
+                    .map_err(|e| Error::Transport(format!("reading {}: {e}", t.rel())))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| Error::Transport(format!("reading {}: {e}", t.rel())))?
+                    .len();
+                if len > MAX_FILE {
+                    return Ok(Opened::Refused(format!("larger than {MAX_FILE} bytes")));
                 }
-                fs::read(&path)
-                    .map(Read::Bytes)
-                    .map_err(|e| Error::Transport(format!("reading {}: {e}", t.rel())))
+                Ok(Opened::Stream(Box::new(file), Some(len)))
             }
             Store::Http(base) => {
                 let url = format!("{base}{}", t.url_path());
-                let mut response = agent(TRANSFER_TIMEOUT, Redirects::Follow)
+                let response = agent(TRANSFER_TIMEOUT, Redirects::Follow)
                     .get(&url)
                     .call()
                     .map_err(|e| Error::Transport(format!("GET {}: {e}", t.rel())))?;
@@ -414,13 +509,20 @@ impl Store {
                         body: format!("GET {} at the recordings server", t.rel()),
                     });
                 }
-                response
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_FILE)
-                    .read_to_vec()
-                    .map(Read::Bytes)
-                    .map_err(|e| Error::Transport(format!("GET {}: {e}", t.rel())))
+                let len = response
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if len.is_some_and(|n| n > MAX_FILE) {
+                    return Ok(Opened::Refused(format!("larger than {MAX_FILE} bytes")));
+                }
+                let reader = response
+                    .into_body()
+                    .into_with_config()
+                    .limit(len.unwrap_or(MAX_FILE))
+                    .reader();
+                Ok(Opened::Stream(Box::new(reader), len))
             }
         }
     }
@@ -478,9 +580,56 @@ pub fn base64_encode(data: &[u8]) -> String {
     out
 }
 
+/// [`base64_encode`] of everything `r` gives, read in chunks (never held raw); also returns
+/// how many bytes were read.
+pub fn base64_encode_reader(r: &mut dyn Read) -> std::io::Result<(String, u64)> {
+    // A multiple of 3, so only the last chunk can need padding.
+    const CHUNK: usize = 3 * 16 * 1024;
+    let mut out = String::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        // Fill the chunk (reads may come short) so padding appears only at the very end.
+        let mut filled = 0;
+        while filled < CHUNK {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        total += filled as u64;
+        out.push_str(&base64_encode(&buf[..filled]));
+        if filled < CHUNK {
+            return Ok((out, total));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_of_a_reader_equals_base64_of_its_bytes() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        for len in [0, 1, 2, 3, 49_151, 49_152, 49_153, 200_000] {
+            /// A reader that hands out at most 1000 bytes per read.
+            struct Trickle<'a>(&'a [u8]);
+            impl Read for Trickle<'_> {
+                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                    let n = buf.len().min(self.0.len()).min(1000);
+                    buf[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            let (b64, n) = base64_encode_reader(&mut Trickle(&data[..len])).unwrap();
+            assert_eq!(n, len as u64);
+            assert_eq!(b64, base64_encode(&data[..len]), "{len}");
+        }
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

@@ -4,7 +4,10 @@
 //! Bitrix24's own index may have lost leading zeros (bitrix24-api.md §6.3).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::api::User;
 
@@ -89,6 +92,79 @@ impl Directory {
     /// When the `user.get` that built this snapshot was made (for the cache age on /status).
     pub fn loaded_at(&self) -> Instant {
         self.loaded_at
+    }
+}
+
+/// The one user directory of a running daemon: delivery, click-to-call, the webhook and
+/// `/status` all read this one, and whoever loads `user.get` (the delivery thread, a
+/// click-to-call that names an unknown user) publishes here, so they never disagree.
+///
+/// `None` until the first load succeeds. "Not loaded" is not "nobody": a step that needs an
+/// internal number → user mapping waits for the first load instead of giving up (issue #16).
+#[derive(Clone, Debug)]
+pub struct SharedDirectory {
+    current: Arc<RwLock<Option<Arc<Directory>>>>,
+    /// "Load it again now" (an app install): the delivery thread listens. Bounded 1: a second
+    /// request while one is pending is the same request.
+    reload: (Sender<()>, Receiver<()>),
+    /// "A new directory was published" (by any thread): wakes the delivery thread so the steps
+    /// that waited for it go at once. Bounded 1 for the same reason.
+    published: (Sender<()>, Receiver<()>),
+}
+
+impl SharedDirectory {
+    /// Nothing loaded yet: the daemon at start.
+    pub fn not_loaded() -> SharedDirectory {
+        SharedDirectory {
+            current: Arc::new(RwLock::new(None)),
+            reload: bounded(1),
+            published: bounded(1),
+        }
+    }
+
+    /// Already loaded with `dir` (replay and tests, which load before they deliver).
+    pub fn loaded(dir: Directory) -> SharedDirectory {
+        let shared = SharedDirectory::not_loaded();
+        shared.publish(dir);
+        shared
+    }
+
+    /// The current snapshot; `None` until the first load succeeded.
+    pub fn get(&self) -> Option<Arc<Directory>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Replace the snapshot for every reader and wake whoever waits for it.
+    pub fn publish(&self, dir: Directory) -> Arc<Directory> {
+        let dir = Arc::new(dir);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
+        let _ = self.published.0.try_send(());
+        dir
+    }
+
+    /// Ask the loader to load `user.get` again now rather than at the next refresh.
+    pub fn request_reload(&self) {
+        let _ = self.reload.0.try_send(());
+    }
+
+    /// Reload requests, for the loader (the delivery thread).
+    pub fn reload_requests(&self) -> &Receiver<()> {
+        &self.reload.1
+    }
+
+    /// Publications, for the delivery thread.
+    pub fn publications(&self) -> &Receiver<()> {
+        &self.published.1
     }
 }
 

@@ -1,5 +1,6 @@
 //! Call tracking: the pure state machine from AMI events to Bitrix24 intents.
 
+pub mod adopt;
 pub mod channel;
 pub mod intent;
 pub mod status;

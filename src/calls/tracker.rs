@@ -303,6 +303,41 @@ impl Tracker {
         v
     }
 
+    /// Whether the channel with this Uniqueid is tracked.
+    pub fn has_channel(&self, uniqueid: &str) -> bool {
+        self.channels.contains_key(uniqueid)
+    }
+
+    /// The keys of everything still held: tracked channels' Uniqueids, every Linkedid of a
+    /// call in progress, and the CALL_IDs, channel ids and ActionIDs of click-to-calls pending
+    /// or in progress. The events journal keeps the records that carry one of them
+    /// ([`crate::journal::EventJournal::compact`]); a finished call has none left.
+    pub fn live_keys(&self) -> HashSet<String> {
+        let mut keys: HashSet<String> = self.channels.keys().cloned().collect();
+        keys.extend(self.by_linkedid.keys().cloned());
+        for (o, _) in &self.pending {
+            keys.extend([o.call_id.clone(), o.channel_id.clone(), o.action_id.clone()]);
+        }
+        for c in self.calls.values() {
+            if let Some((call_id, action_id)) = &c.originate {
+                keys.extend([call_id.clone(), action_id.clone()]);
+            }
+        }
+        keys
+    }
+
+    /// Sizes of the tracker's maps (calls, Linkedid aliases, channels, bridges, pending
+    /// click-to-calls), for the bounds stated in `docs/outbox.md` and the tests that check them.
+    pub fn sizes(&self) -> [usize; 5] {
+        [
+            self.calls.len(),
+            self.by_linkedid.len(),
+            self.channels.len(),
+            self.bridges.len(),
+            self.pending.len(),
+        ]
+    }
+
     /// The monitored calls in progress.
     pub fn active_calls(&self) -> Vec<CallSummary> {
         let mut v: Vec<CallSummary> = self
@@ -580,6 +615,11 @@ impl Tracker {
         let mut out = Vec::new();
         self.handle(msg, now_ms, &mut out);
         out
+    }
+
+    /// Whether the channel `name` is an employee's phone (for [`super::adopt::adopt`]).
+    pub fn is_employee_channel(&self, name: &str) -> bool {
+        self.employee_ext(name).is_some()
     }
 
     fn employee_ext(&self, name: &str) -> Option<String> {
@@ -1027,11 +1067,12 @@ impl Tracker {
     }
 
     fn on_bridge_enter(&mut self, chan: &Chan, bridge: &str, now_ms: u64, out: &mut Vec<Intent>) {
+        // Only tracked channels are members: an untracked one's Hangup would never clear it.
+        let Some(id) = self.call_of(chan) else { return };
         let members = self.bridges.entry(bridge.to_string()).or_default();
         if !members.iter().any(|u| u == chan.uniqueid) {
             members.push(chan.uniqueid.to_string());
         }
-        let Some(id) = self.call_of(chan) else { return };
         let id = self.join_bridged(id, bridge);
         let call = &self.calls[&id];
         if call.mode != Mode::Active {

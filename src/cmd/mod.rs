@@ -3,6 +3,7 @@
 
 pub mod ami_events;
 pub mod app_status;
+pub mod doctor;
 pub mod originate_once;
 pub mod replay_capture;
 pub mod run_daemon;

@@ -1,17 +1,22 @@
 //! `callme replay [--dry-run] CAPTURE` and `callme demo`: a recorded AMI capture through the
-//! tracker and the deliverer, against a real portal or the built-in dry-run one.
+//! tracker and the deliverer, against a real portal (through `run`'s pipeline: rate limiter,
+//! outbox, batching) or the built-in dry-run one.
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::bitrix::deliver::{DeliverConfig, Deliverer};
-use crate::bitrix::{Directory, Transport, WebhookClient};
+use crate::bitrix::limiter::{Limited, Limiter};
+use crate::bitrix::outbox::Outbox;
+use crate::bitrix::{Directory, SharedDirectory, Transport, WebhookClient};
 use crate::calls::{Tracker, TrackerConfig};
-use crate::config::{self, Config};
+use crate::config::{self, Config, StateConfig};
 use crate::dryrun::{self, DryRun};
 use crate::replay;
+use crate::statelock::StateLock;
 
 /// The capture bundled for `callme demo`: a real Asterisk 20 call through a ring-all queue
 /// (two phones ring, 221 answers, 220 is cancelled).
@@ -45,24 +50,74 @@ pub fn replay(config: Option<&Path>, dry_run: bool, capture: &Path) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    let transport: Box<dyn Transport> = if dry_run {
-        Box::new(DryRun::new(
-            Box::new(io::stdout()),
-            dryrun::Format::JsonLines,
-        ))
-    } else {
-        // A replay is a one-off tool; it does not take part in the daemon's token
-        // refresh (two refreshers of one refresh_token would log each other out).
-        let Some(url) = &cfg.bitrix24.webhook_url else {
-            eprintln!(
-                "error: replay without --dry-run needs [bitrix24] webhook_url \
-                 (not available with auth = app); add --dry-run"
-            );
-            return ExitCode::from(2);
-        };
-        Box::new(WebhookClient::new(url.expose(), cfg.bitrix24.timeout))
+    if dry_run {
+        let transport = DryRun::new(Box::new(io::stdout()), dryrun::Format::JsonLines);
+        return run(&cfg, &cap, Box::new(transport), None);
+    }
+    // A replay is a one-off tool; it does not take part in the daemon's token refresh (two
+    // refreshers of one refresh_token would log each other out).
+    let Some(url) = &cfg.bitrix24.webhook_url else {
+        eprintln!(
+            "error: replay without --dry-run needs [bitrix24] webhook_url \
+             (not available with auth = app); add --dry-run"
+        );
+        return ExitCode::from(2);
     };
-    run(&cfg, &cap, transport, None)
+    let client = WebhookClient::new(url.expose(), cfg.bitrix24.timeout);
+    run_pipeline(&cfg, &cap, client)
+}
+
+/// A replay into a real portal goes the way `callme run` sends: the same rate limiter (one
+/// bucket, `[bitrix24] rate` and `burst`), a durable outbox and batching. The outbox lives
+/// in the config's `[state] dir` when it names one other than the service's default (taking
+/// its lock, so never beside a daemon using it; steps left undelivered wait there for the
+/// next replay or run), else in a temporary directory removed afterwards.
+fn run_pipeline(cfg: &Config, cap: &replay::Capture, client: WebhookClient) -> ExitCode {
+    let temp = (cfg.state.dir == StateConfig::default().dir)
+        .then(|| std::env::temp_dir().join(format!("callme-replay-{}", std::process::id())));
+    let dir = temp.clone().unwrap_or_else(|| cfg.state.dir.clone());
+    let lock = match StateLock::acquire(&dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outbox = match Outbox::open(&dir, cfg.state.outbox_warn) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!("replay: outbox in {}", dir.display());
+    let limiter = Limiter::new(cfg.bitrix24.rate, cfg.bitrix24.burst);
+    let mut deliverer = Deliverer::with_outbox(
+        DeliverConfig::from_config(cfg),
+        Box::new(Limited::new(client, limiter)),
+        SharedDirectory::not_loaded(),
+        Arc::new(Mutex::new(outbox)),
+    );
+    let mut tracker = Tracker::new(TrackerConfig::from_config(cfg));
+    let s = replay::run(
+        cap,
+        &mut tracker,
+        &mut deliverer,
+        None,
+        replay::Pace::AfterCapture,
+        replay::DRAIN_LIMIT,
+    );
+    deliverer
+        .outbox()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .flush();
+    drop(deliverer);
+    drop(lock);
+    if let Some(t) = temp {
+        let _ = std::fs::remove_dir_all(t);
+    }
+    report(&s)
 }
 
 /// `callme demo`: the bundled capture with a readable timeline.
@@ -125,8 +180,13 @@ fn run(
         &mut tracker,
         &mut deliverer,
         timeline,
+        replay::Pace::EachIntent,
         replay::DRAIN_LIMIT,
     );
+    report(&s)
+}
+
+fn report(s: &replay::Summary) -> ExitCode {
     log::info!(
         "replayed {} messages: {} call(s), {} intent(s), {} step(s) undelivered, {} permanent failure(s)",
         s.messages,

@@ -9,6 +9,7 @@ use super::load_or_report;
 use crate::clock::now_ms;
 use crate::daemon::Daemon;
 use crate::notify;
+use crate::statelock::{self, StateLock};
 use crate::supervisor::{shutdown_within, Supervisor};
 
 /// The binary's signal flags. The handlers need `unsafe` and so live in the binary
@@ -47,6 +48,20 @@ pub fn run(path: &Path, signals: Signals) -> ExitCode {
         }
     );
     crate::http::listener::raise_fd_limit(cfg.http.max_connections);
+    // One owner of the state dir for the whole process; held until `run` returns.
+    let _lock = match StateLock::acquire(&cfg.state.dir) {
+        Ok(l) => Some(l),
+        Err(e @ statelock::Error::Held { .. }) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            // The state dir is unusable: the outbox reports it (`/healthz` 503) and calls
+            // still flow from memory; nothing of ours on that disk can be harmed.
+            log::error!("state dir lock: {e}; running without it");
+            None
+        }
+    };
     let daemon = match Daemon::start(&cfg) {
         Ok(d) => d,
         Err(e) => {

@@ -14,6 +14,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "connect_timeout",
             "reconnect_min",
             "reconnect_max",
+            "reconcile_interval",
         ],
     ),
     (

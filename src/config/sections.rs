@@ -28,6 +28,7 @@ impl Validator<'_> {
         let connect_timeout = self.value(S, "connect_timeout", secs(5), parse_secs);
         let reconnect_min = self.value(S, "reconnect_min", secs(1), parse_secs);
         let reconnect_max = self.value(S, "reconnect_max", secs(30), parse_secs);
+        let reconcile_interval = self.value(S, "reconcile_interval", secs(300), parse_secs);
         // Cross-checks only on values that parsed; otherwise they would repeat the problem.
         if self.errors.len() == errors_before && reconnect_max < reconnect_min {
             let line = self.line_of(S, &["reconnect_max", "reconnect_min"]);
@@ -50,6 +51,7 @@ impl Validator<'_> {
             connect_timeout,
             reconnect_min,
             reconnect_max,
+            reconcile_interval,
         })
     }
 

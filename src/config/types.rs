@@ -25,6 +25,9 @@ pub struct AsteriskConfig {
     /// Reconnect backoff starts here and doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How often the tracked channels are compared with `CoreShowChannels` (besides after
+    /// every login): a missed Hangup finishes its call within this long.
+    pub reconcile_interval: Duration,
 }
 
 /// `[bitrix24]`: the REST side and the incoming event webhook.

@@ -8,7 +8,8 @@
 //! [`AppClient::install`](crate::bitrix::oauth::AppClient::install). A refused install changes
 //! nothing on disk and is logged with the reason, never with a token.
 //! After a successful install the events are bound (`event.bind`) if `[http] public_url` is
-//! set; that happens after the answer, since Bitrix24 waits for it.
+//! set; that happens after the answer, since Bitrix24 waits for it. A successful install also
+//! asks the delivery thread to load the user directory at once.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -79,7 +80,9 @@ pub(super) fn handle(ctx: &Ctx, mut req: Request) {
         }
     };
     match app.install(tokens) {
-        Ok(()) => {}
+        // New tokens, maybe a first install after a start that could not load `user.get`:
+        // load the user directory now, not at the next refresh, so steps waiting for it go.
+        Ok(()) => ctx.daemon.directory.request_reload(),
         Err(InstallError::Forbidden(why)) => {
             log::warn!("Bitrix24 install from {from} refused: {why}");
             return respond(req, reply(403, "forbidden\n"));

@@ -40,6 +40,14 @@ pub struct Snapshot {
     pub clicks: Vec<(&'static str, u64)>,
     /// Bitrix24 refuses our credentials (`Health::auth_error`).
     pub auth_error: Option<String>,
+    /// Milliseconds since the delivery thread was last seen alive; `None` if never.
+    pub delivery_silent_ms: Option<u64>,
+    /// How much delivery silence is a stall (`Health::delivery_limit_ms`); 0: not watched.
+    pub delivery_limit_ms: u64,
+    /// Why the state dir's files cannot be written (`Health::disk`).
+    pub disk_problem: Option<String>,
+    /// `[state] dir`, for `/status`.
+    pub state_dir: String,
     /// REST requests by (method, answer class), from `Health::rest`.
     pub rest: Vec<((String, &'static str), u64)>,
     /// App mode only: the OAuth token's state.
@@ -64,11 +72,8 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
     let s = &ctx.daemon;
     let h = &s.health;
     let alive = h.state_alive_ms.load(Ordering::Relaxed);
-    let dir = s
-        .directory
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let delivery_alive = h.delivery_alive_ms.load(Ordering::Relaxed);
+    let dir = s.directory.get();
     Snapshot {
         uptime: ctx.started.elapsed(),
         ami: s.ami.stats(),
@@ -77,15 +82,20 @@ fn snapshot(ctx: &Ctx) -> Snapshot {
         state_silent_ms: (alive > 0).then(|| now_ms().saturating_sub(alive)),
         calls: h.active_calls.lock().map(|c| c.clone()).unwrap_or_default(),
         delivery: h.delivery.lock().map(|d| d.clone()).unwrap_or_default(),
-        users: dir.len(),
-        users_age: (!dir.is_empty())
-            .then(|| Instant::now().saturating_duration_since(dir.loaded_at())),
+        users: dir.as_ref().map_or(0, |d| d.len()),
+        users_age: dir
+            .as_ref()
+            .map(|d| Instant::now().saturating_duration_since(d.loaded_at())),
         clicks: ctx
             .clicks
             .lock()
             .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default(),
         auth_error: h.auth_error.lock().map(|e| e.clone()).unwrap_or_default(),
+        delivery_silent_ms: (delivery_alive > 0).then(|| now_ms().saturating_sub(delivery_alive)),
+        delivery_limit_ms: h.delivery_limit_ms.load(Ordering::Relaxed),
+        disk_problem: h.disk.problem(),
+        state_dir: s.config.state.dir.display().to_string(),
         rest: h.rest.snapshot(),
         app: s.app.as_ref().map(|a| {
             let c = a.refresh_counts();
@@ -134,12 +144,26 @@ fn health_problem(s: &Snapshot) -> Option<String> {
         return Some("AMI is not logged in".to_string());
     }
     match s.state_silent_ms {
-        None => Some("state thread has not started".to_string()),
+        None => return Some("state thread has not started".to_string()),
         Some(ms) if ms > STATE_STALE.as_millis() as u64 => {
-            Some(format!("state thread silent for {ms} ms"))
+            return Some(format!("state thread silent for {ms} ms"))
         }
-        Some(_) => None,
+        Some(_) => {}
     }
+    // Steps would pile up unsent: a dead or stuck delivery thread.
+    if s.delivery_limit_ms > 0 {
+        match s.delivery_silent_ms {
+            None => return Some("delivery thread has not started".to_string()),
+            Some(ms) if ms > s.delivery_limit_ms => {
+                return Some(format!("delivery thread silent for {ms} ms"))
+            }
+            Some(_) => {}
+        }
+    }
+    // Calls still flow, but a restart now would lose what is only in memory.
+    s.disk_problem
+        .as_ref()
+        .map(|p| format!("state dir {}: {p}", s.state_dir))
 }
 
 pub(super) fn status(ctx: &Ctx) -> Reply {
@@ -176,6 +200,12 @@ fn status_json(s: &Snapshot) -> Value {
             "last_error": s.ami_last_error,
         },
         "state_thread_silent_ms": s.state_silent_ms,
+        "delivery_thread_silent_ms": s.delivery_silent_ms,
+        "state_dir": {
+            "path": s.state_dir,
+            "writable": s.disk_problem.is_none(),
+            "problem": s.disk_problem,
+        },
         "active_calls": calls,
         "bitrix24": {
             "queue_depth": d.pending,
@@ -188,8 +218,11 @@ fn status_json(s: &Snapshot) -> Value {
             "auth_error": s.auth_error,
         },
         "users": {
+            "loaded": s.users_age.is_some(),
             "count": s.users,
             "age_seconds": s.users_age.map(|a| a.as_secs()),
+            // Calls whose next step needs the directory and waits for its first load.
+            "calls_waiting": d.stats.waiting_for_directory,
         },
         "click_to_call": s.clicks.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "originate_refused": s.refused.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -369,6 +402,17 @@ pub fn metrics_text(s: &Snapshot) -> String {
     let _ = writeln!(out, "callme_bitrix24_users {}", s.users);
     head(
         &mut out,
+        "callme_bitrix24_users_waiting_calls",
+        "gauge",
+        "Calls whose next Bitrix24 step waits for the first load of the user directory.",
+    );
+    let _ = writeln!(
+        out,
+        "callme_bitrix24_users_waiting_calls {}",
+        d.stats.waiting_for_directory
+    );
+    head(
+        &mut out,
         "callme_bitrix24_requests_total",
         "counter",
         "REST requests to Bitrix24 by method and answer: 2xx, 429, 503, 4xx, 5xx, other; none = no HTTP answer (network, timeout, or app mode unable to send).",
@@ -527,6 +571,25 @@ mod tests {
         assert_eq!(
             health_problem(&s).as_deref(),
             Some("HTTP listener cannot accept connections for 7 s")
+        );
+        s.listener = None;
+        s.delivery_limit_ms = 70_000;
+        assert_eq!(
+            health_problem(&s).as_deref(),
+            Some("delivery thread has not started")
+        );
+        s.delivery_silent_ms = Some(70_001);
+        assert_eq!(
+            health_problem(&s).as_deref(),
+            Some("delivery thread silent for 70001 ms")
+        );
+        s.delivery_silent_ms = Some(1000);
+        assert_eq!(health_problem(&s), None);
+        s.state_dir = "/var/lib/callme".into();
+        s.disk_problem = Some("outbox: cannot write x: File too large".into());
+        assert_eq!(
+            health_problem(&s).as_deref(),
+            Some("state dir /var/lib/callme: outbox: cannot write x: File too large")
         );
     }
 

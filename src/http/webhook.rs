@@ -207,8 +207,7 @@ fn dispatch(ctx: &Ctx, req: Request, f: &form::Form, from: &str) {
 fn known_inner(ctx: &Ctx, user_id: u64) -> String {
     ctx.daemon
         .directory
-        .read()
-        .ok()
+        .get()
         .and_then(|d| d.inner_for(user_id).map(str::to_string))
         .unwrap_or_default()
 }

@@ -8,7 +8,13 @@
 //!   (ami.md §2.1), so a client that pings too early shows up in [`FakeAmi::denied`];
 //! - a wrong secret gets `Response: Error` / `Authentication failed` and the socket is closed
 //!   (ami.md §2.3; the real server waits 1 s first, the fake answers at once to keep tests fast);
-//! - list answers are written in one go, items carrying the ActionID (ami.md §2.6, §2.8).
+//! - list answers are written in one go, items carrying the ActionID (ami.md §2.6, §2.8);
+//! - what `callme doctor` asks (ami.md §2.7, §3): `ListCommands` lists the actions the
+//!   account's write classes allow, `CoreSettings`, `ModuleCheck`, and `Command` (14+ form,
+//!   `Output:` lines) for `manager show user`, `manager show settings`, `dialplan show`,
+//!   `module show like` and `core show version`. By default every action is permitted; after
+//!   [`FakeAmi::set_classes`] an action outside the write classes gets `Permission denied` and
+//!   `FullyBooted` needs the `system` read class (the stream of `set_stream` is not filtered).
 
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -57,6 +63,14 @@ struct State {
     originate_ok: bool,
     silent: bool,
     fully_booted: bool,
+    /// `(read, write)` classes of the account; `None`: everything permitted.
+    classes: Option<(Vec<String>, Vec<String>)>,
+    /// manager.conf `timestampevents`: `Timestamp:` on the events the fake writes itself.
+    timestamps: bool,
+    /// Dialplan contexts `dialplan show` finds.
+    contexts: Vec<String>,
+    /// Loaded modules, e.g. `chan_pjsip.so`.
+    modules: Vec<String>,
 }
 
 /// Produces the `CoreShowChannel` items of the moment (see [`FakeAmi::set_channel_source`]).
@@ -69,6 +83,43 @@ pub struct ConnRecord {
     pub logged_in: Option<Instant>,
     pub closed: Option<Instant>,
 }
+
+/// Asterisk's version as `CoreSettings` and `core show version` give it (AMI 9.0.0 = 20).
+pub const ASTERISK_VERSION: &str = "20.5.2";
+
+/// The actions the fake knows, with their synopsis and classes (any one of them permits
+/// the action; none = always permitted), as `ListCommands` prints them.
+const ACTIONS: &[(&str, &str, &[&str])] = &[
+    ("Ping", "Keepalive command.", &[]),
+    ("Login", "Login Manager.", &[]),
+    ("Logoff", "Logoff Manager.", &[]),
+    ("ListCommands", "List available manager commands.", &[]),
+    ("Events", "Control Event Flow.", &[]),
+    ("Originate", "Originate a call.", &["originate"]),
+    (
+        "CoreShowChannels",
+        "List currently active channels.",
+        &["system", "reporting"],
+    ),
+    (
+        "CoreSettings",
+        "Show PBX core settings (version etc).",
+        &["system", "reporting"],
+    ),
+    (
+        "Status",
+        "List channel status.",
+        &["system", "call", "reporting"],
+    ),
+    ("Command", "Execute Asterisk CLI Command.", &["command"]),
+    ("ModuleCheck", "Check if module is loaded.", &["system"]),
+    (
+        "Setvar",
+        "Sets a channel variable or function value.",
+        &["call"],
+    ),
+    ("Hangup", "Hangup channel.", &["system", "call"]),
+];
 
 /// The write side of one accepted connection; the mutex keeps a reply and a `push` from
 /// interleaving.
@@ -117,6 +168,10 @@ impl FakeAmi {
                 originate_ok: true,
                 silent: false,
                 fully_booted: true,
+                classes: None,
+                timestamps: false,
+                contexts: Vec::new(),
+                modules: vec!["chan_pjsip.so".to_string()],
             }),
             stopping: AtomicBool::new(false),
         });
@@ -308,6 +363,30 @@ impl FakeAmi {
         self.inner.lock().fully_booted = on;
     }
 
+    /// The account's classes, as `read =` and `write =` in manager.conf: actions outside
+    /// `write` get `Permission denied`, `ListCommands` lists only the others, and
+    /// `manager show user` shows both.
+    pub fn set_classes(&self, read: &[&str], write: &[&str]) {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        self.inner.lock().classes = Some((own(read), own(write)));
+    }
+
+    /// manager.conf `timestampevents`: `Timestamp:` on FullyBooted, and what
+    /// `manager show settings` says.
+    pub fn set_timestamp_events(&self, on: bool) {
+        self.inner.lock().timestamps = on;
+    }
+
+    /// The dialplan contexts `dialplan show` finds (none by default).
+    pub fn set_dialplan_contexts(&self, contexts: &[&str]) {
+        self.inner.lock().contexts = contexts.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// The loaded modules (`chan_pjsip.so` by default).
+    pub fn set_modules(&self, modules: &[&str]) {
+        self.inner.lock().modules = modules.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Changes the accepted secret, as an operator fixing manager.conf would.
     pub fn set_secret(&self, secret: &str) {
         self.inner.lock().secret = secret.to_string();
@@ -341,6 +420,14 @@ impl Drop for FakeAmi {
     }
 }
 
+/// `<sec>.<usec>` of now, as Asterisk writes `Timestamp:`.
+fn timestamp() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:06}", now.as_secs(), now.subsec_micros())
+}
+
 fn is_action(m: &Message, name: &str) -> bool {
     m.get("Action")
         .is_some_and(|a| a.eq_ignore_ascii_case(name))
@@ -350,6 +437,112 @@ impl State {
     fn mark_closed(&mut self, id: usize) {
         if let Some(r) = self.conn_log.get_mut(id - 1) {
             r.closed.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether the account may run `action` (lower case).
+    fn permits(&self, action: &str) -> bool {
+        let Some((_, write)) = &self.classes else {
+            return true;
+        };
+        match ACTIONS
+            .iter()
+            .find(|(a, _, _)| a.eq_ignore_ascii_case(action))
+        {
+            Some((_, _, [])) => true,
+            Some((_, _, any)) => any
+                .iter()
+                .any(|c| write.iter().any(|w| w == c || w == "all")),
+            None => true,
+        }
+    }
+
+    fn reads(&self, class: &str) -> bool {
+        self.classes
+            .as_ref()
+            .is_none_or(|(read, _)| read.iter().any(|r| r == class || r == "all"))
+    }
+
+    /// CLI output of `cmd` (the `Command` action): `(success, lines)`.
+    fn cli(&self, cmd: &str) -> (bool, Vec<String>) {
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let lines = |v: Vec<String>| (true, v);
+        match words.as_slice() {
+            ["manager", "show", "user", name] if *name == self.username => {
+                let (read, write) = self.classes.clone().unwrap_or_else(|| {
+                    let all: Vec<String> = ["system", "call", "log", "verbose", "command", "agent",
+                        "user", "config", "dtmf", "reporting", "cdr", "dialplan", "originate"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                    (all.clone(), all)
+                });
+                lines(vec![
+                    String::new(),
+                    format!("          username: {name}"),
+                    "            secret: <Set>".to_string(),
+                    "               ACL: yes".to_string(),
+                    format!("         read perm: {}", read.join(",")),
+                    format!("        write perm: {}", write.join(",")),
+                    "   displayconnects: yes".to_string(),
+                    "allowmultiplelogin: yes".to_string(),
+                    "         Variables: ".to_string(),
+                    String::new(),
+                ])
+            }
+            ["manager", "show", "user", name] => (
+                false,
+                vec![format!("There is no manager called {name}")],
+            ),
+            ["manager", "show", "settings"] => lines(vec![
+                String::new(),
+                "Global Settings:".to_string(),
+                "----------------".to_string(),
+                "  Manager (AMI):             Yes".to_string(),
+                "  Web Manager (AMI/HTTP):    No".to_string(),
+                "  TCP Bindaddress:           0.0.0.0:5038".to_string(),
+                "  Display connects:          Yes".to_string(),
+                format!(
+                    "  Timestamp events:          {}",
+                    if self.timestamps { "Yes" } else { "No" }
+                ),
+                "  Channel vars:              ".to_string(),
+                "  Debug:                     No".to_string(),
+            ]),
+            ["dialplan", "show", ctx] if self.contexts.iter().any(|c| c == ctx) => lines(vec![
+                format!("[ Context '{ctx}' created by 'pbx_config' ]"),
+                "  's' =>            1. Set(CallMeLINKEDID=${CHANNEL(linkedid)})      [extensions_custom.conf:45]".to_string(),
+                String::new(),
+                "-= 1 extension (11 priorities) in 1 context. =-".to_string(),
+            ]),
+            ["dialplan", "show", ctx] => (
+                false,
+                vec![format!("There is no existence of '{ctx}' context")],
+            ),
+            ["module", "show", "like", pattern] => {
+                let mut out = vec![
+                    "Module                         Description                              Use Count  Status      Support Level".to_string(),
+                ];
+                let found: Vec<&String> =
+                    self.modules.iter().filter(|m| m.contains(pattern)).collect();
+                for m in &found {
+                    out.push(format!(
+                        "{m:<30} {:<40} 0          Running              core",
+                        "Channel Driver"
+                    ));
+                }
+                out.push(format!("{} modules loaded", found.len()));
+                lines(out)
+            }
+            ["core", "show", "version"] => lines(vec![format!(
+                "Asterisk {ASTERISK_VERSION} built by root @ fakepbx on a x86_64 running Linux on 2026-01-01 00:00:00 UTC"
+            )]),
+            _ => (
+                false,
+                vec![format!(
+                    "No such command '{cmd}' (type 'core show help {cmd}' for other possible commands)"
+                )],
+            ),
         }
     }
 }
@@ -423,6 +616,11 @@ impl Inner {
             return conn
                 .write(format!("{}Message: Permission denied\r\n\r\n", head("Error")).as_bytes());
         }
+        if *logged_in && !st.permits(&name) {
+            drop(st);
+            return conn
+                .write(format!("{}Message: Permission denied\r\n\r\n", head("Error")).as_bytes());
+        }
         match name.as_str() {
             "login" => {
                 let good = action.get("Username") == Some(st.username.as_str())
@@ -444,11 +642,12 @@ impl Inner {
                     "{}Message: Authentication accepted\r\n\r\n",
                     head("Success")
                 );
-                if st.fully_booted {
-                    bytes.push_str(
-                        "Event: FullyBooted\r\nPrivilege: system,all\r\nUptime: 1\r\n\
-                         LastReload: 1\r\nStatus: Fully Booted\r\n\r\n",
-                    );
+                if st.fully_booted && st.reads("system") {
+                    bytes.push_str("Event: FullyBooted\r\nPrivilege: system,all\r\n");
+                    if st.timestamps {
+                        bytes.push_str(&format!("Timestamp: {}\r\n", timestamp()));
+                    }
+                    bytes.push_str("Uptime: 1\r\nLastReload: 1\r\nStatus: Fully Booted\r\n\r\n");
                 }
                 let mut bytes = bytes.into_bytes();
                 bytes.extend_from_slice(&st.stream);
@@ -461,15 +660,69 @@ impl Inner {
             }
             "ping" => {
                 drop(st);
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
                 let reply = format!(
-                    "{}Ping: Pong\r\nTimestamp: {}.{:06}\r\n\r\n",
+                    "{}Ping: Pong\r\nTimestamp: {}\r\n\r\n",
                     head("Success"),
-                    now.as_secs(),
-                    now.subsec_micros()
+                    timestamp()
                 );
+                conn.write(reply.as_bytes())
+            }
+            "listcommands" => {
+                let mut reply = head("Success");
+                for (action, synopsis, classes) in ACTIONS {
+                    if st.permits(action) {
+                        let privs = if classes.is_empty() {
+                            "<none>".to_string()
+                        } else {
+                            format!("{},all", classes.join(","))
+                        };
+                        reply.push_str(&format!("{action}: {synopsis} (Priv: {privs})\r\n"));
+                    }
+                }
+                reply.push_str("\r\n");
+                drop(st);
+                conn.write(reply.as_bytes())
+            }
+            "coresettings" => {
+                drop(st);
+                let reply = format!(
+                    "{}AMIversion: {}\r\nAsteriskVersion: {ASTERISK_VERSION}\r\nSystemName: \r\n\
+                     CoreMaxCalls: 0\r\nCoreMaxLoadAvg: 0.000000\r\nCoreRunUser: asterisk\r\n\
+                     CoreRunGroup: asterisk\r\nCoreMaxFilehandles: 0\r\n\
+                     CoreRealTimeEnabled: No\r\nCoreCDRenabled: Yes\r\nCoreHTTPenabled: No\r\n\r\n",
+                    head("Success"),
+                    BANNER.rsplit('/').next().unwrap_or_default(),
+                );
+                conn.write(reply.as_bytes())
+            }
+            "modulecheck" => {
+                let module = action
+                    .get("Module")
+                    .unwrap_or_default()
+                    .trim_end_matches(".so");
+                let loaded = st
+                    .modules
+                    .iter()
+                    .any(|m| m.trim_end_matches(".so") == module);
+                drop(st);
+                let reply = if loaded {
+                    format!("{}Version: \r\n\r\n", head("Success"))
+                } else {
+                    format!("{}Message: Module not loaded\r\n\r\n", head("Error"))
+                };
+                conn.write(reply.as_bytes())
+            }
+            "command" => {
+                let (ok, lines) = st.cli(action.get("Command").unwrap_or_default());
+                drop(st);
+                let mut reply = format!(
+                    "{}Message: Command output follows\r\n",
+                    head(if ok { "Success" } else { "Error" })
+                );
+                for l in lines {
+                    reply.push_str(&format!("Output: {l}\r\n"));
+                }
+                reply.push_str("\r\n");
                 conn.write(reply.as_bytes())
             }
             "logoff" => {

@@ -26,7 +26,10 @@
 //! # Methods
 //!
 //! `user.get`, `telephony.externalcall.register`, `.finish`, `.show`, `.hide`,
-//! `.searchCrmEntities`, `.attachRecord` and `crm.duplicate.findbycomm`, case-insensitively, with `.json`, a
+//! `.searchCrmEntities`, `.attachRecord`, `crm.duplicate.findbycomm`, `scope` (the granted
+//! scopes: `crm`, `telephony`, `user` unless [`FakeBitrix::set_scopes`] says otherwise; a
+//! method of a scope not granted is HTTP 401 `insufficient_scope`) and
+//! `telephony.externalLine.get` (no lines), case-insensitively, with `.json`, a
 //! trailing `/` or neither. Anything else is HTTP 404 `ERROR_METHOD_NOT_FOUND`. A wrong user
 //! id or code in the URL is HTTP 401 `INVALID_CREDENTIALS` (the source's status, §9.3).
 //! Params may be a JSON body, a form-encoded body (PHP `a[b][]=` brackets) and/or a query
@@ -48,6 +51,8 @@
 //!   maintenance. The connection is answered, not dropped: tiny_http cannot close a connection
 //!   without answering, and a refused connection is easier to get from a closed port (see
 //!   [`closed_port_url`]). Requests while down are recorded too.
+//! - [`FakeBitrix::set_upload_delay`]: a slow upload endpoint; other requests are served
+//!   meanwhile.
 //! - [`FakeBitrix::set_rate_limit`]: a leaky bucket like the cloud's (§9.4). Off by default.
 //!   When it overflows the request gets HTTP 503
 //!   `{"error":"QUERY_LIMIT_EXCEEDED","error_description":"Too many requests"}`; a `batch`
@@ -168,6 +173,8 @@ struct State {
     /// Methods whose next response is lost after the request was applied.
     lost: Vec<String>,
     down: bool,
+    /// What `scope` answers; `None`: the default `crm`, `telephony`, `user`.
+    scopes: Option<Vec<String>>,
     /// (rate per second, burst, level, last update) of the optional leaky bucket.
     bucket: Option<(f64, f64, f64, Instant)>,
     /// Every method run, alone or inside a batch, with its outcome status.
@@ -179,6 +186,9 @@ struct State {
     records: Vec<AttachedRecord>,
     /// Upload URL token → (CALL_ID, FILENAME) of an `attachRecord` without `FILE_CONTENT`.
     uploads: BTreeMap<String, (String, String)>,
+    /// How long an upload to an upload URL waits before it is read and answered (on a thread
+    /// of its own, so other requests are served meanwhile): a slow upload endpoint.
+    upload_delay: Duration,
     /// App (OAuth) mode, when enabled with [`FakeBitrix::enable_app`].
     app: Option<AppAuth>,
     /// Answer `WRONG_AUTH_TYPE` to telephony methods called through the webhook (§1.4).
@@ -298,7 +308,21 @@ impl FakeBitrix {
                 .name("fake-bitrix".into())
                 .spawn(move || {
                     for request in server.incoming_requests() {
-                        serve(&shared, request);
+                        let delay = if request.url().contains("/upload/") {
+                            shared.lock().upload_delay
+                        } else {
+                            Duration::ZERO
+                        };
+                        if delay.is_zero() {
+                            serve(&shared, request);
+                        } else {
+                            let shared = shared.clone();
+                            std::thread::spawn(move || {
+                                // The slow endpoint is the scenario, not a wait.
+                                std::thread::sleep(delay);
+                                serve(&shared, request);
+                            });
+                        }
                     }
                 })
                 .expect("spawn fake Bitrix24")
@@ -520,6 +544,12 @@ impl FakeBitrix {
         self.shared.lock().lost.push(method.to_ascii_lowercase());
     }
 
+    /// Hold each upload to an upload URL (§4.2 mode 3) for `delay` before reading it, while
+    /// every other request is served as usual: a slow upload endpoint.
+    pub fn set_upload_delay(&self, delay: Duration) {
+        self.shared.lock().upload_delay = delay;
+    }
+
     /// Enforce a leaky bucket of `burst` requests draining `rate` per second (see module docs).
     pub fn set_rate_limit(&self, rate: f64, burst: u32) {
         self.shared.lock().bucket = Some((rate, f64::from(burst), 0.0, Instant::now()));
@@ -561,6 +591,11 @@ impl FakeBitrix {
     /// Every successful register so far, re-registrations included.
     pub fn registrations(&self) -> Vec<Registration> {
         self.shared.lock().registrations.clone()
+    }
+
+    /// The scopes the webhook (or app) was granted, as `scope` answers them.
+    pub fn set_scopes(&self, scopes: &[&str]) {
+        self.shared.lock().scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
     }
 
     /// Registered calls not finished yet.
@@ -1007,6 +1042,25 @@ fn dispatch(st: &mut State, method: &str, p: &Map<String, Value>) -> Outcome {
             description: "Current authorization type is denied for this method".into(),
         });
     }
+    // A method of a scope not granted (set_scopes): 401 insufficient_scope (§9.3).
+    if let Some(granted) = &st.scopes {
+        let scope = method.split('.').next().unwrap_or("");
+        let ok_with: &[&str] = match scope {
+            "user" => &["user", "user_brief", "user_basic"],
+            "telephony" => &["telephony"],
+            "crm" => &["crm"],
+            _ => &[],
+        };
+        if !ok_with.is_empty() && !granted.iter().any(|g| ok_with.contains(&g.as_str())) {
+            return Err(Fail {
+                status: 401,
+                code: "insufficient_scope",
+                description:
+                    "The request requires higher privileges than provided by the webhook token"
+                        .into(),
+            });
+        }
+    }
     match method {
         "user.get" => user_get(st, p),
         "telephony.externalcall.register" => register(st, p),
@@ -1019,6 +1073,12 @@ fn dispatch(st: &mut State, method: &str, p: &Map<String, Value>) -> Outcome {
         "crm.contact.get" => crm_get(st, p, "CONTACT"),
         "crm.company.get" => crm_get(st, p, "COMPANY"),
         "crm.lead.get" => crm_get(st, p, "LEAD"),
+        "scope" => ok(json!(st.scopes.clone().unwrap_or_else(|| vec![
+            "crm".into(),
+            "telephony".into(),
+            "user".into()
+        ]))),
+        "telephony.externalline.get" => ok(json!([])),
         _ => Err(Fail {
             status: 404,
             code: "ERROR_METHOD_NOT_FOUND",
@@ -1911,7 +1971,7 @@ fn parse_upload(content_type: &str, body: &[u8]) -> Option<(String, Vec<u8>)> {
 /// `base64_decode($s, true)` that the portal uses.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| -> Option<u32> {

@@ -91,6 +91,16 @@ fn bad_durations() {
 }
 
 #[test]
+fn reconcile_interval_default_and_value() {
+    let cfg = parse_str(&with("asterisk", ""), "t").unwrap();
+    assert_eq!(cfg.asterisk.reconcile_interval, secs(300));
+    let cfg = parse_str(&with("asterisk", "reconcile_interval = 30"), "t").unwrap();
+    assert_eq!(cfg.asterisk.reconcile_interval, secs(30));
+    let e = err(&with("asterisk", "reconcile_interval = 0"));
+    assert!(e.contains("not a number of seconds"), "{e}");
+}
+
+#[test]
 fn reconnect_max_below_min() {
     let e = err(&with("asterisk", "reconnect_min = 10\nreconnect_max = 5"));
     assert!(
