@@ -17,6 +17,36 @@ pub fn capture_tail(name: &str) -> Vec<u8> {
     bytes[end..].to_vec()
 }
 
+/// `bytes` (AMI messages, each ending in a blank line) cut in two right before the first
+/// message whose `Event:` is one of `events`; all in the first part if there is none.
+///
+/// Live, a phone rings for seconds; a capture pushed in one write rings for microseconds, and
+/// a card whose phone stopped ringing before it could be sent is dropped (issue #20). Tests
+/// that want the card push the part before the first event that ends a ring ([`RING_ENDS`]),
+/// wait for the card at the portal, then push the rest: the ring lasts until the card is up,
+/// as it would live.
+pub fn split_before(bytes: &[u8], events: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = find(&bytes[start..], b"\r\n\r\n").map_or(bytes.len(), |i| start + i + 4);
+        let block = &bytes[start..end];
+        let hit = events.iter().any(|e| {
+            let line = format!("Event: {e}\r\n");
+            block.starts_with(line.as_bytes())
+                || find(block, format!("\r\n{line}").as_bytes()).is_some()
+        });
+        if hit {
+            return (bytes[..start].to_vec(), bytes[start..].to_vec());
+        }
+        start = end;
+    }
+    (bytes.to_vec(), Vec::new())
+}
+
+/// The events that can end a phone's ring: answered or given up (`DialEnd`), picked up by
+/// another phone (`Pickup`), hung up.
+pub const RING_ENDS: &[&str] = &["DialEnd", "Pickup", "Hangup"];
+
 /// [`capture_tail`] as Asterisk sends it with `timestampevents = yes` (manager.conf): every
 /// event after `FullyBooted` carries `Timestamp: SECONDS.MICROS`, its time on the capture's own
 /// clock (the `.timing.tsv` sidecar). The daemon then times the call on that clock, so the

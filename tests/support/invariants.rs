@@ -13,9 +13,15 @@
 //!   default user);
 //! - finished once;
 //! - steps in order: register < every show/hide < finish < attach;
-//! - cards shown only to phones that rang, and to the one that answered when the daemon saw
-//!   the whole call (a phone that stopped ringing before its show was sent gets none, #20);
-//! - no card left open;
+//! - cards shown only to phones that rang;
+//! - a show is dropped only together with its hide: every hide the portal ran follows a show
+//!   for the same user on the same call. The daemon drops a show (and then its hide) when the
+//!   phone stopped ringing before the show could be sent (issue #20: a card after the ring is
+//!   worse than none), so a phone that rang may have no card at all, but never a hide alone;
+//! - when the daemon saw the whole call and a phone that rang answered it, that phone had its
+//!   card (answering ends a ring without a hide, so that show is never dropped);
+//! - no card left open: every show that reached the portal was followed by a hide for that
+//!   user or by the call's finish under that user (the fake portal's open cards);
 //! - when the daemon saw the whole call: finished by the right user with the right status.
 //!
 //! Internal calls never reach the portal, and the portal holds no call nobody made.
@@ -227,6 +233,8 @@ pub fn check(
                 .find(|(_, r)| r.method == "telephony.externalcall.finish" && r.status == 200)
                 .map(|(i, _)| *i);
             let mut shown = BTreeSet::new();
+            // Users a show for this call reached the portal for, whatever it answered.
+            let mut sent_shows = BTreeSet::new();
             for (i, r) in &steps {
                 let show = r.method == "telephony.externalcall.show";
                 let hide = r.method == "telephony.externalcall.hide";
@@ -245,15 +253,23 @@ pub fn check(
                         if show {
                             shown.insert(u);
                         }
+                        if hide && !sent_shows.contains(&u) {
+                            bad.push(format!(
+                                "hide at command {i} for user {u} without a show before it"
+                            ));
+                        }
                     }
+                }
+                if show {
+                    sent_shows.extend(user_param(&r.params));
                 }
                 if attach && fin_at.is_none_or(|f| *i < f) {
                     bad.push(format!("attachRecord at command {i} before the finish"));
                 }
             }
             // A phone that stopped ringing before its show was sent gets no card at all
-            // (issue #20: a card after the ring is worse than none), so not every phone that
-            // rang must have had one; the one that answered must.
+            // (issue #20), so not every phone that rang must have had one; the one that
+            // answered must.
             if whole
                 && exp.status == "200"
                 && exp.rings.contains(&exp.finish_user)
