@@ -25,28 +25,22 @@ fn finishes(reqs: &[Recorded]) -> usize {
         .count()
 }
 
-/// A step as `(method without the telephony.externalcall. prefix, the param that matters)`.
-/// Numbers as numbers: inside a `batch` every param arrives as a string.
+/// A step as `(method without the telephony.externalcall. prefix, the params that matter)`.
 fn step(r: &Recorded) -> (String, Value) {
     let m = r.method.trim_start_matches("telephony.externalcall.");
-    let p = |k: &str| number(&r.params[k]);
     let v = match m {
         "searchcrmentities" => r.params["PHONE_NUMBER"].clone(),
-        "register" => json!([p("TYPE"), r.params["PHONE_NUMBER"], p("USER_ID")]),
-        "show" | "hide" => p("USER_ID"),
-        "finish" => json!([p("USER_ID"), r.params["STATUS_CODE"]]),
+        "register" => json!([
+            r.num("TYPE"),
+            r.params["PHONE_NUMBER"],
+            r.num("USER_ID"),
+            r.num("SHOW")
+        ]),
+        "show" | "hide" => r.num("USER_ID"),
+        "finish" => json!([r.num("USER_ID"), r.params["STATUS_CODE"]]),
         _ => Value::Null,
     };
     (m.to_string(), v)
-}
-
-/// `v` with a string of digits (also inside an array) as the number it spells.
-fn number(v: &Value) -> Value {
-    match v {
-        Value::String(s) => s.parse::<u64>().map_or_else(|_| v.clone(), Value::from),
-        Value::Array(a) => Value::Array(a.iter().map(number).collect()),
-        _ => v.clone(),
-    }
 }
 
 fn s(m: &str, v: Value) -> (String, Value) {
@@ -78,7 +72,7 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
             "a_inbound_answered",
             vec![
                 s("searchcrmentities", json!("79991234567")),
-                s("register", json!([2, "79991234567", 7])),
+                s("register", json!([2, "79991234567", 7, 0])),
                 s("show", json!([19])),
                 s("finish", json!([19, "200"])),
             ],
@@ -87,7 +81,7 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
             "b_inbound_noanswer",
             vec![
                 s("searchcrmentities", json!("79991234567")),
-                s("register", json!([2, "79991234567", 7])),
+                s("register", json!([2, "79991234567", 7, 0])),
                 s("show", json!([19])),
                 s("hide", json!([19])),
                 s("finish", json!([7, "304"])),
@@ -97,7 +91,7 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
             "v_inbound_attended_transfer_refer_220_to_221",
             vec![
                 s("searchcrmentities", json!("79997654321")),
-                s("register", json!([2, "79997654321", 1])),
+                s("register", json!([2, "79997654321", 1, 0])),
                 s("show", json!([20])),
                 s("hide", json!([20])),
                 s("show", json!([21])),
@@ -106,17 +100,16 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
         ),
         (
             "w_outbound_desk_220_answered_carrier_hangs_up",
+            // Registered under 220's user, the one phone ringing: SHOW=1 puts the card up.
             vec![
-                s("register", json!([1, "79997654321", 20])),
-                s("show", json!([20])),
+                s("register", json!([1, "79997654321", 20, 1])),
                 s("finish", json!([20, "200"])),
             ],
         ),
         (
             "x_outbound_desk_221_noanswer",
             vec![
-                s("register", json!([1, "79991234567", 21])),
-                s("show", json!([21])),
+                s("register", json!([1, "79991234567", 21, 1])),
                 s("finish", json!([21, "304"])),
             ],
         ),
@@ -124,7 +117,7 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
             "pk_inbound_directed_pickup_221_from_220",
             vec![
                 s("searchcrmentities", json!("79991234567")),
-                s("register", json!([2, "79991234567", 7])),
+                s("register", json!([2, "79991234567", 7, 0])),
                 s("show", json!([20])),
                 s("hide", json!([20])),
                 s("show", json!([21])),
@@ -144,17 +137,14 @@ fn pjsip_calls_reach_the_portal_as_on_chan_sip() {
             &support::capture_tail(&format!("pjsip/{capture}.ami")),
             support::captures::RING_ENDS,
         );
+        // Cards: shows, and registers that put the card up themselves (SHOW=1).
+        let card = |(m, v): &(String, Value)| m == "show" || (m == "register" && v[3] == 1);
         let first_shows = want
             .iter()
             .take_while(|(m, _)| m != "hide" && m != "finish")
-            .filter(|(m, _)| m == "show")
+            .filter(|x| card(x))
             .count();
-        let shows = |r: &[Recorded]| {
-            r[seen..]
-                .iter()
-                .filter(|x| x.method == "telephony.externalcall.show")
-                .count()
-        };
+        let shows = |r: &[Recorded]| r[seen..].iter().map(step).filter(|x| card(x)).count();
         assert!(ami.push(&ringing));
         assert!(
             portal.wait_for_commands(|r| shows(r) >= first_shows, WAIT),

@@ -190,10 +190,15 @@ impl Transport for Scripted {
     }
 }
 
-/// Request slots kept for ringing phones: with fewer left in the bucket, a request holding
-/// only steps that can wait (finish, hide, attach, steps of calls already over) is not sent;
-/// those steps ride along with the next urgent request, or go once the bucket refills.
-const RESERVE: u32 = 10;
+/// Slots free in the bucket from which nothing waits: with this many, every step goes out
+/// the moment it is due. Below it, steps that can wait ([`Priority::urgent`] false) ride
+/// along in the next urgent request, so at about one call a second a call costs about two
+/// requests (CRM look-up; register with its card) and the bucket never empties.
+const SPARE_HIGH: u32 = 40;
+
+/// The longest a step that can wait is held for a ride: a finish, a hide, a register nobody
+/// rings for yet. After that it goes on its own (with others that wait, up to a full batch).
+const WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// How long one [`Deliverer::run_due`] goes on before it returns to the delivery loop.
 const PASS_MAX: Duration = Duration::from_secs(1);
@@ -212,11 +217,35 @@ fn cmd_key(i: usize) -> String {
     format!("c{i:02}")
 }
 
-/// A request a due step wants next: its priority, call, step, and (method, params).
-type Want = (Priority, String, Step, (String, Value));
+/// A request a due step wants next.
+struct Want {
+    prio: Priority,
+    key: String,
+    step: Step,
+    method: String,
+    params: Value,
+}
 
-/// A show rides in its register's batch only with fewer request slots than this left.
-const RIDE_BELOW: u32 = 25;
+/// A later step of a call that a command of this request carries, so that it settles
+/// without a request of its own: a show that rides in its register's batch (its `CALL_ID`
+/// from `$result[cNN][CALL_ID]`), a show put up by the register itself (`SHOW=1`), or a show
+/// or hide merged into the one before it (`USER_ID` lists both users).
+struct Carried {
+    seq: u64,
+    /// The command whose success settles it.
+    cmd: usize,
+    /// A command that must have succeeded too (the register a `$result` refers to).
+    after: Option<usize>,
+    /// Its answer, if not the command's own result (a register's is not a show's).
+    answer: Option<Value>,
+}
+
+/// Which card step a command carries more of.
+#[derive(Clone, Copy)]
+enum CardKind {
+    Show,
+    Hide,
+}
 
 /// What one [`Deliverer::round`] did.
 enum Round {
@@ -226,7 +255,8 @@ enum Round {
     Settled,
     /// Nothing is due.
     Idle,
-    /// Only steps that can wait, and the bucket is low: try again at this time.
+    /// Only steps that can wait, the bucket is not full and they have not waited long:
+    /// look again at this time, or when a new step comes.
     Saving(Instant),
 }
 
@@ -445,10 +475,17 @@ impl Deliverer {
     }
 
     /// One request's worth of progress: run every due step against the answers it has; steps
-    /// that are done are settled, and the requests the others want next go out together, the
-    /// most urgent first ([`priority`]): one request alone, or a `batch` of up to
-    /// [`api::BATCH_MAX`]. A recording goes alone: its body can be megabytes of base64, and
-    /// Bitrix24 does not allow uploads inside `batch` (bitrix24-api.md §4.2, §8).
+    /// that are done are settled, and the requests the others want next go out together: one
+    /// request alone, or a `batch` of up to [`api::BATCH_MAX`] commands.
+    ///
+    /// What goes, in this order ([`priority`]): every urgent request (cards, then CRM
+    /// look-ups; newest first); the later steps they carry ([`Deliverer::carry`]); then, up to
+    /// a full batch, the steps that can wait (oldest first). Steps that can wait alone are
+    /// held (`Saving`) while the bucket is below [`SPARE_HIGH`] and none of them has waited
+    /// [`WAIT_MAX`]: they ride with the next urgent request instead of spending a slot.
+    ///
+    /// A recording goes alone: its body can be megabytes of base64, and Bitrix24 does not
+    /// allow uploads inside `batch` (bitrix24-api.md §4.2, §8).
     fn round(
         &mut self,
         now: Instant,
@@ -477,10 +514,16 @@ impl Deliverer {
             let result = self.step(&key, &step.action, &s);
             let (got, wanted) = s.into_parts();
             match wanted {
-                Some(w) => {
-                    let prio = priority::of(&step, self.ob().call(&key));
+                Some((method, params)) => {
+                    let prio = priority::of(&step, self.ob().call(&key), &method);
                     answers.insert(step.seq, got);
-                    wants.push((prio, key, step, w));
+                    wants.push(Want {
+                        prio,
+                        key,
+                        step,
+                        method,
+                        params,
+                    });
                 }
                 None => {
                     self.settle(&key, &step, result, now);
@@ -491,110 +534,176 @@ impl Deliverer {
         if wants.is_empty() {
             return if settled { Round::Settled } else { Round::Idle };
         }
-        // The calls come in arrival order; a stable sort keeps it within a priority.
-        wants.sort_by_key(|w| w.0);
-        if wants[0].0 != Priority::Ringing {
+        wants.sort_by_key(|w| priority::order(w.prio, w.step.queued_ms));
+        if !wants[0].prio.urgent() {
             if let Some(l) = &self.pacing {
-                // Nothing urgent: while the bucket runs low, keep its last slots for the next
-                // ringing phone, and let these ride along with its request.
-                if l.available() < RESERVE {
+                let oldest = wants.iter().map(|w| w.step.queued_ms).min().unwrap_or(0);
+                let waited = Duration::from_millis(crate::clock::now_ms().saturating_sub(oldest));
+                if l.available() < SPARE_HIGH && waited < WAIT_MAX {
                     return if settled {
                         Round::Settled
                     } else {
-                        Round::Saving(now + l.slot())
+                        Round::Saving(now + (WAIT_MAX - waited).min(l.slot()))
                     };
                 }
             }
         }
-        wants.truncate(api::BATCH_MAX);
-        // From here these steps are being sent: an unsent Show can no longer be dropped.
-        // One that was dropped since it was picked (its phone stopped ringing) stays unsent.
-        {
-            let mut ob = self.ob();
-            wants.retain(|(_, key, step, _)| ob.begin(key, step.seq));
+        // Urgent first, each with what it carries; then, up to a full batch, what waits (it
+        // costs no extra request). A step is marked as being sent (`begin`) only once it is
+        // packed: from then on an unsent Show can no longer be dropped. One that was dropped
+        // since it was picked (its phone stopped ringing) stays unsent.
+        let mut cmds: Vec<(String, Value)> = Vec::with_capacity(api::BATCH_MAX);
+        let mut carried = Vec::new();
+        let mut packed = Vec::with_capacity(api::BATCH_MAX);
+        for w in wants {
+            if cmds.len() >= api::BATCH_MAX {
+                break;
+            }
+            if !self.ob().begin(&w.key, w.step.seq) {
+                continue;
+            }
+            let i = cmds.len();
+            cmds.push((w.method.clone(), w.params.clone()));
+            self.carry(&w, i, &mut cmds, &mut carried);
+            packed.push((w, i));
         }
-        if wants.is_empty() {
+        if cmds.is_empty() {
             return Round::Settled;
         }
-        let riders = self.riders(&wants);
-        let results: Vec<Result<Value, Error>> = if wants.len() == 1 && riders.is_empty() {
-            let (method, params) = &wants[0].3;
+        // `carry` may have changed a want's params (SHOW=1, more users): send those.
+        let results: Vec<Result<Value, Error>> = if cmds.len() == 1 {
+            let (method, params) = &cmds[0];
             vec![self.transport.call(method, params).map(|r| r.result)]
         } else {
-            let cmds: Vec<(String, &str, Value)> = wants
+            let keyed: Vec<(String, &str, Value)> = cmds
                 .iter()
-                .map(|(_, _, _, w)| w)
-                .chain(riders.iter().map(|(_, _, w)| w))
                 .enumerate()
                 .map(|(i, (m, p))| (cmd_key(i), m.as_str(), p.clone()))
                 .collect();
-            log::debug!("bitrix24: batch of {} commands", cmds.len());
-            match api::batch(self.transport.as_ref(), &cmds) {
+            log::debug!(
+                "bitrix24: batch of {} commands ({} urgent)",
+                keyed.len(),
+                packed.iter().filter(|(w, _)| w.prio.urgent()).count()
+            );
+            match api::batch(self.transport.as_ref(), &keyed) {
                 Ok(r) => r.into_iter().map(|(_, r)| r).collect(),
-                Err(e) => vec![Err(e); cmds.len()],
+                Err(e) => vec![Err(e); keyed.len()],
             }
         };
-        let mut results = results.into_iter();
-        let mut registered = Vec::with_capacity(wants.len());
-        for ((_, _, step, _), r) in wants.into_iter().zip(results.by_ref()) {
-            registered.push(r.is_ok());
-            answers.entry(step.seq).or_default().push(r);
+        let answer = |i: usize| {
+            results
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Err(Error::Decode("no answer in the batch".into())))
+        };
+        for (w, i) in &packed {
+            answers.entry(w.step.seq).or_default().push(answer(*i));
         }
-        // A show that rode with its register is answered already; it settles when its turn
-        // comes, without a request. If the register failed, the show is sent on its own later.
-        for ((i, seq, _), r) in riders.into_iter().zip(results) {
-            if registered[i] && r.is_ok() {
-                answers.insert(seq, vec![r]);
+        // A carried step is answered already: it settles when its turn comes, without a
+        // request. If its command (or the register it refers to) failed, it is sent on its
+        // own later.
+        for c in carried {
+            let ok = |i: usize| results.get(i).is_some_and(Result::is_ok);
+            if ok(c.cmd) && c.after.is_none_or(ok) {
+                let r = c.answer.map_or_else(|| answer(c.cmd), Ok);
+                answers.insert(c.seq, vec![r]);
             }
         }
         Round::Sent
     }
 
-    /// Shows that can ride in the same batch as their call's register: the call's next step
-    /// is a Show for a Bitrix24 user, so its `CALL_ID` can come from the register's result
-    /// (`$result[cN][CALL_ID]`, bitrix24-api.md §8) and the card opens one request sooner.
-    /// Each is `(index of the register in wants, the show's seq, its request)`.
-    fn riders(&self, wants: &[Want]) -> Vec<(usize, u64, (String, Value))> {
-        let mut riders = Vec::new();
-        // Only while the bucket is short: with budget to spare the show goes on its own
-        // right after the register, once the register's CALL_ID is on disk.
-        if self
-            .pacing
-            .as_ref()
-            .is_none_or(|l| l.available() >= RIDE_BELOW)
-        {
-            return riders;
-        }
+    /// The later steps of `w`'s call that the command at `cmds[i]` (`w`'s own) can carry,
+    /// noted in `carried` (and marked as being sent, [`Outbox::begin`]):
+    ///
+    /// - after a register, the shows right behind it (the phones ringing now): with exactly
+    ///   one, for the very user the call is registered under, `SHOW=1` on the register puts
+    ///   the card up (bitrix24-api.md §2.1); otherwise one `show` for all of them rides in the
+    ///   same batch, its `CALL_ID` taken from the register's result (`$result[cNN][CALL_ID]`,
+    ///   §8). Either way the card opens in the register's request, not one later;
+    /// - after a show or a hide, the shows (hides) right behind it: one command for all their
+    ///   users (`USER_ID` is a list, §4.1).
+    ///
+    /// Only users the directory knows: a step for anyone else is left to run (and be skipped)
+    /// on its own.
+    fn carry(&self, w: &Want, i: usize, cmds: &mut Vec<(String, Value)>, out: &mut Vec<Carried>) {
+        let register = w
+            .method
+            .eq_ignore_ascii_case("telephony.externalcall.register");
+        let card = match w.step.action {
+            Action::Register { .. } if register => CardKind::Show,
+            Action::Show { .. } => CardKind::Show,
+            Action::Hide { .. } => CardKind::Hide,
+            _ => return,
+        };
+        let Some(dir) = self.directory.get() else {
+            return;
+        };
         let mut ob = self.ob();
-        for (i, (_, key, _, (method, _))) in wants.iter().enumerate() {
-            if wants.len() + riders.len() >= api::BATCH_MAX {
-                break;
-            }
-            if !method.eq_ignore_ascii_case("telephony.externalcall.register") {
-                continue;
-            }
-            let Some(next) = ob.call(key).and_then(|c| c.steps.get(1)).cloned() else {
-                continue;
+        let Some(call) = ob.call(&w.key) else {
+            return;
+        };
+        // The steps behind this one, while they are of the kind this command can carry.
+        let mut behind: Vec<(u64, u64)> = Vec::new();
+        for s in call.steps.iter().skip(1) {
+            let ext = match (&s.action, card) {
+                (Action::Show { ext }, CardKind::Show) | (Action::Hide { ext }, CardKind::Hide) => {
+                    ext
+                }
+                _ => break,
             };
-            let Action::Show { ext } = &next.action else {
-                continue;
-            };
-            let Some(user) = self.directory.get().and_then(|d| d.user_for(ext)) else {
-                continue;
-            };
-            if ob.begin(key, next.seq) {
-                let call_id = format!("$result[{}][CALL_ID]", cmd_key(i));
-                riders.push((
-                    i,
-                    next.seq,
-                    (
-                        "telephony.externalcall.show".to_string(),
-                        api::card_params(&call_id, &[user]),
-                    ),
-                ));
-            }
+            let Some(user) = dir.user_for(ext) else { break };
+            behind.push((s.seq, user));
         }
-        riders
+        if behind.is_empty() {
+            return;
+        }
+        if register {
+            let registered_under = w.params.get("USER_ID").and_then(Value::as_u64);
+            if behind.len() == 1 && registered_under == Some(behind[0].1) {
+                if ob.begin(&w.key, behind[0].0) {
+                    cmds[i].1["SHOW"] = Value::from(1);
+                    out.push(Carried {
+                        seq: behind[0].0,
+                        cmd: i,
+                        after: None,
+                        answer: Some(Value::Bool(true)),
+                    });
+                }
+                return;
+            }
+            if cmds.len() >= api::BATCH_MAX {
+                return;
+            }
+            behind.retain(|(seq, _)| ob.begin(&w.key, *seq));
+            if behind.is_empty() {
+                return;
+            }
+            let users: Vec<u64> = behind.iter().map(|(_, u)| *u).collect();
+            let call_id = format!("$result[{}][CALL_ID]", cmd_key(i));
+            cmds.push((
+                "telephony.externalcall.show".to_string(),
+                api::card_params(&call_id, &users),
+            ));
+            let cmd = cmds.len() - 1;
+            out.extend(behind.iter().map(|(seq, _)| Carried {
+                seq: *seq,
+                cmd,
+                after: Some(i),
+                answer: None,
+            }));
+            return;
+        }
+        behind.retain(|(seq, _)| ob.begin(&w.key, *seq));
+        let Some(Value::Array(users)) = cmds[i].1.get_mut("USER_ID") else {
+            return;
+        };
+        users.extend(behind.iter().map(|(_, u)| Value::from(*u)));
+        out.extend(behind.iter().map(|(seq, _)| Carried {
+            seq: *seq,
+            cmd: i,
+            after: None,
+            answer: None,
+        }));
     }
 
     /// Without batching (`callme replay`, the demo): each due step straight to the transport.
@@ -1070,8 +1179,61 @@ mod tests {
         }
     }
 
+    /// One `method?query` command of a batch as the method's name and params: numbers as
+    /// numbers, `KEY[]` pairs as a list, `$result[cNN][FIELD]` taken from `done`.
+    fn batch_command(cmd: &str, done: &serde_json::Map<String, Value>) -> (String, Value) {
+        let (method, query) = cmd.split_once('?').unwrap_or((cmd, ""));
+        let form = crate::http::form::parse(query.as_bytes()).expect("a form query");
+        let mut params = serde_json::Map::new();
+        for (k, v) in form.pairs() {
+            let v = match v
+                .strip_prefix("$result[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.split_once("]["))
+            {
+                Some((key, field)) => done[key][field].clone(),
+                None => v.parse::<u64>().map_or_else(|_| json!(v), Value::from),
+            };
+            match k.strip_suffix("[]") {
+                Some(list) => params
+                    .entry(list)
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+                    .expect("a list")
+                    .push(v),
+                None => {
+                    params.insert(k.to_string(), v);
+                }
+            }
+        }
+        (method.to_string(), Value::Object(params))
+    }
+
     impl Transport for Portal {
         fn call(&self, method: &str, params: &Value) -> Result<Reply, Error> {
+            if method == "batch" {
+                self.sent
+                    .lock()
+                    .unwrap()
+                    .push((method.to_string(), params.clone()));
+                let mut done = serde_json::Map::new();
+                let mut failed = serde_json::Map::new();
+                for (key, cmd) in params["cmd"].as_object().expect("cmd") {
+                    let (m, p) = batch_command(cmd.as_str().expect("a command"), &done);
+                    match self.call(&m, &p) {
+                        Ok(r) => done.insert(key.clone(), r.result),
+                        Err(e) => failed.insert(
+                            key.clone(),
+                            json!({"error": "ERR", "error_description": e.to_string()}),
+                        ),
+                    };
+                }
+                return Ok(Reply {
+                    result: json!({ "result": done, "result_error": failed }),
+                    next: None,
+                    total: None,
+                });
+            }
             self.sent
                 .lock()
                 .unwrap()
@@ -1507,5 +1669,170 @@ mod tests {
         assert_eq!(d.pending(), 0, "the attach is settled");
         assert!(d.attach_since.is_empty(), "{:?}", d.attach_since);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// 201 → 1, 219 → 19, 220 → 20.
+    fn three_users() -> SharedDirectory {
+        let user = |id: u64, inner: &str| User {
+            id,
+            inner: Some(inner.to_string()),
+            active: true,
+            name: String::new(),
+        };
+        SharedDirectory::loaded(Directory::from_users(
+            vec![user(1, "201"), user(19, "219"), user(20, "220")],
+            Instant::now(),
+        ))
+    }
+
+    fn card(hide: bool, ext: &str) -> Intent {
+        let ext = ext.to_string();
+        intent(if hide {
+            Action::Hide { ext }
+        } else {
+            Action::Show { ext }
+        })
+    }
+
+    /// Issue #20: a register for the very user whose phone alone rings puts the card up
+    /// itself (`SHOW=1`): no show of its own, one request for the card.
+    #[test]
+    fn a_register_for_the_one_ringing_user_shows_the_card_itself() {
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::loaded(directory()), Some("201"));
+        // An outbound call from 219: registered under 219's user, 219's card.
+        push_call(&mut d, register(Direction::Outbound, Some("219")));
+        assert_eq!(d.run_due(Instant::now()), None);
+        let reg = portal.sent("telephony.externalcall.register");
+        assert_eq!(reg.len(), 1);
+        assert_eq!(reg[0]["USER_ID"], 19);
+        assert_eq!(reg[0]["SHOW"], 1);
+        assert!(portal.sent("telephony.externalcall.show").is_empty());
+        assert!(portal.sent("batch").is_empty(), "the register alone");
+        assert_eq!(outcome(&d, "show", "ok"), 1, "the show step is done");
+        assert_eq!(d.stats().card_latency.count(), 1);
+        assert_eq!(d.pending(), 0);
+
+        // Registered under the default user while 219 rings: SHOW=0 and a show for 219,
+        // riding in the register's batch with the register's CALL_ID.
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, SharedDirectory::loaded(directory()), Some("201"));
+        push_call(&mut d, register(Direction::Inbound, None));
+        assert_eq!(d.run_due(Instant::now()), None);
+        let reg = portal.sent("telephony.externalcall.register");
+        assert_eq!(reg[0]["USER_ID"], 1);
+        assert_eq!(reg[0]["SHOW"], 0);
+        let show = portal.sent("telephony.externalcall.show");
+        assert_eq!(show, vec![json!({"CALL_ID": "CID-1", "USER_ID": [19]})]);
+        let batches = portal.sent("batch");
+        assert_eq!(batches.len(), 1, "register and show in one request");
+        let cmd = batches[0]["cmd"].as_object().unwrap();
+        // Encoded once inside the command, as in the documented example (§8).
+        assert!(cmd["c01"]
+            .as_str()
+            .unwrap()
+            .starts_with("telephony.externalcall.show?CALL_ID=%24result%5Bc00%5D%5BCALL_ID%5D"));
+    }
+
+    /// Issue #20: the phones of a ring-all queue get their cards in one command, riding with
+    /// the register; the hides of the phones that stopped ringing go as one command too.
+    #[test]
+    fn cards_of_phones_ringing_together_go_as_one_command() {
+        let portal = Arc::new(Portal::default());
+        let mut d = deliverer(&portal, three_users(), Some("201"));
+        d.push(intent(register(Direction::Inbound, None)));
+        d.push(card(false, "219"));
+        d.push(card(false, "220"));
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert_eq!(
+            portal.sent("telephony.externalcall.show"),
+            vec![json!({"CALL_ID": "CID-1", "USER_ID": [19, 20]})]
+        );
+        assert_eq!(outcome(&d, "show", "ok"), 2);
+        d.push(card(true, "219"));
+        d.push(card(true, "220"));
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert_eq!(
+            portal.sent("telephony.externalcall.hide"),
+            vec![json!({"CALL_ID": "CID-1", "USER_ID": [19, 20]})]
+        );
+        assert_eq!(outcome(&d, "hide", "ok"), 2);
+        assert_eq!(d.pending(), 0);
+        assert_eq!(portal.sent("batch").len(), 1, "only the register's");
+    }
+
+    /// Issue #20: with the bucket below its high-water mark, a finish does not spend a
+    /// request of its own: it waits (a bounded time) and rides in the next card's batch. With
+    /// the bucket nearly full it goes at once.
+    #[test]
+    fn with_the_bucket_low_a_finish_rides_with_the_next_card() {
+        let portal = Arc::new(Portal::default());
+        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
+        let mut d = Deliverer::with_outbox(
+            config(Some("201")),
+            Box::new(portal.clone()),
+            SharedDirectory::loaded(directory()),
+            outbox.clone(),
+        );
+        let limiter = crate::bitrix::limiter::Limiter::new(2.0, 50);
+        d.set_pacing(limiter.clone());
+        let finish = |call: &str| Intent {
+            call: call.into(),
+            action: Action::Finish {
+                user: FinishUser::Employee("219".into()),
+                duration: 5,
+                status: Status::ANSWERED,
+            },
+        };
+        {
+            let mut ob = outbox.lock().unwrap();
+            ob.set_facts("over", "id-over".into(), Some(19), Direction::Inbound);
+            ob.set_facts("ringing", "id-ringing".into(), Some(19), Direction::Inbound);
+        }
+        for _ in 0..20 {
+            limiter.acquire();
+        }
+        assert!(limiter.available() < SPARE_HIGH);
+        d.push(finish("over"));
+        let now = Instant::now();
+        let next = d.run_due(now).expect("the finish waits");
+        assert!(next > now && next <= now + WAIT_MAX, "{:?}", next - now);
+        assert!(portal.sent.lock().unwrap().is_empty(), "nothing sent");
+        assert_eq!(d.pending(), 1);
+        // A card: it goes at once, and the finish rides in its batch.
+        d.push(Intent {
+            call: "ringing".into(),
+            action: Action::Show { ext: "219".into() },
+        });
+        assert_eq!(d.run_due(Instant::now()), None);
+        let sent = portal.sent.lock().unwrap().clone();
+        let methods: Vec<&str> = sent.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(
+            methods,
+            vec![
+                "batch",
+                "telephony.externalcall.show",
+                "telephony.externalcall.finish"
+            ]
+        );
+        assert_eq!(d.pending(), 0);
+
+        // With the bucket nearly full, nothing waits.
+        let portal = Arc::new(Portal::default());
+        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
+        let mut d = Deliverer::with_outbox(
+            config(Some("201")),
+            Box::new(portal.clone()),
+            SharedDirectory::loaded(directory()),
+            outbox.clone(),
+        );
+        d.set_pacing(crate::bitrix::limiter::Limiter::new(2.0, 50));
+        outbox
+            .lock()
+            .unwrap()
+            .set_facts("over", "id-over".into(), Some(19), Direction::Inbound);
+        d.push(finish("over"));
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert_eq!(portal.sent("telephony.externalcall.finish").len(), 1);
     }
 }

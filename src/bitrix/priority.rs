@@ -1,11 +1,21 @@
-//! Which step goes first when the request budget is short (issue #20).
+//! Which step goes first, and which may wait for a ride (issue #20).
 //!
-//! Bitrix24 allows about 2 requests a second (burst 50, 50 commands a batch). Under load the
-//! steps due at once are more than one request can carry, and what users feel is the card of
-//! a phone ringing *now*: a card that opens after the call was answered elsewhere is worse
-//! than none. So across calls, the register and show of calls still in progress go first;
-//! hides of live calls next; finishes, recordings and anything of a call already over last.
+//! Bitrix24 allows about 2 requests a second (burst 50, 50 commands a batch). What users
+//! feel is the card of a phone ringing *now*: a card that opens after the call was answered
+//! elsewhere is worse than none. So across calls:
+//!
+//! - **urgent** steps go out at once, in the next request: the CRM look-up of a register (the
+//!   register waits for it), a register with a card behind it, and a show, of calls not over;
+//!   among them the ones that put a card up come before look-ups, so that under overload what
+//!   was started is finished;
+//! - **waiting** steps (a hide while the call goes on, a register nobody is ringing for yet,
+//!   finishes, recordings, every step of a call already over) ride along in the next urgent
+//!   request's batch, and go on their own only when they have waited long enough or the
+//!   bucket is nearly full (see `deliver.rs`).
+//!
 //! Per call nothing changes: only a call's first step is ever due, so its order is kept.
+
+use std::cmp::Reverse;
 
 use super::outbox::{CallEntry, Step};
 use crate::calls::Action;
@@ -13,22 +23,56 @@ use crate::calls::Action;
 /// Lower goes first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
-    /// Register, adopt or show of a call that has not ended: a phone may be ringing.
-    Ringing,
-    /// A hide while the call goes on (answered elsewhere): tidies a screen, nobody waits.
+    /// A request that puts a card up: a register with a show behind it (the show rides in
+    /// the same batch, or `SHOW=1`), a show or an adopt of a call that has not ended.
+    Card,
+    /// The CRM look-up a register of a call not over waits for.
+    Lookup,
+    /// A hide while the call goes on (answered elsewhere), or a register nobody rings for
+    /// yet: nobody waits for it. Rides along.
     Tidy,
     /// Finish, recording, and every step of a call already over (its finish is queued).
+    /// Rides along.
     Later,
 }
 
-/// The priority of `step`, the first pending step of the call `call`.
-pub fn of(step: &Step, call: Option<&CallEntry>) -> Priority {
+impl Priority {
+    /// Sent in the next request, whatever the bucket holds.
+    pub fn urgent(self) -> bool {
+        matches!(self, Priority::Card | Priority::Lookup)
+    }
+}
+
+/// The priority of the request `method` that `step`, the first pending step of the call
+/// `call`, wants next.
+pub fn of(step: &Step, call: Option<&CallEntry>, method: &str) -> Priority {
     let over = call.is_some_and(|c| c.finishing);
+    // The step after this one: a register with a show behind it puts a card up.
+    let show_next = call
+        .and_then(|c| c.steps.get(1))
+        .is_some_and(|s| matches!(s.action, Action::Show { .. }));
     match step.action {
         _ if over => Priority::Later,
-        Action::Register { .. } | Action::Adopt { .. } | Action::Show { .. } => Priority::Ringing,
+        Action::Register { .. } if !method.eq_ignore_ascii_case(REGISTER) => Priority::Lookup,
+        Action::Register { .. } if show_next => Priority::Card,
+        Action::Register { .. } => Priority::Tidy,
+        Action::Adopt { .. } | Action::Show { .. } => Priority::Card,
         Action::Hide { .. } => Priority::Tidy,
         Action::Finish { .. } | Action::Attach { .. } => Priority::Later,
+    }
+}
+
+const REGISTER: &str = "telephony.externalcall.register";
+
+/// The order requests are packed in, lower first: by priority; urgent ones newest first
+/// (under overload the phone that started ringing last has the most ring left, and a card
+/// for a ring that already ended is dropped anyway), the others oldest first (they have
+/// waited longest). `queued_ms` is when the step was queued.
+pub fn order(prio: Priority, queued_ms: u64) -> (Priority, Reverse<u64>, u64) {
+    if prio.urgent() {
+        (prio, Reverse(queued_ms), 0)
+    } else {
+        (prio, Reverse(0), queued_ms)
     }
 }
 
@@ -45,13 +89,12 @@ mod tests {
         }
     }
 
+    const LOOKUP: &str = "telephony.externalCall.searchCrmEntities";
+
     #[test]
     // CallEntry has private fields: no struct literal with `..Default::default()` here.
     #[allow(clippy::field_reassign_with_default)]
-    fn ringing_first_then_tidy_then_later() {
-        let live = CallEntry::default();
-        let mut over = CallEntry::default();
-        over.finishing = true;
+    fn cards_first_then_lookups_then_the_rest() {
         let show = step(Action::Show { ext: "219".into() });
         let hide = step(Action::Hide { ext: "219".into() });
         let reg = step(Action::Register {
@@ -66,14 +109,31 @@ mod tests {
             duration: 0,
             status: Status::ANSWERED,
         });
-        assert_eq!(of(&show, Some(&live)), Priority::Ringing);
-        assert_eq!(of(&reg, Some(&live)), Priority::Ringing);
-        assert_eq!(of(&reg, None), Priority::Ringing);
-        assert_eq!(of(&hide, Some(&live)), Priority::Tidy);
-        assert_eq!(of(&finish, Some(&live)), Priority::Later);
-        // A call that is over: even its register waits behind ringing phones.
-        assert_eq!(of(&reg, Some(&over)), Priority::Later);
-        assert_eq!(of(&show, Some(&over)), Priority::Later);
-        assert!(Priority::Ringing < Priority::Tidy && Priority::Tidy < Priority::Later);
+        let live = CallEntry::default();
+        let mut ringing = CallEntry::default();
+        ringing.steps = [reg.clone(), show.clone()].into();
+        let mut over = CallEntry::default();
+        over.finishing = true;
+        assert_eq!(of(&show, Some(&live), "x"), Priority::Card);
+        assert_eq!(of(&reg, Some(&ringing), REGISTER), Priority::Card);
+        assert_eq!(
+            of(&reg, Some(&live), REGISTER),
+            Priority::Tidy,
+            "nobody rings"
+        );
+        assert_eq!(of(&reg, Some(&live), LOOKUP), Priority::Lookup);
+        assert_eq!(of(&reg, None, LOOKUP), Priority::Lookup);
+        assert_eq!(of(&hide, Some(&live), "x"), Priority::Tidy);
+        assert_eq!(of(&finish, Some(&live), "x"), Priority::Later);
+        // A call that is over: even its register and look-up wait behind ringing phones.
+        assert_eq!(of(&reg, Some(&over), LOOKUP), Priority::Later);
+        assert_eq!(of(&show, Some(&over), "x"), Priority::Later);
+        assert!(Priority::Card < Priority::Lookup && Priority::Lookup < Priority::Tidy);
+        assert!(Priority::Card.urgent() && Priority::Lookup.urgent());
+        assert!(!Priority::Tidy.urgent() && !Priority::Later.urgent());
+        // Urgent: newest first; the rest: oldest first.
+        assert!(order(Priority::Card, 20) < order(Priority::Card, 10));
+        assert!(order(Priority::Later, 10) < order(Priority::Later, 20));
+        assert!(order(Priority::Lookup, 0) < order(Priority::Tidy, 99));
     }
 }

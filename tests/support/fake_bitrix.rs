@@ -97,6 +97,25 @@ pub struct Recorded {
     pub status: u16,
 }
 
+impl Recorded {
+    /// `params[key]` with a string of digits (also inside a list, or a PHP-style `{"0": ..}`
+    /// list) as the number it spells: inside a `batch` every param arrives as a string.
+    pub fn num(&self, key: &str) -> Value {
+        number(&self.params[key])
+    }
+}
+
+fn number(v: &Value) -> Value {
+    match v {
+        Value::String(s) => s.parse::<u64>().map_or_else(|_| v.clone(), Value::from),
+        Value::Array(a) => Value::Array(a.iter().map(number).collect()),
+        Value::Object(o) if o.keys().all(|k| k.parse::<usize>().is_ok()) => {
+            Value::Array(o.values().map(number).collect())
+        }
+        _ => v.clone(),
+    }
+}
+
 /// A card put on screen: when the portal applied it, for which call and user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CardShown {

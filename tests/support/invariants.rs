@@ -13,7 +13,8 @@
 //!   default user);
 //! - finished once;
 //! - steps in order: register < every show/hide < finish < attach;
-//! - cards shown only to phones that rang;
+//! - cards shown only to phones that rang (a card is a `show` for each user it names, or a
+//!   register with `SHOW=1` for the user it registers the call under);
 //! - a show is dropped only together with its hide: every hide the portal ran follows a show
 //!   for the same user on the same call. The daemon drops a show (and then its hide) when the
 //!   phone stopped ringing before the show could be sent (issue #20: a card after the ring is
@@ -87,6 +88,32 @@ pub fn in_reach(c: &CallRecord, conns: &[ConnRecord]) -> bool {
 /// The daemon saw every event of the call.
 pub fn fully_seen(c: &CallRecord, conns: &[ConnRecord]) -> bool {
     c.ended() && c.events.iter().all(|(_, d)| seen(d, conns))
+}
+
+/// Every user a show or hide names: `USER_ID` is one user or a list of them (§4.1).
+fn users_param(p: &Value) -> Vec<u64> {
+    match p.get("USER_ID").or_else(|| p.get("user_id")) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| user_param(&serde_json::json!({ "USER_ID": x })))
+            .collect(),
+        Some(Value::Object(o)) => o
+            .values()
+            .filter_map(|x| user_param(&serde_json::json!({ "USER_ID": x })))
+            .collect(),
+        _ => user_param(p).into_iter().collect(),
+    }
+}
+
+/// A register that put the card up itself (`SHOW` missing or truthy: the default is 1).
+fn shows_itself(p: &Value) -> bool {
+    match p.get("SHOW") {
+        None => true,
+        Some(Value::String(s)) => !s.is_empty() && s != "0",
+        Some(Value::Number(n)) => n.as_u64() != Some(0),
+        Some(Value::Bool(b)) => *b,
+        Some(_) => false,
+    }
 }
 
 fn user_param(p: &Value) -> Option<u64> {
@@ -233,8 +260,24 @@ pub fn check(
                 .find(|(_, r)| r.method == "telephony.externalcall.finish" && r.status == 200)
                 .map(|(i, _)| *i);
             let mut shown = BTreeSet::new();
-            // Users a show for this call reached the portal for, whatever it answered.
+            // Users a show for this call reached the portal for, whatever it answered; a
+            // register with SHOW=1 is the registered user's show.
             let mut sent_shows = BTreeSet::new();
+            for r in rs.iter().filter(|r| r.call_id == *call_id) {
+                if commands
+                    .get(r.command)
+                    .is_some_and(|c| shows_itself(&c.params))
+                {
+                    if !exp.rings.contains(&r.user_id) {
+                        bad.push(format!(
+                            "register with SHOW for user {}, whose phone never rang",
+                            r.user_id
+                        ));
+                    }
+                    shown.insert(r.user_id);
+                    sent_shows.insert(r.user_id);
+                }
+            }
             for (i, r) in &steps {
                 let show = r.method == "telephony.externalcall.show";
                 let hide = r.method == "telephony.externalcall.hide";
@@ -246,7 +289,7 @@ pub fn check(
                             r.method
                         ));
                     }
-                    if let Some(u) = user_param(&r.params) {
+                    for u in users_param(&r.params) {
                         if !exp.rings.contains(&u) {
                             bad.push(format!("{} for user {u}, whose phone never rang", r.method));
                         }
@@ -261,7 +304,7 @@ pub fn check(
                     }
                 }
                 if show {
-                    sent_shows.extend(user_param(&r.params));
+                    sent_shows.extend(users_param(&r.params));
                 }
                 if attach && fin_at.is_none_or(|f| *i < f) {
                     bad.push(format!("attachRecord at command {i} before the finish"));
