@@ -479,7 +479,7 @@ impl Deliverer {
     /// request alone, or a `batch` of up to [`api::BATCH_MAX`] commands.
     ///
     /// What goes, in this order ([`priority`]): every urgent request (cards, then CRM
-    /// look-ups; newest first); the later steps they carry ([`Deliverer::carry`]); then, up to
+    /// look-ups; oldest first); the later steps they carry ([`Deliverer::carry`]); then, up to
     /// a full batch, the steps that can wait (oldest first). Steps that can wait alone are
     /// held (`Saving`) while the bucket is below [`SPARE_HIGH`] and none of them has waited
     /// [`WAIT_MAX`]: they ride with the next urgent request instead of spending a slot.
