@@ -31,8 +31,8 @@ use crate::ami::Message;
 use crate::statefile::{err, line, read_lines, rewrite, DiskStatus, Error};
 
 pub const EVENTS_FILE: &str = "events.jsonl";
-/// The name the journal reports under in [`DiskStatus`].
-const DISK_NAME: &str = "events journal";
+/// The name the journal reports (and is counted) under in [`DiskStatus`].
+pub const DISK_NAME: &str = "events journal";
 
 /// Lines the journal may grow by beyond twice what the last compaction kept.
 pub const COMPACT_SLACK: usize = 1000;
@@ -206,6 +206,9 @@ impl EventJournal {
     }
 
     fn write_text(&mut self, text: &str) {
+        if let Some(d) = &self.disk {
+            d.count(DISK_NAME, 1, u64::from(self.file.is_some()), 0);
+        }
         if let Some(f) = self.file.as_mut() {
             if let Err(e) = f.write_all(text.as_bytes()) {
                 // The records are whole in memory: the file is rewritten from them (`broken`).
@@ -261,6 +264,9 @@ impl EventJournal {
     pub fn sync(&mut self, force: bool) {
         if self.dirty && (force || self.last_sync.elapsed() >= Duration::from_secs(1)) {
             if let Some(f) = self.file.as_ref() {
+                if let Some(d) = &self.disk {
+                    d.count(DISK_NAME, 0, 0, 1);
+                }
                 if let Err(e) = f.sync_data() {
                     log::error!("cannot fsync {}: {e}", self.path.display());
                 }
@@ -327,6 +333,9 @@ impl EventJournal {
         self.base = self.entries.len();
         let text = self.text();
         self.file = None;
+        if let Some(d) = &self.disk {
+            d.count(DISK_NAME, 0, 0, 2);
+        }
         match rewrite(&self.path, &text) {
             Ok(f) => {
                 self.file = Some(f);

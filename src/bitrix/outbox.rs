@@ -50,8 +50,8 @@ const KEEP_IDLE_MS: u64 = 48 * 3_600_000;
 const COMPACT_MIN_GARBAGE: usize = 1000;
 /// While the file cannot be written, a full rewrite from memory is tried this often.
 const REWRITE_RETRY: Duration = Duration::from_secs(1);
-/// The name the outbox reports under in [`DiskStatus`].
-const DISK_NAME: &str = "outbox";
+/// The name the outbox reports (and is counted) under in [`DiskStatus`].
+pub const DISK_NAME: &str = "outbox";
 
 /// One line of `outbox.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,6 +362,7 @@ impl Outbox {
                 queued_ms: now,
             });
         line(&rec, &mut self.buf);
+        self.disk.count(DISK_NAME, 1, 0, 0);
         self.flush();
         self.check_bound();
         true
@@ -406,6 +407,7 @@ impl Outbox {
         };
         let r = append(f, &mut self.len, self.buf.as_bytes(), true);
         self.buf.clear();
+        self.disk.count(DISK_NAME, 0, 1, 1);
         match r {
             Ok(()) => self.disk.ok(DISK_NAME),
             Err(e) => {
@@ -618,6 +620,8 @@ impl Outbox {
             }
         }
         self.file = None;
+        // The temp file's fsync and the directory's.
+        self.disk.count(DISK_NAME, 0, 0, 2);
         self.file = Some(rewrite(&path, &text)?);
         self.len = text.len() as u64;
         self.garbage = 0;
