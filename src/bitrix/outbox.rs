@@ -329,6 +329,33 @@ impl Outbox {
     /// Queue a step and make it durable before returning. A second Register/Adopt or Finish
     /// for the same call is dropped (false): a call is registered once and finished once.
     pub fn enqueue(&mut self, intent: Intent) -> bool {
+        self.enqueue_all(std::iter::once(intent)) == 1
+    }
+
+    /// Queue `intents` in order and make them durable together, before returning: one append
+    /// and one fsync for all of them (group commit: the state thread hands over what one pass
+    /// decided, so a burst of events costs one fsync, not one per step). Duplicates are dropped
+    /// as by [`Outbox::enqueue`], within the batch too. Returns how many were queued.
+    ///
+    /// Nothing queued here can be sent before it is on disk: the outbox is shared behind a
+    /// lock that the caller holds throughout, and delivery sees steps only through it.
+    pub fn enqueue_all(&mut self, intents: impl IntoIterator<Item = Intent>) -> usize {
+        let mut queued = 0;
+        for intent in intents {
+            if self.queue(intent) {
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            self.disk.count(DISK_NAME, queued as u64, 0, 0);
+            self.flush();
+            self.check_bound();
+        }
+        queued
+    }
+
+    /// Queue one step in memory and its record in the buffer; the caller flushes.
+    fn queue(&mut self, intent: Intent) -> bool {
         let now = now_ms();
         let e = self.entry(&intent.call);
         let dup = match intent.action {
@@ -362,9 +389,6 @@ impl Outbox {
                 queued_ms: now,
             });
         line(&rec, &mut self.buf);
-        self.disk.count(DISK_NAME, 1, 0, 0);
-        self.flush();
-        self.check_bound();
         true
     }
 
