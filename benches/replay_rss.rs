@@ -352,7 +352,7 @@ fn main() {
     assert!(status.success(), "callme replay failed: {status}\n{log}");
     assert!(requests > 0, "the replay sent no request");
     println!(
-        "  peak RSS (VmHWM) {:.1} MB; {:.2} s; {:.1} MB/s; {:.0} events/s; {requests} dry-run \
+        "  peak RSS (VmHWM) {:.1} MiB; {:.2} s; {:.1} MB/s; {:.0} events/s; {requests} dry-run \
          requests ({:.1} MB of JSON lines)",
         peak as f64 / 1024.0,
         elapsed,
