@@ -150,16 +150,23 @@ pub struct EventJournal {
     broken: Option<Instant>,
     /// Where write failures are reported (once per change, `/healthz`).
     disk: Option<Arc<DiskStatus>>,
+    /// Why the rewrite at open failed, until [`EventJournal::report_to`] reports it.
+    unreported: Option<String>,
 }
 
 impl EventJournal {
     /// Report write failures to `disk` (logged once per change) rather than per write.
     pub fn report_to(&mut self, disk: Arc<DiskStatus>) {
+        if let Some(why) = self.unreported.take() {
+            disk.failed(DISK_NAME, &why);
+        }
         self.disk = Some(disk);
     }
 
     /// Load `dir/events.jsonl` and rewrite it without a torn tail. Returns the records to
-    /// replay.
+    /// replay. Fails only if the directory cannot be created or the file read: a file we could
+    /// read but not rewrite (a read-only state dir) is rewritten from memory once it can be,
+    /// as after a failed write.
     pub fn open(dir: &Path) -> Result<(EventJournal, Vec<EventRecord>), Error> {
         fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
         let path = dir.join(EVENTS_FILE);
@@ -176,6 +183,7 @@ impl EventJournal {
             last_sync: Instant::now(),
             broken: None,
             disk: None,
+            unreported: None,
         };
         for r in &records {
             match r {
@@ -186,7 +194,15 @@ impl EventJournal {
             }
         }
         j.base = j.entries.len();
-        j.file = Some(rewrite(&j.path, &j.text())?);
+        match rewrite(&j.path, &j.text()) {
+            Ok(f) => j.file = Some(f),
+            Err(e) => {
+                log::debug!("events journal: {e}; rewriting it once the state dir allows");
+                j.unreported = Some(e.to_string());
+                j.file = OpenOptions::new().append(true).open(&j.path).ok();
+                j.broken = Some(Instant::now());
+            }
+        }
         Ok((j, records))
     }
 

@@ -467,6 +467,15 @@ impl Deliverer {
     /// Record the outcome of one step in the outbox and the stats.
     fn settle(&mut self, key: &str, step: &Step, result: Result<Done, Error>, now: Instant) {
         let name = step_name(&step.action);
+        let again = match &result {
+            Ok(Done::Later(_) | Done::NoDirectory(_)) => true,
+            Err(e) => e.is_retryable(),
+            Ok(_) => false,
+        };
+        if !again && matches!(step.action, Action::Attach { .. }) {
+            // The attach is over, whatever its end: its wait clock goes with it.
+            self.attach_since.remove(key);
+        }
         if !matches!(result, Ok(Done::NoDirectory(_))) && self.waiting.remove(key).is_some() {
             self.stats.waiting_for_directory = self.waiting.len();
         }
@@ -834,6 +843,7 @@ mod tests {
     use super::*;
     use crate::bitrix::api::User;
     use crate::calls::Status;
+    use crate::config::RecordingMode;
     use serde_json::json;
 
     /// A portal in memory: records every request; the CRM knows `crm_owner` (if any) as the
@@ -1124,5 +1134,41 @@ mod tests {
         let b30 = backoff(min, max, 30, "k");
         assert!(b30 <= Duration::from_secs(72) && b30 >= Duration::from_secs(48));
         assert_ne!(backoff(min, max, 5, "a"), backoff(min, max, 5, "b"));
+    }
+
+    /// An attach that fails for good (here: an answer we cannot read) must not leave its wait
+    /// clock behind: one entry per failed attach would grow for the daemon's lifetime.
+    #[test]
+    fn a_permanently_failed_attach_leaves_no_timer_behind() {
+        let dir = std::env::temp_dir().join(format!("callme-attach-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("monitor")).unwrap();
+        std::fs::write(dir.join("monitor/a.mp3"), b"ID3 not really").unwrap();
+        let portal = Arc::new(Portal::default());
+        let mut cfg = config(Some("201"));
+        cfg.recording = RecordingConfig {
+            mode: RecordingMode::Upload,
+            pbx_root: dir.clone(),
+            path_base: dir.clone(),
+            ..RecordingConfig::default()
+        };
+        let mut d = Deliverer::with_outbox(
+            cfg,
+            Box::new(portal.clone()),
+            SharedDirectory::loaded(directory()),
+            Arc::new(Mutex::new(Outbox::in_memory())),
+        );
+        push_call(&mut d, register(Direction::Inbound, None));
+        d.push(intent(Action::Attach {
+            path: dir.join("monitor/a.mp3").display().to_string(),
+        }));
+        for _ in 0..10 {
+            d.run_due(Instant::now() + Duration::from_secs(3600));
+        }
+        // The fake portal answers attachRecord with an error that is not retryable.
+        assert_eq!(portal.sent("telephony.externalCall.attachRecord").len(), 1);
+        assert_eq!(d.pending(), 0, "the attach is settled");
+        assert!(d.attach_since.is_empty(), "{:?}", d.attach_since);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

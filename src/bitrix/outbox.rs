@@ -577,6 +577,34 @@ impl Outbox {
         self.order.retain(|k| calls.contains_key(k));
     }
 
+    /// Forget the oldest calls that are over (finished or given up, nothing queued) until at
+    /// most `keep` of them are left, without waiting [`KEEP_FINISHED_MS`]. For a replay: its
+    /// calls go by on the capture's clock, hundreds a second of wall clock, so that wait would
+    /// keep every call of a long capture in memory (issue #20); the `keep` most recent still
+    /// catch a late duplicate. Returns how many were forgotten.
+    pub fn forget_finished_beyond(&mut self, keep: usize) -> usize {
+        let over = |c: &CallEntry| c.steps.is_empty() && (c.finished || c.dead);
+        let finished = self.calls.values().filter(|c| over(c)).count();
+        let excess = finished.saturating_sub(keep);
+        if excess == 0 {
+            return 0;
+        }
+        // `order` is oldest first.
+        let (calls, mut forgotten) = (&mut self.calls, 0);
+        self.order.retain(|k| {
+            if forgotten < excess && calls.get(k).is_some_and(over) {
+                calls.remove(k);
+                forgotten += 1;
+                false
+            } else {
+                true
+            }
+        });
+        // Their lines in the file are garbage now.
+        self.garbage += forgotten;
+        forgotten
+    }
+
     /// Compact when enough lines are garbage (at least [`COMPACT_MIN_GARBAGE`] and more than
     /// the live ones), after writing what is buffered.
     pub fn maybe_compact(&mut self) {
