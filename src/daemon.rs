@@ -9,9 +9,11 @@
 //! The AMI reader never waits on HTTP: Asterisk drops readers that fall 100 ms behind
 //! (ami.md §2.6). All Bitrix24 traffic happens on the delivery thread.
 //!
-//! Durability (`docs/outbox.md`): the state thread puts each intent in the on-disk outbox
-//! (fsync'd) *before* it journals the AMI event behind it, so a crash in between can lose the
-//! event (which reconciliation makes up for) but never a step. On start the events journal is
+//! Durability (`docs/outbox.md`): the state thread works in passes (whatever is waiting on its
+//! channels, at most [`PASS_MAX`] messages) and commits each pass as a group: the pass's
+//! intents go to the on-disk outbox in one append and one fsync *before* the pass's AMI events
+//! go to the journal (one write), and only then is delivery woken. A crash in between can lose
+//! events (which reconciliation makes up for) but never a step. On start the events journal is
 //! replayed through a fresh tracker (its intents are dropped: they are in the outbox), and
 //! after every AMI login and every `[asterisk] reconcile_interval` the tracked channels are
 //! reconciled with `CoreShowChannels`: vanished ones are hung up, ones never seen are adopted
@@ -432,6 +434,12 @@ fn start_reconcile(
 /// up).
 const MAX_HANGUPS_IN_FLIGHT: usize = 10_000;
 
+/// At most this many messages (AMI traffic and controls) make one pass of the state thread,
+/// and at most this many journal records are staged before a commit: one fsync of the outbox
+/// covers them all. Bounds the memory a pass holds and how long a pass can keep delivery
+/// waiting for its steps.
+pub const PASS_MAX: usize = 256;
+
 /// What the state thread needs besides its channels.
 struct StateOptions {
     /// Reconcile this often besides after every login (`[asterisk] reconcile_interval`).
@@ -448,7 +456,10 @@ struct StateThread {
     outbox: Arc<Mutex<Outbox>>,
     wake: Sender<()>,
     clock: PbxClock,
+    /// The intents of the pass, not yet in the outbox.
     out: Vec<Intent>,
+    /// Journal records staged in the pass (committed at [`PASS_MAX`]).
+    staged: usize,
     /// The reconciliation in flight (`None`: none), by number, with the Hangups (and their
     /// times) of channels the tracker did not know that came since it was sent: a channel the
     /// listing shows may have hung up right after, and once adopted it must hang up again.
@@ -459,27 +470,65 @@ struct StateThread {
 }
 
 impl StateThread {
-    /// The intents go to the outbox (on disk) before the event goes to the journal; the
-    /// delivery thread, woken here, sends them.
-    fn enqueue(&mut self) {
-        if self.out.is_empty() {
-            return;
+    /// Group commit of what was handled since the last one: the intents go to the outbox in
+    /// one append and one fsync, then the journal records behind them in one write, then the
+    /// delivery thread is woken to send them. So every step is on disk before it can be sent,
+    /// and before the event that made it is in the journal (a crash in between loses the
+    /// event, which reconciliation makes up for, and the outbox drops the repeated steps).
+    /// Then the journal is compacted if that is due.
+    fn commit(&mut self) {
+        let intents = !self.out.is_empty();
+        if intents {
+            let mut ob = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            if log::log_enabled!(log::Level::Debug) {
+                for intent in &self.out {
+                    log::debug!("intent: {intent}");
+                }
+            }
+            ob.enqueue_all(self.out.drain(..));
         }
-        let mut ob = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        for intent in self.out.drain(..) {
-            log::debug!("intent: {intent}");
-            ob.enqueue(intent);
+        self.staged = 0;
+        let t = &self.st.tracker;
+        if let Some(j) = self.journal.as_mut() {
+            j.commit();
+            let idle = t.is_empty() && t.channel_count() == 0 && t.sizes()[4] == 0;
+            if j.compaction_due(idle) {
+                j.sync(true);
+                j.compact(&t.live_keys());
+            }
         }
-        drop(ob);
-        let _ = self.wake.try_send(());
+        if intents {
+            let _ = self.wake.try_send(());
+        }
+    }
+
+    /// A journal record was staged: commit once a pass's worth is waiting.
+    fn staged_one(&mut self) {
+        self.staged += 1;
+        if self.staged >= PASS_MAX {
+            self.commit();
+        }
     }
 
     fn feed(&mut self, msg: &Message, at_ms: u64) {
         self.st.handle(msg, at_ms, &mut self.out);
-        self.enqueue();
         if let Some(j) = self.journal.as_mut() {
             j.append(msg, at_ms);
         }
+        self.staged_one();
+    }
+
+    /// One message from the AMI reader; whether it was a login.
+    fn incoming(&mut self, msg: Incoming) -> bool {
+        match msg {
+            Incoming::Event { msg, at } => self.event(&msg, at),
+            Incoming::Connected { banner } => {
+                log::info!("AMI connected and logged in ({banner})");
+                return true;
+            }
+            Incoming::Disconnected { reason } => log::warn!("AMI connection lost: {reason}"),
+        }
+        false
     }
 
     /// One AMI event from the wire.
@@ -515,6 +564,7 @@ impl StateThread {
                     j.employees(&list);
                 }
                 self.st.tracker.set_employees(list);
+                self.staged_one();
             }
             Control::Originate {
                 originate,
@@ -529,24 +579,25 @@ impl StateThread {
                     j.originate(record_of(&originate, expires_ms));
                 }
                 self.st.tracker.expect_originate(originate, expires_ms);
+                self.staged_one();
             }
             Control::OriginateFailed { call_id } => {
                 self.st.tracker.originate_failed(&call_id, &mut self.out);
-                self.enqueue();
                 if let Some(j) = self.journal.as_mut() {
                     j.originate_failed(&call_id);
                 }
+                self.staged_one();
             }
             Control::OriginateRefused { call_id, status } => {
                 self.st
                     .tracker
                     .originate_refused(&call_id, status, &mut self.out);
-                self.enqueue();
                 // For the tracker's state after a restart, a refusal is a failure: the
-                // expectation is gone (its finish is in the outbox already).
+                // expectation is gone (its finish is in the outbox before this record).
                 if let Some(j) = self.journal.as_mut() {
                     j.originate_failed(&call_id);
                 }
+                self.staged_one();
             }
         }
     }
@@ -614,21 +665,16 @@ impl StateThread {
         }
     }
 
-    /// Housekeeping after each wake-up: expire click-to-calls, compact and fsync the journal.
+    /// The end of a pass: expire click-to-calls, commit the pass, fsync the journal if a
+    /// second has passed.
     fn tick(&mut self) {
         self.st.tracker.tick(now_ms(), &mut self.out);
-        self.enqueue();
-        let t = &self.st.tracker;
-        let idle = t.is_empty() && t.channel_count() == 0 && t.sizes()[4] == 0;
+        self.commit();
         if let Some(j) = self.journal.as_mut() {
-            if j.compaction_due(idle) {
-                j.sync(true);
-                j.compact(&t.live_keys());
-            } else {
-                j.sync(false);
-            }
+            j.sync(false);
         }
-        if idle {
+        let t = &self.st.tracker;
+        if t.is_empty() && t.channel_count() == 0 && t.sizes()[4] == 0 {
             self.st.chans.clear();
         }
     }
@@ -667,6 +713,7 @@ fn state_loop(
         wake,
         clock: PbxClock::default(),
         out: Vec::new(),
+        staged: 0,
         hung_up: None,
         recon_seq: 0,
         opts,
@@ -686,28 +733,35 @@ fn state_loop(
         }
     };
     loop {
-        // Controls first: a click-to-call must be known before its own AMI events are seen.
-        while let Ok(ctl) = ctl_rx.try_recv() {
-            s.control(ctl);
-        }
+        // One pass: controls first (a click-to-call must be known before its own AMI events
+        // are seen), then the first message to come (or a second's wait), then whatever else
+        // is already waiting, then one commit for all of it (`StateThread::tick`).
         let mut login = false;
+        let mut handled = 0usize;
+        while handled < PASS_MAX {
+            let Ok(ctl) = ctl_rx.try_recv() else { break };
+            s.control(ctl);
+            handled += 1;
+        }
+        // Something handled already is committed without waiting for more.
+        let wait = if handled > 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
+        let mut closed = false;
         select! {
-            recv(ami_rx) -> msg => {
-                let Ok(msg) = msg else { break };
-                match msg {
-                    Incoming::Event { msg, at } => s.event(&msg, at),
-                    Incoming::Connected { banner } => {
-                        log::info!("AMI connected and logged in ({banner})");
-                        login = true;
-                    }
-                    Incoming::Disconnected { reason } => {
-                        log::warn!("AMI connection lost: {reason}");
-                    }
+            recv(ami_rx) -> msg => match msg {
+                Ok(msg) => {
+                    login |= s.incoming(msg);
+                    handled += 1;
                 }
-            }
+                Err(_) => closed = true,
+            },
             recv(ctl_rx) -> ctl => {
                 if let Ok(ctl) = ctl {
                     s.control(ctl);
+                    handled += 1;
                 }
             }
             recv(recon_rx) -> r => {
@@ -718,14 +772,7 @@ fn state_loop(
                         // them first, so the listing is compared with the state it describes.
                         for _ in 0..ami_rx.len() {
                             match ami_rx.try_recv() {
-                                Ok(Incoming::Event { msg, at }) => s.event(&msg, at),
-                                Ok(Incoming::Connected { banner }) => {
-                                    log::info!("AMI connected and logged in ({banner})");
-                                    login = true;
-                                }
-                                Ok(Incoming::Disconnected { reason }) => {
-                                    log::warn!("AMI connection lost: {reason}");
-                                }
+                                Ok(msg) => login |= s.incoming(msg),
                                 Err(_) => break,
                             }
                         }
@@ -741,9 +788,25 @@ fn state_loop(
                     Ok(_) => log::debug!("reconcile: dropping the answer to an older request"),
                     Err(_) => {}
                 }
+                handled += 1;
             }
-            recv(stop) -> _ => break,
-            default(Duration::from_secs(1)) => {}
+            recv(stop) -> _ => closed = true,
+            default(wait) => {}
+        }
+        if closed {
+            break;
+        }
+        // The rest of the pass: what is already waiting, without blocking. A login ends it,
+        // so the reconciliation goes out at once.
+        while handled > 0 && handled < PASS_MAX && !login {
+            if let Ok(ctl) = ctl_rx.try_recv() {
+                s.control(ctl);
+            } else if let Ok(msg) = ami_rx.try_recv() {
+                login |= s.incoming(msg);
+            } else {
+                break;
+            }
+            handled += 1;
         }
         if login {
             // Every login, the first one included: calls that began (or ended) while we were
@@ -758,6 +821,8 @@ fn state_loop(
         s.tick();
         publish(&s, &health, &ami);
     }
+    // What the last pass handled (controls before a stop) is committed like any pass.
+    s.commit();
     if let Some(j) = s.journal.as_mut() {
         j.sync(true);
     }
@@ -881,7 +946,10 @@ fn load_retry(failures: u32, refresh: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bitrix::outbox::DISK_NAME as OUTBOX;
     use crate::calls::Action;
+    use crate::journal::DISK_NAME as JOURNAL;
+    use crate::statefile::Counts;
     use std::time::SystemTime;
 
     fn tmp(name: &str) -> std::path::PathBuf {
@@ -959,6 +1027,7 @@ mod tests {
             wake,
             clock: PbxClock::default(),
             out: Vec::new(),
+            staged: 0,
             hung_up: None,
             recon_seq: 0,
             opts: StateOptions {
@@ -967,6 +1036,176 @@ mod tests {
             },
         };
         (s, woken)
+    }
+
+    /// [`state_thread`] with the outbox on disk in `dir` too, both files counted in the
+    /// returned [`DiskStatus`].
+    fn state_thread_on_disk(dir: &std::path::Path) -> (StateThread, Receiver<()>, Arc<DiskStatus>) {
+        let disk = Arc::new(DiskStatus::default());
+        let (mut s, woken) = state_thread(dir);
+        s.outbox = Arc::new(Mutex::new(Outbox::open_or_memory(dir, 1000, disk.clone())));
+        s.journal.as_mut().unwrap().report_to(disk.clone());
+        (s, woken, disk)
+    }
+
+    fn counted(disk: &DiskStatus, what: &'static str, since: Counts) -> Counts {
+        let now = disk.counts(what);
+        Counts {
+            records: now.records - since.records,
+            appends: now.appends - since.appends,
+            syncs: now.syncs - since.syncs,
+        }
+    }
+
+    /// The kinds of the step records for `call` in the outbox file, in order.
+    fn steps_on_disk(dir: &std::path::Path, call: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join(crate::bitrix::outbox::OUTBOX_FILE)).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["t"] == "step" && v["call"] == call)
+            .filter_map(|v| v["action"].as_object()?.keys().next().cloned())
+            .collect()
+    }
+
+    /// Group commit: a pass of many events from many calls costs one outbox append and one
+    /// fsync, and one journal write, however many intents it makes; nothing is visible to
+    /// delivery (or woken) before that commit, and everything is on disk after it.
+    #[test]
+    fn one_pass_of_many_events_is_one_outbox_fsync_and_one_journal_write() {
+        let dir = tmp("group-commit");
+        let (mut s, woken, disk) = state_thread_on_disk(&dir);
+        let (o0, j0) = (disk.counts(OUTBOX), disk.counts(JOURNAL));
+        let events: Vec<Message> = (1..=20).flat_map(|n| call_events(n, true)).collect();
+        for m in &events {
+            s.event(m, SystemTime::now());
+        }
+        assert_eq!(
+            counted(&disk, OUTBOX, o0),
+            Counts::default(),
+            "nothing written mid-pass"
+        );
+        assert_eq!(
+            s.outbox.lock().unwrap().pending(),
+            0,
+            "nothing for delivery mid-pass"
+        );
+        assert!(woken.try_recv().is_err());
+        s.commit();
+        let (o, j) = (counted(&disk, OUTBOX, o0), counted(&disk, JOURNAL, j0));
+        assert!(
+            o.records >= 3 * 20,
+            "register, show, finish per call: {o:?}"
+        );
+        assert_eq!((o.appends, o.syncs), (1, 1), "one append, one fsync: {o:?}");
+        assert_eq!((j.records, j.appends), (events.len() as u64, 1), "{j:?}");
+        assert!(
+            woken.try_recv().is_ok(),
+            "delivery is woken after the commit"
+        );
+        let ob = Outbox::read(&dir.join(crate::bitrix::outbox::OUTBOX_FILE)).unwrap();
+        assert_eq!(
+            ob.pending() as u64,
+            o.records,
+            "every intent of the pass is on disk"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A pass is bounded: past [`PASS_MAX`] journal records the pass is committed, so memory
+    /// held by a pass (and the wait of its first step) does not grow with a burst.
+    #[test]
+    fn a_burst_is_committed_every_pass_max_records() {
+        let dir = tmp("pass-max");
+        let (mut s, _woken, disk) = state_thread_on_disk(&dir);
+        let o0 = disk.counts(OUTBOX);
+        let events: Vec<Message> = (1..=80).flat_map(|n| call_events(n, true)).collect();
+        assert_eq!(events.len(), 640);
+        for m in &events {
+            s.event(m, SystemTime::now());
+            assert!(s.journal.as_ref().unwrap().staged() < PASS_MAX as u64);
+        }
+        s.commit();
+        let o = counted(&disk, OUTBOX, o0);
+        assert_eq!(
+            o.syncs, 3,
+            "640 events: two full passes and the rest: {o:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A crash after a pass's intents are in the outbox but before its events are in the
+    /// journal: after the restart nothing is lost (the steps are on disk) and nothing is
+    /// queued twice. The tracker, rebuilt from a journal without those events, learns of
+    /// them again from the reconciliation (a vanished channel's Hangup, an adopted call); the
+    /// register and finish it decides again are the outbox's duplicates and are dropped.
+    #[test]
+    fn a_crash_between_the_outbox_and_the_journal_loses_and_duplicates_nothing() {
+        let dir = tmp("crash-between");
+        let (mut s, _woken, _disk) = state_thread_on_disk(&dir);
+        // Pass 1, committed: call 1 rings 219, who answers.
+        for m in call_events(1, false) {
+            s.event(&m, SystemTime::now());
+        }
+        s.tick();
+        // Pass 2: call 1 hangs up, call 2 begins. Its intents reach the outbox, then the
+        // process dies before the journal write.
+        for m in call_events(1, true).into_iter().skip(6) {
+            s.event(&m, SystemTime::now());
+        }
+        for m in call_events(2, false) {
+            s.event(&m, SystemTime::now());
+        }
+        let intents: Vec<Intent> = s.out.drain(..).collect();
+        s.outbox.lock().unwrap().enqueue_all(intents);
+        drop(s); // kill -9: the staged journal records are gone
+        let one = steps_on_disk(&dir, "callme-1.0");
+        let two = steps_on_disk(&dir, "callme-2.0");
+        assert_eq!(one, ["register", "show", "finish"]);
+        assert_eq!(two, ["register", "show"]);
+
+        // Restart: call 1 is up as far as the journal knows, call 2 unknown.
+        let (mut s, _woken, _disk) = state_thread_on_disk(&dir);
+        assert_eq!(s.st.tracker.len(), 1);
+        s.hung_up = Some((1, Vec::new()));
+        s.reconciled(
+            vec!["1.0".into(), "1.1".into()],
+            vec![
+                listed("SIP/trunk-00000002", "2.0", "2.0", "from-trunk", "8001"),
+                listed("SIP/219-00000002", "2.1", "2.0", "from-internal", ""),
+            ],
+        );
+        s.tick();
+        assert!(
+            s.st.tracker
+                .active_calls()
+                .iter()
+                .any(|c| c.call == "callme-2.0"),
+            "call 2 was adopted"
+        );
+        let ob = s.outbox.lock().unwrap();
+        let kinds = |call: &str| -> Vec<String> {
+            ob.call(call)
+                .unwrap()
+                .steps
+                .iter()
+                .map(|st| serde_json::to_value(&st.action).unwrap())
+                .filter_map(|v| v.as_object()?.keys().next().cloned())
+                .collect()
+        };
+        assert_eq!(
+            kinds("callme-1.0"),
+            ["register", "show", "finish"],
+            "once each"
+        );
+        let two = kinds("callme-2.0");
+        assert_eq!(
+            two.iter().filter(|k| *k == "register").count(),
+            1,
+            "registered once: {two:?}"
+        );
+        assert!(!two.iter().any(|k| k == "finish"), "{two:?}");
+        drop(ob);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn stamped(mut m: Message, ms: u64) -> Message {
@@ -1117,6 +1356,7 @@ mod tests {
             call_id: "externalCall.c2c-3".into(),
         });
         assert_eq!(s.st.tracker.sizes()[4], 2);
+        s.commit(); // the end of the pass
         drop(s); // as a kill -9 would: nothing flushed beyond write(2)
 
         let (mut s, _w) = state_thread(&dir);
@@ -1146,6 +1386,7 @@ mod tests {
             ("Linkedid", "c2c-1"),
         ]);
         s.event(&first, SystemTime::now());
+        s.commit();
         assert_eq!(
             steps(&s, "callme-c2c-1"),
             [Action::Adopt {
@@ -1183,6 +1424,7 @@ mod tests {
         for m in call_events(7, false) {
             s.event(&stamped(m, pbx), SystemTime::now());
         }
+        s.commit();
         assert_eq!(steps(&s, "callme-7.0").len(), 2, "register, show");
         s.hung_up = Some((1, Vec::new()));
         // 9.0 hangs up after Asterisk listed it, before the listing reaches the state thread.
@@ -1201,6 +1443,7 @@ mod tests {
                 listed("SIP/trunk-00000009", "9.0", "9.0", "from-trunk", "8003"),
             ],
         );
+        s.commit();
         assert!(
             matches!(steps(&s, "callme-8.0").first(), Some(Action::Register { line, .. }) if line == "8002"),
             "{:?}",

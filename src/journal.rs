@@ -3,9 +3,12 @@
 //! restarted daemon can rebuild the tracker's state (replaying them through a fresh tracker
 //! and discarding its intents, which the outbox already has).
 //!
-//! Written with plain `write(2)` (a `kill -9` keeps them; the kernel has them) and fsync'd
-//! about once a second (only a power loss can cost that last second). A torn last line is
-//! logged and skipped. `docs/outbox.md` documents the format.
+//! Records are staged in memory and written by [`EventJournal::commit`] with one plain
+//! `write(2)` per pass of the state thread (group commit: after the outbox's fsync of the
+//! pass's intents, so an event is never in the journal before its steps are in the outbox).
+//! What is written survives a `kill -9` (the kernel has it); it is fsync'd about once a second
+//! (only a power loss can cost that last second). A torn last line is logged and skipped.
+//! `docs/outbox.md` documents the format.
 //!
 //! **Bounded by what is active, not by history**: the journal is compacted per call. Every
 //! record carries the keys that tie it to a call (Uniqueids, Linkedids, the Originate's
@@ -31,8 +34,8 @@ use crate::ami::Message;
 use crate::statefile::{err, line, read_lines, rewrite, DiskStatus, Error};
 
 pub const EVENTS_FILE: &str = "events.jsonl";
-/// The name the journal reports under in [`DiskStatus`].
-const DISK_NAME: &str = "events journal";
+/// The name the journal reports (and is counted) under in [`DiskStatus`].
+pub const DISK_NAME: &str = "events journal";
 
 /// Lines the journal may grow by beyond twice what the last compaction kept.
 pub const COMPACT_SLACK: usize = 1000;
@@ -135,6 +138,10 @@ pub struct EventJournal {
     /// [`COMPACT_SLACK`].
     base: usize,
     employees: Option<Vec<String>>,
+    /// Records staged since the last [`EventJournal::commit`] (held in `entries` already):
+    /// one pass's worth, bounded by the state thread's pass.
+    staged: String,
+    staged_records: u64,
     dirty: bool,
     last_sync: Instant,
     /// A write failed (disk full, `EFBIG`) at this time, or the last rewrite to repair it did:
@@ -143,16 +150,23 @@ pub struct EventJournal {
     broken: Option<Instant>,
     /// Where write failures are reported (once per change, `/healthz`).
     disk: Option<Arc<DiskStatus>>,
+    /// Why the rewrite at open failed, until [`EventJournal::report_to`] reports it.
+    unreported: Option<String>,
 }
 
 impl EventJournal {
     /// Report write failures to `disk` (logged once per change) rather than per write.
     pub fn report_to(&mut self, disk: Arc<DiskStatus>) {
+        if let Some(why) = self.unreported.take() {
+            disk.failed(DISK_NAME, &why);
+        }
         self.disk = Some(disk);
     }
 
     /// Load `dir/events.jsonl` and rewrite it without a torn tail. Returns the records to
-    /// replay.
+    /// replay. Fails only if the directory cannot be created or the file read: a file we could
+    /// read but not rewrite (a read-only state dir) is rewritten from memory once it can be,
+    /// as after a failed write.
     pub fn open(dir: &Path) -> Result<(EventJournal, Vec<EventRecord>), Error> {
         fs::create_dir_all(dir).map_err(err(dir, "cannot create"))?;
         let path = dir.join(EVENTS_FILE);
@@ -163,10 +177,13 @@ impl EventJournal {
             entries: Vec::new(),
             base: 0,
             employees: None,
+            staged: String::new(),
+            staged_records: 0,
             dirty: false,
             last_sync: Instant::now(),
             broken: None,
             disk: None,
+            unreported: None,
         };
         for r in &records {
             match r {
@@ -177,7 +194,15 @@ impl EventJournal {
             }
         }
         j.base = j.entries.len();
-        j.file = Some(rewrite(&j.path, &j.text())?);
+        match rewrite(&j.path, &j.text()) {
+            Ok(f) => j.file = Some(f),
+            Err(e) => {
+                log::debug!("events journal: {e}; rewriting it once the state dir allows");
+                j.unreported = Some(e.to_string());
+                j.file = OpenOptions::new().append(true).open(&j.path).ok();
+                j.broken = Some(Instant::now());
+            }
+        }
         Ok((j, records))
     }
 
@@ -206,6 +231,21 @@ impl EventJournal {
     }
 
     fn write_text(&mut self, text: &str) {
+        self.staged.push_str(text);
+        self.staged_records += 1;
+    }
+
+    /// Write what was staged since the last commit, in one `write(2)`. The state thread calls
+    /// it once per pass, after the outbox has the pass's intents on disk.
+    pub fn commit(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let text = std::mem::take(&mut self.staged);
+        let records = std::mem::take(&mut self.staged_records);
+        if let Some(d) = &self.disk {
+            d.count(DISK_NAME, records, u64::from(self.file.is_some()), 0);
+        }
         if let Some(f) = self.file.as_mut() {
             if let Err(e) = f.write_all(text.as_bytes()) {
                 // The records are whole in memory: the file is rewritten from them (`broken`).
@@ -232,6 +272,7 @@ impl EventJournal {
         self.write_text(&text);
     }
 
+    /// Stage an AMI event (written by the next [`EventJournal::commit`]).
     pub fn append(&mut self, msg: &Message, at: u64) {
         self.write(&EventRecord::event(msg, at));
     }
@@ -257,10 +298,19 @@ impl EventJournal {
         });
     }
 
-    /// fsync if something was written and a second has passed (or `force`).
+    /// Records staged and not yet committed.
+    pub fn staged(&self) -> u64 {
+        self.staged_records
+    }
+
+    /// fsync if something was written and a second has passed (or `force`). Staged records
+    /// are not written by it: [`EventJournal::commit`] first.
     pub fn sync(&mut self, force: bool) {
         if self.dirty && (force || self.last_sync.elapsed() >= Duration::from_secs(1)) {
             if let Some(f) = self.file.as_ref() {
+                if let Some(d) = &self.disk {
+                    d.count(DISK_NAME, 0, 0, 1);
+                }
                 if let Err(e) = f.sync_data() {
                     log::error!("cannot fsync {}: {e}", self.path.display());
                 }
@@ -297,8 +347,12 @@ impl EventJournal {
 
     /// Keep only the records of what is still live: a record stays if one of its keys is in
     /// `live` or is a channel id of another kept record. Rewrites the file atomically; on an
-    /// error the old file (a superset) stays and appending goes on.
+    /// error the old file (a superset) stays and appending goes on. Staged records are part of
+    /// the rewrite (so, like [`EventJournal::commit`], call it only once the outbox has their
+    /// intents).
     pub fn compact(&mut self, live: &HashSet<String>) {
+        self.staged.clear();
+        self.staged_records = 0;
         let mut live = live.clone();
         let mut keep = vec![false; self.entries.len()];
         // A channel's records are linked by its Uniqueid; a later record can pull in an
@@ -327,6 +381,9 @@ impl EventJournal {
         self.base = self.entries.len();
         let text = self.text();
         self.file = None;
+        if let Some(d) = &self.disk {
+            d.count(DISK_NAME, 0, 0, 2);
+        }
         match rewrite(&self.path, &text) {
             Ok(f) => {
                 self.file = Some(f);
@@ -373,6 +430,7 @@ mod tests {
             j.employees(&["219".to_string()]);
             let m = Message::from_pairs(&[("Event", "Newchannel"), ("Uniqueid", "1.1")]);
             j.append(&m, 5);
+            j.commit();
             j.sync(true);
         }
         let (mut j, recs) = EventJournal::open(&dir).unwrap();
@@ -391,6 +449,45 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// Records are staged and written together: nothing reaches the file before the commit,
+    /// and one commit is one append however many records it carries; a journal dropped before
+    /// its commit (a crash mid-pass) loses the staged records, never a written one.
+    #[test]
+    fn staged_records_are_written_by_one_commit() {
+        let dir = tmp("commit");
+        let disk = Arc::new(DiskStatus::default());
+        let path = dir.join(EVENTS_FILE);
+        {
+            let (mut j, _) = EventJournal::open(&dir).unwrap();
+            j.report_to(disk.clone());
+            for i in 0..10 {
+                let id = format!("1.{i}");
+                j.append(
+                    &Message::from_pairs(&[("Event", "Newchannel"), ("Uniqueid", &id)]),
+                    i,
+                );
+            }
+            assert_eq!(j.staged(), 10);
+            assert_eq!(
+                fs::read_to_string(&path).unwrap(),
+                "",
+                "nothing written before the commit"
+            );
+            j.commit();
+            assert_eq!(j.staged(), 0);
+            let c = disk.counts(DISK_NAME);
+            assert_eq!((c.records, c.appends, c.syncs), (10, 1, 0));
+            j.append(
+                &Message::from_pairs(&[("Event", "Hangup"), ("Uniqueid", "1.0")]),
+                11,
+            );
+            // Dropped here without a commit, as a kill -9 mid-pass would.
+        }
+        let (_, recs) = EventJournal::open(&dir).unwrap();
+        assert_eq!(recs.len(), 10, "the committed records, not the staged one");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     /// A write that fails (here: a read-only handle, as a full disk would) leaves the record
     /// out of the file; the next compaction rewrites the file whole from memory.
     #[test]
@@ -401,6 +498,8 @@ mod tests {
         j.file = Some(File::open(&path).unwrap());
         let m = Message::from_pairs(&[("Event", "Newchannel"), ("Uniqueid", "1.1")]);
         j.append(&m, 5);
+        assert!(j.broken.is_none(), "staged, not written yet");
+        j.commit();
         assert!(j.broken.is_some());
         assert_eq!(fs::read_to_string(&path).unwrap(), "", "the write failed");
         // A second later (as the state thread's tick would find it):

@@ -146,9 +146,27 @@ pub fn append(file: &mut File, len: &mut u64, bytes: &[u8], sync: bool) -> io::R
 /// journal`): written by their owners, read by `/healthz` and `/status`. A change is logged
 /// once (an error when a file stops being writable, a warning when it is writable again),
 /// never once per failed write.
+///
+/// Also counts what reached each file ([`Counts`]): how many fsyncs group commit costs is a
+/// figure `benches/intents.rs` prints and the state thread's tests pin, per daemon (not a
+/// global, so tests running side by side do not see each other's writes).
 #[derive(Debug, Default)]
 pub struct DiskStatus {
     problems: Mutex<BTreeMap<&'static str, String>>,
+    counts: Mutex<BTreeMap<&'static str, Counts>>,
+}
+
+/// What was written to one file under `[state] dir` since the start. Three integers per file:
+/// bounded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Records handed to the file: in the outbox the steps (intents) queued, in the events
+    /// journal every record (AMI events, Originates, employee lists).
+    pub records: u64,
+    /// Appends: `write(2)` calls that added records at the end (whole rewrites not counted).
+    pub appends: u64,
+    /// fsyncs (`fdatasync` of an append; a rewrite's file and directory count one each).
+    pub syncs: u64,
 }
 
 impl DiskStatus {
@@ -169,6 +187,21 @@ impl DiskStatus {
         if p.remove(what).is_some() {
             log::warn!("{what}: the state dir can be written again");
         }
+    }
+
+    /// Count `records` handed to `what`, `appends` appends and `syncs` fsyncs of it.
+    pub fn count(&self, what: &'static str, records: u64, appends: u64, syncs: u64) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let c = c.entry(what).or_default();
+        c.records += records;
+        c.appends += appends;
+        c.syncs += syncs;
+    }
+
+    /// What was written to `what` so far.
+    pub fn counts(&self, what: &str) -> Counts {
+        let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(what).copied().unwrap_or_default()
     }
 
     /// What is wrong, `None` when every file is writable.

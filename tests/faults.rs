@@ -332,6 +332,7 @@ fn ten_minutes_of_overlapping_traffic_with_an_endless_call_state_dir_and_rss() {
         rig.t0,
         &traffic.calls(),
         &rig.portal,
+        &rig.volatile,
         &rig.ami.connection_log(),
     );
     println!("{} (settled: {ok})", report.summary);

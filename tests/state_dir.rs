@@ -319,3 +319,91 @@ fn writes_failing_for_room_make_healthz_503_cut_torn_records_and_recover() {
     // Every call reached the portal once.
     assert_eq!(completed(&portal), (calls + 2, calls + 2));
 }
+
+/// A state dir that exists but refuses writes (read-only mount, wrong owner; here `chattr +i`,
+/// as the tests run as root) with steps left in it from the last run: those steps are read
+/// and delivered, new calls go through from memory, `/healthz` says 503 naming the state dir,
+/// and once the dir can be written again the outbox is rewritten from memory and `/healthz`
+/// is back to 200.
+#[test]
+fn a_read_only_state_dir_still_delivers_what_it_holds_and_recovers() {
+    let portal = FakeBitrix::start();
+    let ami = FakeAmi::start("callme", SECRET);
+    let dir = TempDir::new("callme-statedir-ro");
+    let state = dir.path().join("state");
+    let conf = dir.path().join("callme.conf");
+    fs::write(&conf, config(&ami, &portal, &state)).unwrap();
+
+    // The last run: the portal down, one whole call queued on disk, then kill -9.
+    portal.set_down(true);
+    let first = Daemon::start(&conf, dir.path().join("log1"), None);
+    assert!(ami.wait_accepted(1, WAIT));
+    assert!(ami.push(&call_bytes(0)));
+    let outbox = state.join("outbox.jsonl");
+    assert!(
+        wait_until(WAIT, || fs::read_to_string(&outbox)
+            .is_ok_and(|t| t.contains("finish") || t.contains("Finish"))),
+        "the call's steps never reached the outbox; log:\n{}",
+        first.log()
+    );
+    drop(first);
+
+    let ro = Immutable::make(&state);
+    portal.set_down(false);
+    let daemon = Daemon::start(&conf, dir.path().join("log2"), None);
+    let addr = daemon.ops_addr();
+    assert!(ami.wait_accepted(2, WAIT));
+    assert!(ami.push(&call_bytes(1)));
+    assert!(
+        wait_until(WAIT, || completed(&portal) == (2, 2)),
+        "left-over and new call: {:?}; log:\n{}",
+        completed(&portal),
+        daemon.log()
+    );
+    let (status, body) = get(&addr, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("state dir "), "{body}");
+
+    drop(ro);
+    let mut last = (0, String::new());
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            last = get(&addr, "/healthz");
+            last.0 == 200
+        }),
+        "/healthz once the dir can be written: {last:?}; log:\n{}",
+        daemon.log()
+    );
+    assert_whole_records(&state);
+    // Once each, in all.
+    assert_eq!(completed(&portal), (2, 2));
+}
+
+/// `chattr +i` on a directory for the life of the guard: no entry can be created, renamed or
+/// removed in it (root ignores mode bits, so a mode alone would not do).
+struct Immutable<'a>(&'a Path);
+
+impl<'a> Immutable<'a> {
+    fn make(dir: &'a Path) -> Immutable<'a> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        let probe = dir.join("probe");
+        let refused = fs::write(&probe, b"x").is_err();
+        let _ = fs::remove_file(&probe);
+        assert!(
+            ok && refused,
+            "cannot make {} unwritable here",
+            dir.display()
+        );
+        Immutable(dir)
+    }
+}
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+    }
+}

@@ -50,8 +50,8 @@ const KEEP_IDLE_MS: u64 = 48 * 3_600_000;
 const COMPACT_MIN_GARBAGE: usize = 1000;
 /// While the file cannot be written, a full rewrite from memory is tried this often.
 const REWRITE_RETRY: Duration = Duration::from_secs(1);
-/// The name the outbox reports under in [`DiskStatus`].
-const DISK_NAME: &str = "outbox";
+/// The name the outbox reports (and is counted) under in [`DiskStatus`].
+pub const DISK_NAME: &str = "outbox";
 
 /// One line of `outbox.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -340,6 +340,36 @@ impl Outbox {
     /// Queue a step and make it durable before returning. A second Register/Adopt or Finish
     /// for the same call is dropped (false): a call is registered once and finished once.
     pub fn enqueue(&mut self, intent: Intent) -> bool {
+        self.enqueue_all(std::iter::once(intent)) == 1
+    }
+
+    /// Queue `intents` in order and make them durable together, before returning: one append
+    /// and one fsync for all of them (group commit: the state thread hands over what one pass
+    /// decided, so a burst of events costs one fsync, not one per step). Duplicates are dropped
+    /// as by [`Outbox::enqueue`], within the batch too. Returns how many were queued.
+    ///
+    /// Nothing queued here can be sent before it is on disk: the outbox is shared behind a
+    /// lock that the caller holds throughout, and delivery sees steps only through it.
+    pub fn enqueue_all(&mut self, intents: impl IntoIterator<Item = Intent>) -> usize {
+        let mut queued = 0;
+        for intent in intents {
+            if self.queue(intent) {
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            self.disk.count(DISK_NAME, queued as u64, 0, 0);
+        }
+        // Also when only a dropped show's done record is buffered (`cancel_unsent_show`).
+        if queued > 0 || !self.buf.is_empty() {
+            self.flush();
+            self.check_bound();
+        }
+        queued
+    }
+
+    /// Queue one step in memory and its record in the buffer; the caller flushes.
+    fn queue(&mut self, intent: Intent) -> bool {
         if self.cancel_unsent_show(&intent) {
             return false;
         }
@@ -376,8 +406,6 @@ impl Outbox {
                 queued_ms: now,
             });
         line(&rec, &mut self.buf);
-        self.flush();
-        self.check_bound();
         true
     }
 
@@ -420,9 +448,9 @@ impl Outbox {
             "outbox: {} stopped ringing before its card was shown: show and hide dropped",
             intent.call
         );
+        // Durable with the rest of the pass: the caller flushes.
         line(&Record::Done { seq }, &mut self.buf);
         self.garbage += 2;
-        self.flush();
         true
     }
 
@@ -464,6 +492,7 @@ impl Outbox {
         };
         let r = append(f, &mut self.len, self.buf.as_bytes(), true);
         self.buf.clear();
+        self.disk.count(DISK_NAME, 0, 1, 1);
         match r {
             Ok(()) => self.disk.ok(DISK_NAME),
             Err(e) => {
@@ -609,6 +638,34 @@ impl Outbox {
         self.order.retain(|k| calls.contains_key(k));
     }
 
+    /// Forget the oldest calls that are over (finished or given up, nothing queued) until at
+    /// most `keep` of them are left, without waiting [`KEEP_FINISHED_MS`]. For a replay: its
+    /// calls go by on the capture's clock, hundreds a second of wall clock, so that wait would
+    /// keep every call of a long capture in memory (issue #20); the `keep` most recent still
+    /// catch a late duplicate. Returns how many were forgotten.
+    pub fn forget_finished_beyond(&mut self, keep: usize) -> usize {
+        let over = |c: &CallEntry| c.steps.is_empty() && (c.finished || c.dead);
+        let finished = self.calls.values().filter(|c| over(c)).count();
+        let excess = finished.saturating_sub(keep);
+        if excess == 0 {
+            return 0;
+        }
+        // `order` is oldest first.
+        let (calls, mut forgotten) = (&mut self.calls, 0);
+        self.order.retain(|k| {
+            if forgotten < excess && calls.get(k).is_some_and(over) {
+                calls.remove(k);
+                forgotten += 1;
+                false
+            } else {
+                true
+            }
+        });
+        // Their lines in the file are garbage now.
+        self.garbage += forgotten;
+        forgotten
+    }
+
     /// Compact when enough lines are garbage (at least [`COMPACT_MIN_GARBAGE`] and more than
     /// the live ones), after writing what is buffered.
     pub fn maybe_compact(&mut self) {
@@ -676,6 +733,8 @@ impl Outbox {
             }
         }
         self.file = None;
+        // The temp file's fsync and the directory's.
+        self.disk.count(DISK_NAME, 0, 0, 2);
         self.file = Some(rewrite(&path, &text)?);
         self.len = text.len() as u64;
         self.garbage = 0;

@@ -2,7 +2,7 @@
 //! tracker and the deliverer, against a real portal (through `run`'s pipeline: rate limiter,
 //! outbox, batching) or the built-in dry-run one.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -43,7 +43,7 @@ pub fn replay(config: Option<&Path>, dry_run: bool, capture: &Path) -> ExitCode 
         );
         return ExitCode::from(2);
     }
-    let cap = match replay::load(capture) {
+    let mut cap = match replay::open(capture) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -52,7 +52,7 @@ pub fn replay(config: Option<&Path>, dry_run: bool, capture: &Path) -> ExitCode 
     };
     if dry_run {
         let transport = DryRun::new(Box::new(io::stdout()), dryrun::Format::JsonLines);
-        return run(&cfg, &cap, Box::new(transport), None);
+        return run(&cfg, &mut cap, Box::new(transport), None);
     }
     // A replay is a one-off tool; it does not take part in the daemon's token refresh (two
     // refreshers of one refresh_token would log each other out).
@@ -64,7 +64,7 @@ pub fn replay(config: Option<&Path>, dry_run: bool, capture: &Path) -> ExitCode 
         return ExitCode::from(2);
     };
     let client = WebhookClient::new(url.expose(), cfg.bitrix24.timeout);
-    run_pipeline(&cfg, &cap, client)
+    run_pipeline(&cfg, &mut cap, client)
 }
 
 /// A replay into a real portal goes the way `callme run` sends: the same rate limiter (one
@@ -72,7 +72,11 @@ pub fn replay(config: Option<&Path>, dry_run: bool, capture: &Path) -> ExitCode 
 /// in the config's `[state] dir` when it names one other than the service's default (taking
 /// its lock, so never beside a daemon using it; steps left undelivered wait there for the
 /// next replay or run), else in a temporary directory removed afterwards.
-fn run_pipeline(cfg: &Config, cap: &replay::Capture, client: WebhookClient) -> ExitCode {
+fn run_pipeline<R: BufRead, T: BufRead>(
+    cfg: &Config,
+    cap: &mut replay::Source<R, T>,
+    client: WebhookClient,
+) -> ExitCode {
     let temp = (cfg.state.dir == StateConfig::default().dir)
         .then(|| std::env::temp_dir().join(format!("callme-replay-{}", std::process::id())));
     let dir = temp.clone().unwrap_or_else(|| cfg.state.dir.clone());
@@ -104,7 +108,9 @@ fn run_pipeline(cfg: &Config, cap: &replay::Capture, client: WebhookClient) -> E
         &mut tracker,
         &mut deliverer,
         None,
-        replay::Pace::AfterCapture,
+        replay::Pace::AfterCapture {
+            max_backlog: replay::MAX_BACKLOG,
+        },
         replay::DRAIN_LIMIT,
     );
     deliverer
@@ -122,13 +128,7 @@ fn run_pipeline(cfg: &Config, cap: &replay::Capture, client: WebhookClient) -> E
 
 /// `callme demo`: the bundled capture with a readable timeline.
 pub fn demo() -> ExitCode {
-    let cap = match replay::parse_with_timing(DEMO_CAPTURE, DEMO_TIMING, "demo timing") {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("bundled demo capture is broken: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let mut cap = replay::from_memory(DEMO_CAPTURE, DEMO_TIMING, "bundled demo capture");
     let mut stdout = io::stdout();
     let _ = writeln!(
         stdout,
@@ -147,7 +147,7 @@ pub fn demo() -> ExitCode {
     );
     let cfg = Config::demo();
     let transport = DryRun::new(Box::new(io::stdout()), dryrun::Format::Timeline);
-    let code = run(&cfg, &cap, Box::new(transport), Some(&mut stdout));
+    let code = run(&cfg, &mut cap, Box::new(transport), Some(&mut stdout));
     let _ = writeln!(
         stdout,
         "\nEvery Bitrix24 request above was answered by the dry-run responder. Try \
@@ -163,9 +163,9 @@ fn config_is_demo(cfg: &Config) -> bool {
         .is_some_and(|u| u.expose().contains("demo.invalid"))
 }
 
-fn run(
+fn run<R: BufRead, T: BufRead>(
     cfg: &Config,
-    cap: &replay::Capture,
+    cap: &mut replay::Source<R, T>,
     transport: Box<dyn Transport>,
     timeline: Option<&mut dyn Write>,
 ) -> ExitCode {
@@ -187,14 +187,27 @@ fn run(
 }
 
 fn report(s: &replay::Summary) -> ExitCode {
+    let skipped = if s.dropped > 0 {
+        format!(
+            ", {} message(s) over {} bytes skipped",
+            s.dropped,
+            replay::MAX_MESSAGE
+        )
+    } else {
+        String::new()
+    };
     log::info!(
-        "replayed {} messages: {} call(s), {} intent(s), {} step(s) undelivered, {} permanent failure(s)",
+        "replayed {} messages: {} call(s), {} intent(s), {} step(s) undelivered, {} permanent failure(s){skipped}",
         s.messages,
         s.calls,
         s.intents,
         s.pending,
         s.permanent_failures
     );
+    if let Some(e) = &s.error {
+        eprintln!("error: replay stopped: {e}");
+        return ExitCode::FAILURE;
+    }
     if s.pending > 0 || s.permanent_failures > 0 {
         ExitCode::FAILURE
     } else {

@@ -162,6 +162,13 @@ pub struct Rig {
     pub notes: Vec<(f64, String)>,
     /// When the rig was built: the zero of every timeline.
     pub t0: Instant,
+    /// Since when the running daemon's writes fail (started with a file size limit not lifted
+    /// yet).
+    limited: Option<Instant>,
+    /// Spans in which the state dir could not be written and the daemon then stopped before
+    /// it could: what it learnt in them lived in memory only, and the docs say so (a restart
+    /// while `/healthz` says "state dir" loses it). See [`invariants::check`].
+    pub volatile: Vec<(Instant, Instant)>,
 }
 
 impl Rig {
@@ -195,6 +202,8 @@ impl Rig {
             past_logs: Vec::new(),
             notes: Vec::new(),
             t0: Instant::now(),
+            limited: None,
+            volatile: Vec::new(),
         }
     }
 
@@ -218,6 +227,7 @@ impl Rig {
         }
         self.retire();
         self.daemon = Some(Running::start(&self.config, &["--debug"]));
+        self.limited = None;
         self.note("daemon started");
     }
 
@@ -228,6 +238,7 @@ impl Rig {
         }
         self.retire();
         self.daemon = Some(Running::start_limited(&self.config, &["--debug"], blocks));
+        self.limited = Some(Instant::now());
         self.note(format!("daemon started with RLIMIT_FSIZE {blocks} blocks"));
     }
 
@@ -236,6 +247,7 @@ impl Rig {
             d.kill();
             self.note("kill -9");
         }
+        self.stopped_while_limited();
     }
 
     /// SIGTERM and wait (up to 15 s) for the exit; `kill -9` if it does not come.
@@ -251,6 +263,7 @@ impl Rig {
         if !exited {
             d.kill();
         }
+        self.stopped_while_limited();
         self.note(if exited {
             "SIGTERM: exited"
         } else {
@@ -264,6 +277,15 @@ impl Rig {
         if let Some(mut d) = self.daemon.take() {
             d.kill();
             self.past_logs.push(d.log());
+        }
+        self.stopped_while_limited();
+    }
+
+    /// The daemon stopped while its writes failed: close the volatile span.
+    fn stopped_while_limited(&mut self) {
+        if let Some(since) = self.limited.take() {
+            self.volatile.push((since, Instant::now()));
+            self.note("the daemon stopped while its state dir refused writes");
         }
     }
 
@@ -474,6 +496,7 @@ impl Rig {
             Step::LiftLimit => {
                 let lifted = self.daemon.as_ref().is_some_and(Running::lift_file_limit);
                 if lifted {
+                    self.limited = None;
                     self.note("RLIMIT_FSIZE lifted (prlimit)");
                 } else {
                     // No prlimit: a restart without the limit frees the "disk" too.
@@ -538,6 +561,7 @@ pub fn run(s: &Schedule) -> (Report, Rig) {
         rig.t0,
         &traffic.calls(),
         &rig.portal,
+        &rig.volatile,
         &rig.ami.connection_log(),
     );
     (report, rig)
@@ -573,7 +597,11 @@ fn settle(rig: &mut Rig, traffic: &Traffic, timeout: Duration) {
             .iter()
             .filter_map(|r| r["EXTERNAL_CALL_ID"].as_str().map(str::to_string))
             .collect();
-        all_done = must.iter().all(|m| finished.contains(m));
+        // Calls out of reach may still have been registered (seen, then a crash): the
+        // portal holding no open call is part of "done", or a vacuous `must` ends the wait
+        // before a restarted daemon has finished them.
+        all_done =
+            must.iter().all(|m| finished.contains(m)) && rig.portal.active_calls().is_empty();
         if all_done {
             break;
         }
