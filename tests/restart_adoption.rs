@@ -214,7 +214,8 @@ fn a_call_that_began_while_callme_was_down_is_registered_shown_and_finished() {
         .find(|r| r.params["EXTERNAL_CALL_ID"] == "callme-1795668999.50")
         .unwrap_or_else(|| panic!("B's register: {regs:?}"));
     assert_eq!(b.params["LINE_NUMBER"], "8001231234", "{:?}", b.params);
-    assert_eq!(b.params["TYPE"], 2, "inbound: {:?}", b.params);
+    // As a number alone, as text inside a batch (its show rides with it).
+    assert_eq!(b.num("TYPE"), 2, "inbound: {:?}", b.params);
     assert_eq!(b.params["PHONE_NUMBER"], "79997654321", "{:?}", b.params);
 
     // Both calls end.
@@ -228,7 +229,14 @@ fn a_call_that_began_while_callme_was_down_is_registered_shown_and_finished() {
         daemon.log()
     );
     let cmds = portal.commands();
-    assert_eq!(count(&cmds, "telephony.externalcall.register"), 2);
+    // Two calls in Bitrix24, each registered once. A's show rode in its register's batch,
+    // so the kill may have come before A's CALL_ID reached the disk: then A's register is
+    // sent again after the restart and answered with the same CALL_ID (an open call with
+    // the same key, bitrix24-api.md §2.1), which is not a second call.
+    let regs = portal.registrations();
+    assert_eq!(regs.iter().filter(|r| r.new).count(), 2, "{regs:?}");
+    let ids: std::collections::BTreeSet<&str> = regs.iter().map(|r| r.call_id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{regs:?}");
     assert_eq!(count(&cmds, "telephony.externalcall.finish"), 2);
     let fin = portal.finished_calls();
     let users: Vec<u64> = {

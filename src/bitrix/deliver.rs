@@ -1183,9 +1183,35 @@ mod tests {
     /// numbers, `KEY[]` pairs as a list, `$result[cNN][FIELD]` taken from `done`.
     fn batch_command(cmd: &str, done: &serde_json::Map<String, Value>) -> (String, Value) {
         let (method, query) = cmd.split_once('?').unwrap_or((cmd, ""));
-        let form = crate::http::form::parse(query.as_bytes()).expect("a form query");
+        // Percent-decoding, enough for what `api::batch_command` writes.
+        let unescape = |t: &str| -> String {
+            let b = t.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'%' if i + 2 < b.len() => {
+                        let hex = std::str::from_utf8(&b[i + 1..i + 3]).expect("ascii");
+                        out.push(u8::from_str_radix(hex, 16).expect("a %XX escape"));
+                        i += 3;
+                    }
+                    b'+' => {
+                        out.push(b' ');
+                        i += 1;
+                    }
+                    c => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8(out).expect("UTF-8")
+        };
         let mut params = serde_json::Map::new();
-        for (k, v) in form.pairs() {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (unescape(k), unescape(v));
+            let (k, v) = (k.as_str(), v.as_str());
             let v = match v
                 .strip_prefix("$result[")
                 .and_then(|r| r.strip_suffix(']'))

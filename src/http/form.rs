@@ -59,11 +59,6 @@ impl Form {
         self.get(key).filter(|v| !v.is_empty())
     }
 
-    /// Every pair, in body order.
-    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
     pub fn len(&self) -> usize {
         self.pairs.len()
     }
