@@ -400,7 +400,7 @@ fn record_of(o: &Originate, expires_ms: u64) -> OriginateRecord {
 /// `CoreShowChannel` items Asterisk listed (or why it could not be asked).
 /// Tagged with the request's number: an answer to an older request than the one in flight
 /// (sent before a reconnect) is dropped.
-type Reconcile = (u64, Vec<String>, Result<Vec<Message>, String>);
+type Reconcile = (u64, Vec<String>, Result<(Vec<Message>, u64), String>);
 
 /// Ask Asterisk for its channels off the state thread (the request can take seconds).
 fn start_reconcile(
@@ -416,7 +416,7 @@ fn start_reconcile(
         .spawn(move || {
             let action = Message::from_pairs(&[("Action", "CoreShowChannels")]);
             let listed = ami
-                .request_list(action, Duration::from_secs(10))
+                .request_list_at(action, Duration::from_secs(10))
                 .map_err(|e| e.to_string());
             let _ = tx.send((n, tracked, listed));
         });
@@ -458,6 +458,9 @@ struct StateThread {
     clock: PbxClock,
     /// The intents of the pass, not yet in the outbox.
     out: Vec<Intent>,
+    /// AMI events taken from the reader so far, to line a listing up with the stream
+    /// ([`client::Handle::request_list_at`]).
+    events_taken: u64,
     /// Journal records staged in the pass (committed at [`PASS_MAX`]).
     staged: usize,
     /// The reconciliation in flight (`None`: none), by number, with the Hangups (and their
@@ -521,7 +524,10 @@ impl StateThread {
     /// One message from the AMI reader; whether it was a login.
     fn incoming(&mut self, msg: Incoming) -> bool {
         match msg {
-            Incoming::Event { msg, at } => self.event(&msg, at),
+            Incoming::Event { msg, at } => {
+                self.events_taken += 1;
+                self.event(&msg, at);
+            }
             Incoming::Connected { banner } => {
                 log::info!("AMI connected and logged in ({banner})");
                 return true;
@@ -715,6 +721,7 @@ fn state_loop(
         out: Vec::new(),
         staged: 0,
         hung_up: None,
+        events_taken: 0,
         recon_seq: 0,
         opts,
     };
@@ -768,16 +775,20 @@ fn state_loop(
                 let current = s.hung_up.as_ref().map(|(n, _)| *n);
                 match r {
                     Ok((n, tracked, listed)) if Some(n) == current => {
-                        // Events that came before the listing are queued already: apply
-                        // them first, so the listing is compared with the state it describes.
-                        for _ in 0..ami_rx.len() {
-                            match ami_rx.try_recv() {
-                                Ok(msg) => login |= s.incoming(msg),
-                                Err(_) => break,
+                        // Events that came before the listing's end are queued already:
+                        // apply exactly those first, so the listing is compared with the state
+                        // it describes (one after it, say the Hangup of a listed channel, would
+                        // make the listing look newer than it is).
+                        if let Ok((_, upto)) = &listed {
+                            while s.events_taken < *upto {
+                                match ami_rx.try_recv() {
+                                    Ok(msg) => login |= s.incoming(msg),
+                                    Err(_) => break,
+                                }
                             }
                         }
                         match listed {
-                            Ok(listed) => s.reconciled(tracked, listed),
+                            Ok((listed, _)) => s.reconciled(tracked, listed),
                             Err(e) => {
                                 s.hung_up = None;
                                 log::warn!("reconcile: CoreShowChannels failed: {e}");
@@ -1029,6 +1040,7 @@ mod tests {
             out: Vec::new(),
             staged: 0,
             hung_up: None,
+            events_taken: 0,
             recon_seq: 0,
             opts: StateOptions {
                 reconcile_interval: Duration::from_secs(300),

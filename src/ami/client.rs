@@ -124,10 +124,12 @@ pub struct Stats {
 /// A caller waiting for the answer to one action.
 enum Pending {
     Response(Sender<Result<Message, Error>>),
-    /// An event-list action (ami.md §2.8): collect items until `<X>Complete`.
+    /// An event-list action (ami.md §2.8): collect items until `<X>Complete`. The reply
+    /// carries how many events had been emitted when the list completed (see
+    /// [`Handle::request_list_at`]).
     List {
         items: Vec<Message>,
-        reply: Sender<Result<Vec<Message>, Error>>,
+        reply: Sender<Result<(Vec<Message>, u64), Error>>,
     },
 }
 
@@ -307,7 +309,10 @@ impl Shared {
         if let Some(Pending::List { items, .. }) = pending.get_mut(&id) {
             if is_list_end(&msg) {
                 if let Some(Pending::List { items, reply }) = pending.remove(&id) {
-                    let _ = reply.send(Ok(items));
+                    // On the reader thread: every event before the Complete in the stream has
+                    // been emitted, none after it.
+                    let seen = self.events.load(Ordering::SeqCst);
+                    let _ = reply.send(Ok((items, seen)));
                 }
             } else {
                 items.push(msg);
@@ -380,6 +385,19 @@ impl Handle {
     /// its ActionID until `<X>Complete`. Returns the items only (neither the ack nor the
     /// Complete event). `Response: Error` instead of the ack gives [`Error::Rejected`].
     pub fn request_list(&self, action: Message, timeout: Duration) -> Result<Vec<Message>, Error> {
+        self.request_list_at(action, timeout)
+            .map(|(items, _)| items)
+    }
+
+    /// [`Handle::request_list`], plus where the list sits in the event stream: the number of
+    /// events emitted (sent as [`Incoming::Event`], counted from the start) before its
+    /// Complete. A consumer that has taken exactly that many events has seen the stream up to
+    /// the list and nothing after it: a listing of channels then agrees with what it knows.
+    pub fn request_list_at(
+        &self,
+        action: Message,
+        timeout: Duration,
+    ) -> Result<(Vec<Message>, u64), Error> {
         let (tx, rx) = bounded(1);
         let pending = Pending::List {
             items: Vec::new(),
@@ -824,7 +842,8 @@ impl Worker {
     }
 
     fn emit(&self, msg: Message, at: SystemTime) {
-        self.shared.events.fetch_add(1, Ordering::Relaxed);
+        // Counted before it is sent: a list completing later reports it as emitted.
+        self.shared.events.fetch_add(1, Ordering::SeqCst);
         // A dropped receiver means the daemon is stopping; requests may still be in flight.
         let _ = self.events.send(Incoming::Event { msg, at });
     }
@@ -1136,7 +1155,7 @@ mod tests {
         assert_eq!(s.route(other.clone()), Some(other));
         assert!(rx.try_recv().is_err());
         assert_eq!(s.route(done), None);
-        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![item]);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), (vec![item], 0));
         assert!(s.pending.lock().unwrap().is_empty());
     }
 
