@@ -515,8 +515,10 @@ struct Live {
     fields: BTreeMap<&'static str, String>,
 }
 
+/// The fake PBX's channel table: what `CoreShowChannels` lists at any moment. Also used on
+/// its own (`tests/adopt_every_cut.rs`).
 #[derive(Default)]
-struct Pbx {
+pub struct Pbx {
     /// Uniqueid → channel, in creation order through `order`.
     channels: HashMap<String, Live>,
     order: Vec<String>,
@@ -525,7 +527,7 @@ struct Pbx {
 
 impl Pbx {
     /// Apply one event to the channel table, before it is sent.
-    fn apply(&mut self, call: usize, fields: &[(String, String)], now: Instant) {
+    pub fn apply(&mut self, call: usize, fields: &[(String, String)], now: Instant) {
         let get = |k: &str| {
             fields
                 .iter()
@@ -584,14 +586,20 @@ impl Pbx {
     }
 
     /// The `CoreShowChannel` items of this moment; notes the moment in their calls.
-    fn list(&mut self) -> Vec<Vec<(String, String)>> {
+    ///
+    /// A call counts as listed only while its first channel (Uniqueid = Linkedid, the
+    /// caller's) is alive: a listing of an employee's leg alone, in the moment of its
+    /// teardown, has no caller to adopt the call under (docs/outbox.md, "What adoption cannot
+    /// do"; `tests/adopt_every_cut.rs`).
+    pub fn list(&mut self) -> Vec<Vec<(String, String)>> {
         let now = Instant::now();
         let mut items = Vec::new();
         for id in &self.order {
             let Some(ch) = self.channels.get(id) else {
                 continue;
             };
-            if let Some(c) = self.calls.get_mut(ch.call) {
+            let origin = ch.fields.get("Linkedid").is_some_and(|l| l == id);
+            if let Some(c) = self.calls.get_mut(ch.call).filter(|_| origin) {
                 if c.listed_at.last() != Some(&now) && c.listed_at.len() < 64 {
                     c.listed_at.push(now);
                 }
