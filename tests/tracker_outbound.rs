@@ -1,12 +1,16 @@
 //! Outbound calls in the tracker: click-to-call (our Originate) and calls dialled from a desk
-//! phone, plus the ways a click-to-call can fail.
+//! phone, plus the ways a click-to-call can fail. The tests built on the f capture run on both
+//! drivers (`<test>::chan_sip`, `<test>::pjsip`: Originate `SIP/219` on Asterisk 20, `PJSIP/219`
+//! on Asterisk 22).
 
+#[macro_use]
 mod support;
 
 use callme::ami::Message;
 use callme::calls::tracker::Originate;
 use callme::calls::{Action, Direction, Status};
-use support::events::{actions, capture, ev, finish, run, show, tracker, Chan};
+use support::drivers::{load, run_all, Driver};
+use support::events::{actions, ev, finish, run, show, tracker, Chan};
 
 fn c2c(call_id: &str, channel_id: &str, action_id: &str) -> Originate {
     Originate {
@@ -19,17 +23,23 @@ fn c2c(call_id: &str, channel_id: &str, action_id: &str) -> Originate {
     }
 }
 
+on_both_drivers!(
+    f_click_to_call_answered,
+    someone_elses_click_to_call_is_left_alone,
+    desk_phone_outbound_registers_type_1_under_the_caller,
+    callback_form_registers_type_4_when_the_employee_answers,
+);
+
 /// The f capture's PHP-style Originate carried no ChannelId, so the call is matched by its
 /// `CallMeCALL_ID` variable (the documented backup).
-#[test]
-fn f_click_to_call_answered() {
-    let msgs = capture("f_click2call_answered.ami");
+fn f_click_to_call_answered(d: Driver) {
+    let msgs = load(d, "f_click2call_answered");
     let mut t = tracker();
     t.expect_originate(
         c2c("externalCall.test123", "not-in-this-capture", "x"),
         u64::MAX,
     );
-    let v = run(&mut t, &msgs);
+    let v = run_all(&mut t, &msgs);
     let a = actions(&v);
     assert_eq!(
         a[0],
@@ -40,33 +50,26 @@ fn f_click_to_call_answered() {
     );
     assert_eq!(a[1], show("219"));
     // 219 answered the Originate at +2.51 s: that is when the card opens.
-    let t0 = msgs[0].1;
-    assert!(
-        (2_400..2_700).contains(&(v[1].0 - t0)),
-        "show at {}",
-        v[1].0 - t0
-    );
-    // The client answered at +5.51 s, 219 hung up at +10.51 s.
+    assert!((2_400..2_700).contains(&v[1].0), "show at {}", v[1].0);
+    // The client answered at +5.51 s (PJSIP +5.52 s), 219 hung up at +10.51 s (+10.52 s).
     assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(a.len(), 3, "no register: Bitrix24 registered it: {a:?}");
-    assert!(t.is_empty());
 }
 
-#[test]
-fn someone_elses_click_to_call_is_left_alone() {
+fn someone_elses_click_to_call_is_left_alone(d: Driver) {
     // Same capture, but no Originate of ours is pending: the CallMe variables mark it as an
     // originate (from another tool), so it is not mistaken for a desk-phone outbound call.
-    let msgs = capture("f_click2call_answered.ami");
-    assert!(run(&mut tracker(), &msgs).is_empty());
+    let msgs = load(d, "f_click2call_answered");
+    assert!(run_all(&mut tracker(), &msgs).is_empty());
 }
 
-/// A desk-phone outbound call, built from the f capture (Asterisk 20, chan_sip): once the
-/// Originate-only parts are removed (the caller-less DialBegin/DialEnd of the originated leg,
-/// the CallMe variables and OriginateResponse), what is left is exactly SIP/219 in
-/// from-internal dialling 79991234567 through SIP/trunk: the event shapes of a call dialled
-/// on the phone itself.
-fn desk_phone_call() -> Vec<(Message, u64)> {
-    capture("f_click2call_answered.ami")
+/// A desk-phone outbound call, built from the f capture: once the Originate-only parts are
+/// removed (the caller-less DialBegin/DialEnd of the originated leg, the CallMe variables and
+/// OriginateResponse), what is left is exactly SIP/219 (PJSIP/219) in from-internal dialling
+/// 79991234567 through SIP/trunk with `trunk/79991234567` (PJSIP/trunk with
+/// `79991234567@trunk`): the event shapes of a call dialled on the phone itself.
+fn desk_phone_call(d: Driver) -> Vec<(Message, u64)> {
+    load(d, "f_click2call_answered")
         .into_iter()
         .filter(|(m, _)| {
             let originate_leg =
@@ -81,21 +84,22 @@ fn desk_phone_call() -> Vec<(Message, u64)> {
         .collect()
 }
 
-#[test]
-fn desk_phone_outbound_registers_type_1_under_the_caller() {
-    let v = run(&mut tracker(), &desk_phone_call());
+fn desk_phone_outbound_registers_type_1_under_the_caller(d: Driver) {
+    let v = run(&mut tracker(), &desk_phone_call(d));
     let a = actions(&v);
     match &a[0] {
         Action::Register {
             direction,
             phone,
             line,
+            employee,
             ..
         } => {
             assert_eq!(*direction, Direction::Outbound);
             assert_eq!(direction.bitrix_type(), 1);
             assert_eq!(phone, "79991234567");
             assert_eq!(line, "");
+            assert_eq!(employee.as_deref(), Some("219"));
         }
         other => panic!("expected register, got {other:?}"),
     }
@@ -262,9 +266,8 @@ fn click_to_call_that_never_shows_up_expires() {
 /// A callback form (ONEXTERNALCALLBACKSTART): the same Originate flow as the f capture, but
 /// Bitrix24 has no call yet. It is registered as TYPE=4 under the employee once they answer,
 /// then shown and finished as usual.
-#[test]
-fn callback_form_registers_type_4_when_the_employee_answers() {
-    let msgs = capture("f_click2call_answered.ami");
+fn callback_form_registers_type_4_when_the_employee_answers(d: Driver) {
+    let msgs = load(d, "f_click2call_answered");
     let mut t = tracker();
     t.expect_originate(
         Originate {
@@ -273,7 +276,7 @@ fn callback_form_registers_type_4_when_the_employee_answers() {
         },
         u64::MAX,
     );
-    let v = run(&mut t, &msgs);
+    let v = run_all(&mut t, &msgs);
     let a = actions(&v);
     match &a[0] {
         Action::Register {
@@ -281,18 +284,18 @@ fn callback_form_registers_type_4_when_the_employee_answers() {
             phone,
             line,
             employee,
-            ..
+            started_ms,
         } => {
             assert_eq!(*direction, Direction::Callback);
             assert_eq!(direction.bitrix_type(), 4);
             assert_eq!(phone, "79991234567");
             assert_eq!(line, "8001231231");
             assert_eq!(employee.as_deref(), Some("219"));
+            assert_eq!(*started_ms, msgs[0].1 + v[0].0, "started when 219 answered");
         }
         other => panic!("expected register, got {other:?}"),
     }
-    let t0 = msgs[0].1;
-    assert!(v[0].0 - t0 >= 2_400, "registered only once 219 answered");
+    assert!(v[0].0 >= 2_400, "registered only once 219 answered");
     assert_eq!(a[1], show("219"));
     assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
     assert_eq!(

@@ -1,6 +1,7 @@
 //! The PJSIP twins of the capture tests that are not yet folded into the chan_sip files, and
 //! the tests that exist only for PJSIP (`every_pjsip_twin_gives_the_chan_sip_intents`). The
-//! twins of `tracker_captures.rs` run there, on both drivers (`<test>::pjsip`).
+//! twins of `tracker_captures.rs` and of the capture tests of `tracker_outbound.rs` run there,
+//! on both drivers (`<test>::pjsip`).
 //!
 //! The new captures (v, w, x, pk) run on both drivers in `tracker_phones.rs`.
 
@@ -9,125 +10,11 @@ mod support;
 use std::collections::BTreeMap;
 
 use callme::ami::Message;
-use callme::calls::tracker::Originate;
-use callme::calls::{Action, Direction, Intent, MissedUser, Status, TrackerConfig};
+use callme::calls::{Action, Intent, MissedUser, TrackerConfig};
 use support::drivers::{load, run, run_all, Driver};
-use support::events::{actions, finish, show, tracker, tracker_with};
+use support::events::{tracker, tracker_with};
 
 const PJSIP: Driver = Driver::Pjsip;
-
-fn replay(name: &str) -> Vec<(u64, Intent)> {
-    run_all(&mut tracker(), &load(PJSIP, name))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Twins of tracker_outbound.rs (the f capture: Originate `PJSIP/219`)
-
-fn c2c(call_id: &str) -> Originate {
-    Originate {
-        call_id: call_id.into(),
-        channel_id: "not-in-this-capture".into(),
-        action_id: "x".into(),
-        ext: "219".into(),
-        phone: "79991234567".into(),
-        callback_line: None,
-    }
-}
-
-#[test]
-fn f_click_to_call_answered() {
-    let msgs = load(PJSIP, "f_click2call_answered");
-    let mut t = tracker();
-    t.expect_originate(c2c("externalCall.test123"), u64::MAX);
-    let v = run_all(&mut t, &msgs);
-    let a = actions(&v);
-    assert_eq!(
-        a[0],
-        Action::Adopt {
-            call_id: "externalCall.test123".into(),
-            ext: "219".into()
-        }
-    );
-    assert_eq!(a[1], show("219"));
-    // 219 answered the Originate at +2.51 s: that is when the card opens.
-    assert!((2_400..2_700).contains(&v[1].0), "show at {}", v[1].0);
-    // The client answered at +5.52 s, 219 hung up at +10.52 s.
-    assert_eq!(a[2], finish("219", 5, Status::ANSWERED));
-    assert_eq!(a.len(), 3, "no register: Bitrix24 registered it: {a:?}");
-}
-
-#[test]
-fn someone_elses_click_to_call_is_left_alone() {
-    assert!(replay("f_click2call_answered").is_empty());
-}
-
-#[test]
-fn callback_form_registers_type_4_when_the_employee_answers() {
-    let msgs = load(PJSIP, "f_click2call_answered");
-    let mut t = tracker();
-    t.expect_originate(
-        Originate {
-            callback_line: Some("8001231231".into()),
-            ..c2c("externalCall.test123")
-        },
-        u64::MAX,
-    );
-    let v = run_all(&mut t, &msgs);
-    let a = actions(&v);
-    assert_eq!(
-        a[0],
-        Action::Register {
-            direction: Direction::Callback,
-            phone: "79991234567".into(),
-            line: "8001231231".into(),
-            started_ms: msgs[0].1 + v[0].0,
-            employee: Some("219".into()),
-        }
-    );
-    assert!(v[0].0 >= 2_400, "registered only once 219 answered");
-    assert_eq!(
-        a[1..],
-        [show("219"), finish("219", 5, Status::ANSWERED)],
-        "no Adopt: there was no Bitrix24 call to adopt"
-    );
-}
-
-/// The desk-phone call built from f exactly as in tracker_outbound.rs (the Originate-only
-/// parts removed): PJSIP/219 in from-internal dialling 79991234567 through PJSIP/trunk with
-/// the dial string `79991234567@trunk`.
-#[test]
-fn desk_phone_outbound_registers_type_1_under_the_caller() {
-    let msgs: Vec<(Message, u64)> = load(PJSIP, "f_click2call_answered")
-        .into_iter()
-        .filter(|(m, _)| {
-            let originate_leg =
-                matches!(m.event(), Some("DialBegin" | "DialEnd")) && m.get("Channel").is_none();
-            let callme_var = m.event() == Some("VarSet")
-                && matches!(
-                    m.get("Variable"),
-                    Some("CallMeCALL_ID" | "IS_CALLME_ORIGINATE")
-                );
-            !originate_leg && !callme_var && m.event() != Some("OriginateResponse")
-        })
-        .collect();
-    let a = actions(&run(&mut tracker(), &msgs));
-    match &a[0] {
-        Action::Register {
-            direction,
-            phone,
-            line,
-            employee,
-            ..
-        } => {
-            assert_eq!(*direction, Direction::Outbound);
-            assert_eq!(phone, "79991234567");
-            assert_eq!(line, "");
-            assert_eq!(employee.as_deref(), Some("219"));
-        }
-        other => panic!("expected register, got {other:?}"),
-    }
-    assert_eq!(a[1..], [show("219"), finish("219", 5, Status::ANSWERED)]);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Twins of tracker_transfers.rs
