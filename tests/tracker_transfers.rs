@@ -1,12 +1,15 @@
 //! Linkedid changes and merges, concatenated and interleaved replays, and the Asterisk
-//! 1.4/1.8/11 legacy event set.
+//! 1.4/1.8/11 legacy event set. The tests on the real captures run on both drivers
+//! (`<test>::chan_sip` on `tests/fixtures/`, `<test>::pjsip` on `tests/fixtures/pjsip/`).
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
 
 use callme::ami::Message;
 use callme::calls::{Action, Intent, Status};
+use support::drivers::{load, run_all, Driver};
 use support::events::{
     actions, capture, finish, finish_responsible, hide, run, show, tracker, Chan,
 };
@@ -24,12 +27,22 @@ fn relink(m: &Message, f: impl Fn(&str) -> String) -> Message {
     out
 }
 
+on_both_drivers!(
+    linkedid_change_mid_call_keeps_one_call,
+    concatenated_captures_give_the_same_per_call_sequences,
+    interleaved_captures_do_not_cross_talk,
+);
+
 /// Asterisk re-links both channels of capture a to an older, unknown Linkedid once they are
 /// bridged (what `ast_bridge_channel_update_linkedids` does when a bridge joins an older
 /// call, ami.md §7). Still one call, one register, one finish, under the same key.
-#[test]
-fn linkedid_change_mid_call_keeps_one_call() {
-    let msgs = capture("a_inbound_answered.ami");
+fn linkedid_change_mid_call_keeps_one_call(d: Driver) {
+    // Each recording has its own Linkedids; the replacement is a little older than the call.
+    let (linkedid, older) = match d {
+        Driver::ChanSip => ("1795668285.0", "1795660000.99"),
+        Driver::Pjsip => ("1796236398.0", "1796230000.99"),
+    };
+    let msgs = load(d, "a_inbound_answered");
     let bridged = msgs
         .iter()
         .position(|(m, _)| m.event() == Some("BridgeEnter"))
@@ -39,22 +52,23 @@ fn linkedid_change_mid_call_keeps_one_call() {
         .enumerate()
         .map(|(i, (m, at))| {
             if i > bridged {
-                (relink(m, |_| "1795660000.99".into()), *at)
+                (relink(m, |_| older.into()), *at)
             } else {
                 (m.clone(), *at)
             }
         })
         .collect();
-    let mut t = tracker();
-    let v = run(&mut t, &changed);
+    // run_all: nothing orphaned.
+    let v = run_all(&mut tracker(), &changed);
     assert_eq!(
         v,
-        run(&mut tracker(), &msgs),
+        run_all(&mut tracker(), &msgs),
         "same intents as the original"
     );
     assert_eq!(v.len(), 3);
-    assert!(v.iter().all(|(_, i)| i.call == "callme-1795668285.0"));
-    assert!(t.is_empty(), "nothing orphaned");
+    assert!(v
+        .iter()
+        .all(|(_, i)| i.call == format!("callme-{linkedid}")));
 }
 
 /// A transfer done on the phone itself: 219 holds the client, places a *separate* call to
@@ -176,18 +190,20 @@ fn consultation_call_merges_into_the_client_call() {
     assert!(t.is_empty(), "the consultation call was not orphaned");
 }
 
-fn all_captures() -> Vec<(String, Vec<(Message, u64)>)> {
-    let mut names: Vec<String> = std::fs::read_dir(support::fixture_path(""))
+/// Every capture of the driver's folder, by name: the thirteen calls.
+fn all_captures(d: Driver) -> Vec<(String, Vec<(Message, u64)>)> {
+    let mut names: Vec<String> = std::fs::read_dir(support::fixture_path(d.prefix()))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "ami"))
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
         .collect();
     names.sort();
+    assert_eq!(names.len(), 13, "{names:?}");
     names
         .into_iter()
         .map(|name| {
-            let msgs = capture(&name);
+            let msgs = load(d, &name);
             (name, msgs)
         })
         .collect()
@@ -215,9 +231,8 @@ fn solo_runs(caps: &[(String, Vec<(Message, u64)>)]) -> BTreeMap<String, Vec<Act
     all
 }
 
-#[test]
-fn concatenated_captures_give_the_same_per_call_sequences() {
-    let caps = all_captures();
+fn concatenated_captures_give_the_same_per_call_sequences(d: Driver) {
+    let caps = all_captures(d);
     let solo = solo_runs(&caps);
     assert_eq!(
         solo.len(),
@@ -233,9 +248,8 @@ fn concatenated_captures_give_the_same_per_call_sequences() {
 /// All thirteen calls at once: each capture shifted to start 0.7 s after the previous one and the
 /// events merged by time, so calls overlap and their events interleave. Each call still gets
 /// exactly the steps (and durations) it gets alone.
-#[test]
-fn interleaved_captures_do_not_cross_talk() {
-    let caps = all_captures();
+fn interleaved_captures_do_not_cross_talk(d: Driver) {
+    let caps = all_captures(d);
     let solo = solo_runs(&caps);
     let mut merged: Vec<(u64, usize, usize, Message)> = Vec::new();
     for (ci, (_, msgs)) in caps.iter().enumerate() {
