@@ -19,8 +19,8 @@ use super::daemon::{Running, TempDir};
 use super::fake_ami::{wait_until, FakeAmi};
 use super::fake_bitrix::FakeBitrix;
 use super::gate::Gate;
+use super::gen::Gen;
 use super::invariants::{self, Report};
-use super::rng::Rng;
 use super::traffic::{Traffic, TrafficSpec};
 
 pub const SECRET: &str = "amisecret-faults";
@@ -85,35 +85,35 @@ pub enum Kinds {
 impl Schedule {
     /// A short schedule (a few seconds of traffic, 1–3 faults), for `cargo test` and soaks.
     pub fn random(seed: u64, kinds: Kinds) -> Schedule {
-        let mut rng = Rng::new(seed);
-        let calls = 12 + rng.below(14) as usize;
+        let mut rng = Gen::unmixed(seed);
+        let calls = 12 + rng.below(14);
         let rate = rng.range_f64(3.0, 6.0);
         let mut traffic = TrafficSpec::new(seed, calls, rate);
         traffic.speed = 3.0;
         let span = calls as f64 / rate; // seconds of call starts
         let portal_down_at_start = rng
-            .chance(0.3)
+            .probability(0.3)
             .then(|| rng.range_f64(0.5, 3.0))
             .filter(|_| kinds == Kinds::All);
         let mut faults = Vec::new();
         for _ in 0..1 + rng.below(3) {
             let at = rng.range_f64(0.2, span + 2.0);
-            let portal_only = kinds == Kinds::Portal || rng.chance(0.4);
+            let portal_only = kinds == Kinds::Portal || rng.probability(0.4);
             let fault = if portal_only {
                 match rng.below(4) {
                     0 => Fault::PortalRefusing {
                         secs: rng.range_f64(0.5, 3.0),
                     },
                     1 => Fault::Portal5xx {
-                        n: 1 + rng.below(8) as usize,
-                        status: [500, 502, 503, 504][rng.below(4) as usize],
+                        n: 1 + rng.below(8),
+                        status: [500, 502, 503, 504][rng.below(4)],
                     },
                     2 => Fault::QueryLimit {
-                        n: 1 + rng.below(8) as usize,
+                        n: 1 + rng.below(8),
                     },
                     _ => Fault::Slow {
                         secs: rng.range_f64(0.5, 3.0),
-                        delay_ms: [200, 1000, 5500][rng.below(3) as usize],
+                        delay_ms: [200, 1000, 5500][rng.below(3)],
                     },
                 }
             } else {

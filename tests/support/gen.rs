@@ -1,8 +1,11 @@
-//! A small seeded generator for the hostile-input suite (issue #13 point 5).
+//! The one small seeded generator of the tests: the hostile-input suite (issue #13 point 5),
+//! the load generator and the fault schedules.
 //!
-//! Deterministic on purpose: every run of `cargo test` tries the same inputs, so a failure
-//! reproduces from its seed (printed in the assertion) and never comes and goes. SplitMix64:
-//! a few lines, good enough statistics for picking bytes, no dependency.
+//! Deterministic on purpose: every run of `cargo test` tries the same inputs, calls and faults,
+//! so a failure reproduces from its seed (printed in the assertion, or `FAULT_SEED=n` for the
+//! fault schedules) and never comes and goes. SplitMix64 (Steele, Lea, Flood 2014): a few lines,
+//! full period, good enough statistics for picking bytes and spreading faults, no dependency
+//! (test doubles must not pull crates in for a dozen lines).
 
 /// The seeds every hostile test runs with. More seeds = more cases; each test also prints the
 /// seed of a failing case.
@@ -14,10 +17,19 @@ pub struct Gen {
 }
 
 impl Gen {
+    /// The hostile suite's generator: the seed is mixed first, so that seeds 1, 2, 3… start
+    /// far apart.
     pub fn new(seed: u64) -> Gen {
         Gen {
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03,
         }
+    }
+
+    /// The seed used as the state as it is: the load generator and the fault schedules start
+    /// so, which keeps the fault seeds already reported (issue #16 soaks) replaying the same
+    /// timelines.
+    pub fn unmixed(seed: u64) -> Gen {
+        Gen { state: seed }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -41,6 +53,31 @@ impl Gen {
     /// True with probability `num`/`den`.
     pub fn chance(&mut self, num: usize, den: usize) -> bool {
         self.below(den) < num
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn range_f64(&mut self, lo: f64, hi: f64) -> f64 {
+        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        lo + (hi - lo) * unit
+    }
+
+    /// True with probability `p`.
+    pub fn probability(&mut self, p: f64) -> bool {
+        self.range_f64(0.0, 1.0) < p
+    }
+
+    /// An index into `weights`, drawn in proportion to them.
+    pub fn weighted(&mut self, weights: &[u32]) -> usize {
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        // The modulo bias is irrelevant at these sizes.
+        let mut x = self.next_u64() % total.max(1);
+        for (i, &w) in weights.iter().enumerate() {
+            if x < u64::from(w) {
+                return i;
+            }
+            x -= u64::from(w);
+        }
+        weights.len() - 1
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {

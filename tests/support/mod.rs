@@ -20,7 +20,6 @@ pub mod gen;
 pub mod http;
 pub mod invariants;
 pub mod prometheus;
-pub mod rng;
 pub mod traffic;
 pub mod wait;
 

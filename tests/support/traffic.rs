@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::fake_ami::FakeAmi;
 use super::fake_bitrix::FakeBitrix;
-use super::rng::Rng;
+use super::gen::Gen;
 
 /// `[calls] default_user = 201` in [`super::daemon::e2e_config`]: Bitrix24 user 1.
 pub const DEFAULT_USER: u64 = 1;
@@ -744,7 +744,7 @@ struct Playing {
 impl Feeder {
     fn run(self) {
         let spec = &self.spec;
-        let mut rng = Rng::new(spec.seed ^ 0x7261_6666_6963); // "traffic"
+        let mut rng = Gen::unmixed(spec.seed ^ 0x7261_6666_6963); // "traffic"
         let pool = responsible_pool();
         let start = Instant::now();
         let total = spec.calls + spec.endless;
@@ -768,8 +768,9 @@ impl Feeder {
                     Scenario::ALL[rng.weighted(&spec.mix)]
                 };
                 let caller = format!("7999{:07}", index % 10_000_000);
-                let responsible = (scenario != Scenario::Internal && rng.chance(spec.crm_share))
-                    .then(|| pool[rng.below(pool.len() as u64) as usize]);
+                let responsible = (scenario != Scenario::Internal
+                    && rng.probability(spec.crm_share))
+                .then(|| pool[rng.below(pool.len())]);
                 if let Some(u) = responsible {
                     self.portal.add_contact(&caller, 100_000 + index as u64, u);
                 }
