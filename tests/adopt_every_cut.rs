@@ -1,7 +1,9 @@
-//! A restart can come at any moment of a call. For every real capture (both drivers) and every
-//! point in it, the call is cut there: what Asterisk would list at that moment
-//! (`CoreShowChannels`, built by the fake PBX's own channel table from the events so far) is
-//! adopted by a fresh tracker, and the rest of the events follow. Whenever the caller's channel
+//! A restart can come at any moment of a call. For every real capture (both drivers), every
+//! point in it as the login, and each of the next [`LAG`] events as the end of the login's
+//! `CoreShowChannels` listing: the events between the two reach a fresh tracker first (they
+//! come before the listing's end in the stream), then what the fake PBX's own channel table
+//! lists at that moment is adopted, then the rest of the events follow. The lag is what made
+//! calls vanish: their rings came before the listing named their caller. Whenever the caller's channel
 //! (Uniqueid = Linkedid) was alive at the cut, the call must be registered (or adopted) once
 //! and finished once: the promise of issue #16, checked at every cut instead of at the few
 //! moments a timed test happens to hit. After it is gone only an employee's leg is left, for
@@ -28,19 +30,27 @@ const CAPTURES: [&str; 7] = [
     "k_inbound_queue_ringall.ami",
 ];
 
+/// How many events may come between the login and the listing's end.
+const LAG: usize = 12;
+
 fn fields(m: &Message) -> Vec<(String, String)> {
     m.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-/// The intents of a restart at cut `k`: adopt what is listed after `events[..k]`, then feed
-/// `events[k..]`, and whether the caller's channel was listed. `None` if nothing of the call
-/// was alive at the cut.
-fn restart_at(events: &[(Message, u64)], k: usize) -> Option<(Vec<Intent>, bool)> {
+/// The intents of a login at cut `k` whose listing completes after event `j` (`j >= k`):
+/// the daemon takes `events[k..j]` first (they come before the listing's end in the stream),
+/// then adopts the listing of the PBX as it is after `events[..j]`, then takes the rest; and
+/// whether the caller's channel was listed. `None` if nothing of the call was alive then.
+fn restart_listing_at(
+    events: &[(Message, u64)],
+    k: usize,
+    j: usize,
+) -> Option<(Vec<Intent>, bool)> {
     let mut pbx = Pbx::default();
     let now = Instant::now();
-    for (m, _) in &events[..k] {
+    for (m, _) in &events[..j] {
         pbx.apply(0, &fields(m), now);
     }
     let listed: Vec<Message> = pbx
@@ -62,7 +72,11 @@ fn restart_at(events: &[(Message, u64)], k: usize) -> Option<(Vec<Intent>, bool)
         .iter()
         .any(|m| m.get("Uniqueid").is_some() && m.get("Uniqueid") == m.get("Linkedid"));
     let mut t = tracker();
-    let at = events[k.saturating_sub(1)].1;
+    let mut out = Vec::new();
+    for (m, ms) in &events[k..j] {
+        t.handle(m, *ms, &mut out);
+    }
+    let at = events[j.saturating_sub(1)].1;
     let contexts = TrackerConfig::default().inbound_contexts;
     let adopted = adopt(
         &listed,
@@ -71,8 +85,7 @@ fn restart_at(events: &[(Message, u64)], k: usize) -> Option<(Vec<Intent>, bool)
         &contexts,
         at,
     );
-    let mut out = Vec::new();
-    for (m, ms) in adopted.iter().chain(events[k..].iter()) {
+    for (m, ms) in adopted.iter().chain(events[j..].iter()) {
         t.handle(m, *ms, &mut out);
     }
     Some((out, origin))
@@ -89,15 +102,17 @@ fn check(name: &str) -> Vec<String> {
         .collect();
     let mut bad = Vec::new();
     let mut checked = 0;
-    for k in 1..events.len() {
-        let Some((out, origin)) = restart_at(&events, k) else {
+    for (k, j) in
+        (1..events.len()).flat_map(|k| (k..events.len().min(k + LAG)).map(move |j| (k, j)))
+    {
+        let Some((out, origin)) = restart_listing_at(&events, k, j) else {
             continue;
         };
         let before = events[k - 1].0.event().unwrap_or_default().to_string();
         if !origin {
             if !out.is_empty() {
                 bad.push(format!(
-                    "{name}: cut after event {k} ({before}), only employee legs listed, yet sent {:?}",
+                    "{name}: login after event {k} ({before}), listing after {j}, only employee legs listed, yet sent {:?}",
                     out.iter().map(|i| i.to_string()).collect::<Vec<_>>()
                 ));
             }
@@ -114,7 +129,7 @@ fn check(name: &str) -> Vec<String> {
             .count();
         if registers != 1 || finishes != 1 {
             bad.push(format!(
-                "{name}: cut after event {k} ({before}): {registers} register(s), {finishes} finish(es): {:?}",
+                "{name}: login after event {k} ({before}), listing after {j}: {registers} register(s), {finishes} finish(es): {:?}",
                 out.iter().map(|i| i.to_string()).collect::<Vec<_>>()
             ));
         }

@@ -147,6 +147,8 @@ pub struct Originate {
 
 struct Call {
     key: String,
+    /// Whether the call's first channel (Uniqueid = Linkedid) has been seen.
+    has_client_channel: bool,
     mode: Mode,
     origin: Origin,
     phone: String,
@@ -195,6 +197,7 @@ impl Call {
     fn new(key: String, started_ms: u64) -> Call {
         Call {
             key,
+            has_client_channel: false,
             mode: Mode::Ignored,
             origin: Origin::Inbound,
             phone: String::new(),
@@ -647,6 +650,17 @@ impl Tracker {
             return Some(self.follow_linkedid(id, chan.linkedid));
         }
         let id = *self.by_linkedid.get(chan.linkedid)?;
+        // A call's first channel enters only through its Newchannel (real, or adopted by
+        // reconciliation): after a login mid-call its other events come first, and taking it
+        // in through them would leave the call undecided for good.
+        let late_first = chan.uniqueid == chan.linkedid
+            && self
+                .calls
+                .get(&id)
+                .is_some_and(|k| k.mode == Mode::Ignored && !k.has_client_channel);
+        if late_first {
+            return None;
+        }
         self.add_channel(id, chan);
         Some(id)
     }
@@ -728,24 +742,45 @@ impl Tracker {
         if self.channels.contains_key(c.uniqueid) {
             return;
         }
-        if let Some(&id) = self.by_linkedid.get(c.linkedid) {
-            self.add_channel(id, c);
-            return;
-        }
-        // The first channel of a new call. A call whose first channel we did not see started
-        // before we were watching: it stays ignored (reconciliation deals with it).
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut call = Call::new(format!("{}-{}", self.cfg.system_name, c.linkedid), now_ms);
         let first = c.uniqueid == c.linkedid;
+        let id = match self.by_linkedid.get(c.linkedid) {
+            // The call's first channel after other channels of it: we logged in mid-call and
+            // saw those before the listing that adopts this one (reconciliation). It decides
+            // the call now, as it would have had it come first.
+            Some(&id)
+                if first
+                    && self.calls.get(&id).is_some_and(|k| {
+                        k.mode == Mode::Ignored && k.client.is_none() && !k.has_client_channel
+                    }) =>
+            {
+                id
+            }
+            Some(&id) => {
+                self.add_channel(id, c);
+                return;
+            }
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let call = Call::new(format!("{}-{}", self.cfg.system_name, c.linkedid), now_ms);
+                self.calls.insert(id, call);
+                self.by_linkedid.insert(c.linkedid.to_string(), id);
+                id
+            }
+        };
+        // The first channel of a new call. A call whose first channel we did not see started
+        // before we were watching: it stays ignored until reconciliation lists that channel.
         let ours = self.take_pending(|o| o.channel_id == c.uniqueid || o.channel_id == c.linkedid);
         if ours.is_none() && first && self.cfg.inbound_contexts.iter().any(|x| x == c.context) {
-            call.mode = Mode::PendingDid;
-            call.phone = c.caller_num.to_string();
-            call.client = Some(c.uniqueid.to_string());
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.mode = Mode::PendingDid;
+                call.phone = c.caller_num.to_string();
+                call.client = Some(c.uniqueid.to_string());
+            }
         }
-        self.calls.insert(id, call);
-        self.by_linkedid.insert(c.linkedid.to_string(), id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.has_client_channel |= first;
+        }
         self.add_channel(id, c);
         if let Some(o) = ours {
             self.adopt(id, o, c.uniqueid, out);
