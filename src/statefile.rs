@@ -74,7 +74,7 @@ pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, E
 pub fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
     let tmp = path.with_extension("jsonl.tmp");
     {
-        let mut f = private_file(&tmp).map_err(err(&tmp, "cannot create"))?;
+        let mut f = private_file(&tmp, 0o640).map_err(err(&tmp, "cannot create"))?;
         let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
         if let Err(e) = written {
             drop(f);
@@ -95,21 +95,19 @@ pub fn rewrite(path: &Path, text: &str) -> Result<File, Error> {
         .map_err(err(path, "cannot open"))
 }
 
-/// Create (or truncate) `path` for writing, readable by owner and group only.
-pub fn private_file(path: &Path) -> std::io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        opts.mode(0o640);
-        let f = opts.open(path)?;
-        // `mode` applies only when the file is created; a leftover may be wider.
-        f.set_permissions(fs::Permissions::from_mode(0o640))?;
-        Ok(f)
-    }
-    #[cfg(not(unix))]
-    opts.open(path)
+/// Create (or truncate) `path` for writing with permissions `mode` (0640 for state files,
+/// 0600 for tokens) whatever the umask.
+pub fn private_file(path: &Path, mode: u32) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    // `mode` applies only when the file is created; a leftover may be wider.
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(f)
 }
 
 pub fn line<T: Serialize>(rec: &T, out: &mut String) {

@@ -142,21 +142,7 @@ impl TokenStore {
         fs::create_dir_all(dir).map_err(|e| err("creating the directory", e))?;
         let tmp = dir.join(format!(".{TOKEN_FILE}.tmp"));
         let text = serde_json::to_vec_pretty(t).map_err(|e| StoreError(e.to_string()))?;
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp).map_err(|e| err("creating", e))?;
-        #[cfg(unix)]
-        {
-            // `mode` applies only when the file is created; a leftover may be wider.
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(|e| err("chmod", e))?;
-        }
+        let mut f = crate::statefile::private_file(&tmp, 0o600).map_err(|e| err("creating", e))?;
         f.write_all(&text).map_err(|e| err("writing", e))?;
         f.sync_all().map_err(|e| err("fsync", e))?;
         drop(f);
