@@ -194,6 +194,12 @@ struct Call {
 }
 
 impl Call {
+    /// Undecided, and its first channel (Uniqueid = Linkedid) not seen yet: other channels
+    /// of it came first, after a login mid-call.
+    fn awaits_first(&self) -> bool {
+        self.mode == Mode::Ignored && !self.has_client_channel
+    }
+
     fn new(key: String, started_ms: u64) -> Call {
         Call {
             key,
@@ -653,12 +659,7 @@ impl Tracker {
         // A call's first channel enters only through its Newchannel (real, or adopted by
         // reconciliation): after a login mid-call its other events come first, and taking it
         // in through them would leave the call undecided for good.
-        let late_first = chan.uniqueid == chan.linkedid
-            && self
-                .calls
-                .get(&id)
-                .is_some_and(|k| k.mode == Mode::Ignored && !k.has_client_channel);
-        if late_first {
+        if chan.uniqueid == chan.linkedid && self.calls.get(&id).is_some_and(Call::awaits_first) {
             return None;
         }
         self.add_channel(id, chan);
@@ -747,14 +748,7 @@ impl Tracker {
             // The call's first channel after other channels of it: we logged in mid-call and
             // saw those before the listing that adopts this one (reconciliation). It decides
             // the call now, as it would have had it come first.
-            Some(&id)
-                if first
-                    && self.calls.get(&id).is_some_and(|k| {
-                        k.mode == Mode::Ignored && k.client.is_none() && !k.has_client_channel
-                    }) =>
-            {
-                id
-            }
+            Some(&id) if first && self.calls.get(&id).is_some_and(Call::awaits_first) => id,
             Some(&id) => {
                 self.add_channel(id, c);
                 return;

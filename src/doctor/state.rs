@@ -140,46 +140,29 @@ fn lock(dir: &Path) -> Check {
     let written: Option<u32> = fs::read_to_string(&path)
         .ok()
         .and_then(|t| t.trim().parse().ok());
-    match flock_holder(&meta) {
-        Some(Some(pid)) => {
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            Check::ok(
-                NAME,
-                format!(
-                    "held by {} PID {pid}: the daemon on this dir is running",
-                    comm.trim().chars().take(32).collect::<String>()
-                ),
-            )
-        }
-        Some(None) => match written {
-            Some(pid) => Check::ok(
-                NAME,
-                format!(
-                    "free: no daemon holds it (PID {pid} in {LOCK_FILE} is from an earlier run)"
-                ),
+    let comm = |pid: u32| {
+        let c = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        c.trim().chars().take(32).collect::<String>()
+    };
+    let holder = match flock_holder(&meta) {
+        Some(holder) => holder,
+        // No /proc/locks (not Linux, or a restricted /proc): the PID inside, if a callme
+        // still runs under it.
+        None => written.filter(|&pid| comm(pid) == "callme"),
+    };
+    match (holder, written) {
+        (Some(pid), _) => Check::ok(
+            NAME,
+            format!(
+                "held by {} PID {pid}: the daemon on this dir is running",
+                comm(pid)
             ),
-            None => Check::ok(NAME, format!("free ({} holds no PID)", path.display())),
-        },
-        // No /proc/locks (not Linux, or a restricted /proc): fall back to the PID inside.
-        None => {
-            let Some(pid) = written else {
-                return Check::ok(NAME, format!("free ({} holds no PID)", path.display()));
-            };
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "callme" {
-                Check::ok(
-                    NAME,
-                    format!("held by callme PID {pid}: the daemon on this dir is running"),
-                )
-            } else {
-                Check::ok(
-                    NAME,
-                    format!(
-                        "free: no daemon holds it (PID {pid} in {LOCK_FILE} is from an earlier run)"
-                    ),
-                )
-            }
-        }
+        ),
+        (None, Some(pid)) => Check::ok(
+            NAME,
+            format!("free: no daemon holds it (PID {pid} in {LOCK_FILE} is from an earlier run)"),
+        ),
+        (None, None) => Check::ok(NAME, format!("free ({} holds no PID)", path.display())),
     }
 }
 
