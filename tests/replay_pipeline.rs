@@ -14,30 +14,7 @@ use support::fake_bitrix::FakeBitrix;
 /// (`Timestamp:` headers), each with its own Uniqueids, Linkedid and channel names, behind an
 /// AMI banner: what `callme replay` reads.
 fn capture(n: usize) -> Vec<u8> {
-    let tail = support::captures::timestamped_tail("a_inbound_answered.ami");
-    let cap = callme::replay::parse_bytes(&tail);
-    let mut out = b"Asterisk Call Manager/9.0.0\r\n".to_vec();
-    for i in 0..n {
-        for t in cap.messages.iter().filter(|t| t.msg.event().is_some()) {
-            for (k, v) in t.msg.iter() {
-                let key = k.to_ascii_lowercase();
-                let renumber = key.ends_with("uniqueid")
-                    || key.ends_with("linkedid")
-                    || (key.ends_with("channel") && v.contains('-'));
-                let v = if key == "timestamp" {
-                    let at = t.at_ms + 1000 * i as u64;
-                    format!("{}.{:03}000", at / 1000, at % 1000)
-                } else if renumber {
-                    format!("{v}x{i}")
-                } else {
-                    v.to_string()
-                };
-                out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    out
+    support::captures::timestamped_calls(n, 1000)
 }
 
 #[test]

@@ -137,3 +137,33 @@ pub fn alternating_call(tracker: &mut Tracker, n: usize) -> Vec<Intent> {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// `n` copies of the answered inbound call behind an AMI banner, as `callme replay` reads a
+/// capture: each copy `spacing_ms` later on the capture clock (`Timestamp:` headers) and with
+/// its own Uniqueids, Linkedid and channel names.
+pub fn timestamped_calls(n: usize, spacing_ms: u64) -> Vec<u8> {
+    let tail = timestamped_tail("a_inbound_answered.ami");
+    let cap = callme::replay::parse_bytes(&tail);
+    let mut out = b"Asterisk Call Manager/9.0.0\r\n".to_vec();
+    for i in 0..n {
+        for t in cap.messages.iter().filter(|t| t.msg.event().is_some()) {
+            for (k, v) in t.msg.iter() {
+                let key = k.to_ascii_lowercase();
+                let renumber = key.ends_with("uniqueid")
+                    || key.ends_with("linkedid")
+                    || (key.ends_with("channel") && v.contains('-'));
+                let v = if key == "timestamp" {
+                    let at = t.at_ms + spacing_ms * i as u64;
+                    format!("{}.{:03}000", at / 1000, at % 1000)
+                } else if renumber {
+                    format!("{v}x{i}")
+                } else {
+                    v.to_string()
+                };
+                out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
