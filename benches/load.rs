@@ -11,7 +11,12 @@
 //! - `CALLME_LOAD_SECS=30` — seconds of arrivals per rate (default: 45 s at 1 call/s, 20 s
 //!   at 10, 10 s above);
 //! - `CALLME_LOAD_DRAIN=60` — how long to wait, after the last call ended, for the backlog to
-//!   drain (default 20 s).
+//!   drain (default 20 s);
+//! - `CALLME_LOAD_CALLERS=known` — the caller is a CRM contact whose responsible is the
+//!   employee at 219, the phone the captures ring (default `unknown`: no CRM match, every
+//!   call registered under the default user);
+//! - `CALLME_LOAD_DETAIL=1` — also the rings of 3 s or more by the second they started in:
+//!   where in the run cards came late.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) one short run checks that the
 //! benchmark still works: every ring got a card.
@@ -148,6 +153,10 @@ fn run(
     let ami = FakeAmi::start("callme", "secret");
     let portal = FakeBitrix::start();
     portal.set_rate_limit(2.0, 50);
+    if known_callers() {
+        // Every capture's caller; user 19 is the employee at 219 in the fake directory.
+        portal.add_contact("79991234567", 1, 19);
+    }
     let dir = TempDir::new("callme-load");
     let text = support::configs::webhook(ami.port(), "secret", &portal.webhook_url())
         .replace("{state}", &dir.path().display().to_string());
@@ -289,6 +298,14 @@ fn run(
             long.push(l.unwrap_or(never));
         }
     }
+    if std::env::var_os("CALLME_LOAD_DETAIL").is_some() {
+        detail(&rings, &first_card, t0);
+        let mut by_method: std::collections::BTreeMap<&str, usize> = Default::default();
+        for c in &commands[base_ops..] {
+            *by_method.entry(c.method.as_str()).or_default() += 1;
+        }
+        println!("    commands by method: {by_method:?}");
+    }
     lat.sort();
     long.sort();
     let fig = Figures {
@@ -314,6 +331,42 @@ fn run(
     };
     daemon.shutdown();
     fig
+}
+
+/// `CALLME_LOAD_CALLERS=known`: the caller is in the CRM, owned by the employee rung.
+fn known_callers() -> bool {
+    std::env::var("CALLME_LOAD_CALLERS").is_ok_and(|v| v == "known")
+}
+
+/// `CALLME_LOAD_DETAIL=1`: the rings of 3 s or more by the second they started in, with how
+/// many got their card while ringing and the slowest card: where in the run cards were late.
+fn detail(rings: &[Ring], cards: &HashMap<(String, u64), Vec<Instant>>, t0: Instant) {
+    let mut by_sec: std::collections::BTreeMap<u64, (usize, usize, Duration)> =
+        std::collections::BTreeMap::new();
+    for r in rings {
+        let Some(end) = r.end else { continue };
+        if end.duration_since(r.start) < Duration::from_secs(3) {
+            continue;
+        }
+        let card = cards
+            .get(&(r.call.clone(), r.user))
+            .and_then(|v| v.iter().find(|t| **t >= r.start).copied());
+        let e = by_sec
+            .entry(r.start.saturating_duration_since(t0).as_secs())
+            .or_default();
+        e.0 += 1;
+        if card.is_some_and(|t| t <= end) {
+            e.1 += 1;
+        }
+        let l = card.map_or(Duration::from_secs(99), |t| t.duration_since(r.start));
+        e.2 = e.2.max(l);
+    }
+    for (sec, (n, in_time, worst)) in by_sec {
+        println!(
+            "    second {sec:>3}: {n:>4} long rings, {in_time:>4} carded while ringing, slowest {:.2} s",
+            worst.as_secs_f64()
+        );
+    }
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -406,7 +459,12 @@ fn main() {
     let drain = Duration::from_secs(env_or("CALLME_LOAD_DRAIN").unwrap_or(20));
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "load bench: {} CPU(s), load average at start {}",
+        "load bench: callers {}, {} CPU(s), load average at start {}",
+        if known_callers() {
+            "known (CRM contact owned by 219)"
+        } else {
+            "unknown (no CRM match)"
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace()
             .take(3)

@@ -190,11 +190,17 @@ impl Transport for Scripted {
     }
 }
 
-/// Slots free in the bucket from which nothing waits: with this many, every step goes out
-/// the moment it is due. Below it, steps that can wait ([`Priority::urgent`] false) ride
-/// along in the next urgent request, so at about one call a second a call costs about two
-/// requests (CRM look-up; register with its card) and the bucket never empties.
-const SPARE_HIGH: u32 = 40;
+/// Request slots in use (of the bucket's burst) up to which the bucket counts as idle: every
+/// step goes the moment it is due. Above it, steps that can wait ([`Priority::urgent`] false)
+/// ride along in the next urgent request, so at about one call a second a call costs about
+/// two requests (CRM look-up; register with its card) and the bucket stays nearly full.
+const IDLE_USED: u32 = 2;
+
+/// Request slots in use above which urgent steps wait for company during a spike
+/// ([`Deliverer::hold_urgent`]); the hold grows by a tenth of a slot's time with each slot
+/// more in use, to a whole slot at [`CARD_HOLD_FROM`] + [`CARD_HOLD_SPAN`].
+const CARD_HOLD_FROM: u32 = 4;
+const CARD_HOLD_SPAN: u32 = 10;
 
 /// The longest a step that can wait is held for a ride: a finish, a hide, a register nobody
 /// rings for yet. After that it goes on its own (with others that wait, up to a full batch).
@@ -220,6 +226,8 @@ fn cmd_key(i: usize) -> String {
 /// A request a due step wants next.
 struct Want {
     prio: Priority,
+    /// Since when this request could have gone (see `Deliverer::ready_at`).
+    ready: Instant,
     key: String,
     step: Step,
     method: String,
@@ -255,8 +263,10 @@ enum Round {
     Settled,
     /// Nothing is due.
     Idle,
-    /// Only steps that can wait, the bucket is not full and they have not waited long:
-    /// look again at this time, or when a new step comes.
+    /// Holding: only steps that can wait, the bucket is not full and they have not waited
+    /// long; or urgent ones during a spike, too few for a full batch, that have not waited
+    /// their hold ([`Deliverer::hold_urgent`]). Look again at this time, or when a new step
+    /// comes.
     Saving(Instant),
 }
 
@@ -275,6 +285,10 @@ pub struct Deliverer {
     /// look-up, then register), and its second one may ride in a later request than the
     /// first. Bounded by [`ANSWERS_MAX`].
     answers: HashMap<u64, Vec<Result<Value, Error>>>,
+    /// Since when each step's next request could have gone (by seq): when it was queued, or
+    /// when its last answer came. The spike rule ([`Deliverer::hold_urgent`]) counts its
+    /// wait from there. Bounded by [`ANSWERS_MAX`], like `answers`.
+    ready_at: HashMap<u64, Instant>,
     stats: DeliveryStats,
     /// When each call's recording attach first ran, for `[recording] wait`. In memory: after a
     /// restart the wait starts again, which only delays giving up.
@@ -325,6 +339,7 @@ impl Deliverer {
             batching: true,
             pacing: None,
             answers: HashMap::new(),
+            ready_at: HashMap::new(),
             attach_since: HashMap::new(),
             waiting: HashMap::new(),
             attach_worker: None,
@@ -451,6 +466,7 @@ impl Deliverer {
                 Round::Idle => {
                     // Nothing due: answers left belong to steps that are gone or on hold.
                     answers.clear();
+                    self.ready_at.clear();
                     break;
                 }
                 Round::Saving(at) => {
@@ -462,6 +478,9 @@ impl Deliverer {
         }
         if answers.len() > ANSWERS_MAX {
             answers.clear();
+        }
+        if self.ready_at.len() > ANSWERS_MAX {
+            self.ready_at.clear();
         }
         self.answers = answers;
         let mut ob = self.ob();
@@ -481,7 +500,7 @@ impl Deliverer {
     /// What goes, in this order ([`priority`]): every urgent request (cards, then CRM
     /// look-ups; oldest first); the later steps they carry ([`Deliverer::carry`]); then, up to
     /// a full batch, the steps that can wait (oldest first). Steps that can wait alone are
-    /// held (`Saving`) while the bucket is below [`SPARE_HIGH`] and none of them has waited
+    /// held (`Saving`) while more than [`IDLE_USED`] slots are in use and none of them has waited
     /// [`WAIT_MAX`]: they ride with the next urgent request instead of spending a slot.
     ///
     /// A recording goes alone: its body can be megabytes of base64, and Bitrix24 does not
@@ -517,8 +536,16 @@ impl Deliverer {
                 Some((method, params)) => {
                     let prio = priority::of(&step, self.ob().call(&key), &method);
                     answers.insert(step.seq, got);
+                    // First seen now: ready since it was queued (wall clock, so a step left
+                    // from before a restart counts as long ready).
+                    let ready = *self.ready_at.entry(step.seq).or_insert_with(|| {
+                        let queued = crate::clock::now_ms().saturating_sub(step.queued_ms);
+                        now.checked_sub(Duration::from_millis(queued))
+                            .unwrap_or(now)
+                    });
                     wants.push(Want {
                         prio,
+                        ready,
                         key,
                         step,
                         method,
@@ -526,6 +553,7 @@ impl Deliverer {
                     });
                 }
                 None => {
+                    self.ready_at.remove(&step.seq);
                     self.settle(&key, &step, result, now);
                     settled = true;
                 }
@@ -535,11 +563,19 @@ impl Deliverer {
             return if settled { Round::Settled } else { Round::Idle };
         }
         wants.sort_by_key(|w| priority::order(w.prio, w.step.queued_ms));
-        if !wants[0].prio.urgent() {
+        if wants[0].prio.urgent() {
+            if let Some(at) = self.hold_urgent(&wants, now) {
+                return if settled {
+                    Round::Settled
+                } else {
+                    Round::Saving(at)
+                };
+            }
+        } else {
             if let Some(l) = &self.pacing {
                 let oldest = wants.iter().map(|w| w.step.queued_ms).min().unwrap_or(0);
                 let waited = Duration::from_millis(crate::clock::now_ms().saturating_sub(oldest));
-                if l.available() < SPARE_HIGH && waited < WAIT_MAX {
+                if l.used() > IDLE_USED && waited < WAIT_MAX {
                     return if settled {
                         Round::Settled
                     } else {
@@ -596,8 +632,10 @@ impl Deliverer {
                 .cloned()
                 .unwrap_or_else(|| Err(Error::Decode("no answer in the batch".into())))
         };
+        let answered = Instant::now();
         for (w, i) in &packed {
             answers.entry(w.step.seq).or_default().push(answer(*i));
+            self.ready_at.insert(w.step.seq, answered);
         }
         // A carried step is answered already: it settles when its turn comes, without a
         // request. If its command (or the register it refers to) failed, it is sent on its
@@ -610,6 +648,45 @@ impl Deliverer {
             }
         }
         Round::Sent
+    }
+
+    /// Under a spike, when to send the urgent requests in `wants` (sorted, urgent first):
+    /// `None` for now, or the time to look again.
+    ///
+    /// The bucket's burst (50 requests of up to 50 commands) is what keeps cards on time
+    /// through a spike; sending every urgent step the moment it is due spends it on requests
+    /// of one or two commands within a second, and from then on 2 requests a second carry at
+    /// most ~33 cards a second (each needs a look-up, a register and a show). So with more
+    /// than [`CARD_HOLD_FROM`] slots in use, urgent steps wait for company: a request goes
+    /// when they fill a batch, or when the oldest has been ready for a hold that grows as
+    /// the bucket empties, to one slot's time (0.5 s) at [`CARD_HOLD_FROM`] +
+    /// [`CARD_HOLD_SPAN`] slots in use. At a call a second the bucket stays nearly full and
+    /// nothing waits; at a sustained load the hold settles where requests go at the bucket's
+    /// rate, which is what waiting for a slot did anyway; through a spike of 100 calls a
+    /// second, full batches at ~6 requests a second make the burst last ~10 s instead of ~1 s.
+    fn hold_urgent(&self, wants: &[Want], now: Instant) -> Option<Instant> {
+        let l = self.pacing.as_ref()?;
+        let used = l.used();
+        if used <= CARD_HOLD_FROM {
+            return None;
+        }
+        let mut cmds = 0;
+        let mut oldest = now;
+        for w in wants.iter().take_while(|w| w.prio.urgent()) {
+            // A register that puts a card up carries its show in the same batch.
+            let card = w.prio == Priority::Card && matches!(w.step.action, Action::Register { .. });
+            cmds += if card { 2 } else { 1 };
+            oldest = oldest.min(w.ready);
+        }
+        if cmds >= api::BATCH_MAX {
+            return None;
+        }
+        let over = (used - CARD_HOLD_FROM).min(CARD_HOLD_SPAN);
+        let hold = l
+            .slot()
+            .mul_f64(f64::from(over) / f64::from(CARD_HOLD_SPAN));
+        let at = oldest + hold;
+        (at > now).then_some(at)
     }
 
     /// The later steps of `w`'s call that the command at `cmds[i]` (`w`'s own) can carry,
@@ -653,6 +730,17 @@ impl Deliverer {
             };
             let Some(user) = dir.user_for(ext) else { break };
             behind.push((s.seq, user));
+        }
+        if matches!(card, CardKind::Hide) {
+            // A hide the finish closes anyway runs on its own, to be left out there.
+            drop(ob);
+            let closes = behind
+                .iter()
+                .position(|(_, u)| self.finish_hides(&w.key, *u));
+            ob = self.ob();
+            if let Some(p) = closes {
+                behind.truncate(p);
+            }
         }
         if behind.is_empty() {
             return;
@@ -971,6 +1059,9 @@ impl Deliverer {
                 let Some(user) = dir.user_for(ext) else {
                     return Ok(Done::Skipped(format!("{ext} is not a Bitrix24 user")));
                 };
+                if matches!(action, Action::Hide { .. }) && self.finish_hides(key, user) {
+                    return Ok(Done::Skipped("the finish closes this card".into()));
+                }
                 if matches!(action, Action::Show { .. }) {
                     api::show(t, &call_id, &[user])?;
                 } else {
@@ -1112,6 +1203,31 @@ impl Deliverer {
             None => Lookup::Nobody,
             Some(ext) => Lookup::from_dir(dir, |d| d.user_for(ext)),
         }
+    }
+
+    /// Whether the finish right behind the call's first step (past other hides only) goes
+    /// under `user`: Bitrix24's finish closes the finishing user's card itself (bitrix24-api.md
+    /// §3, step 3), so a hide for that user would spend a command on nothing. The tracker
+    /// already leaves out such a hide when it names the finishing employee; this catches a
+    /// missed call finished under the responsible (or default) user who was also rung.
+    fn finish_hides(&self, key: &str, user: u64) -> bool {
+        let finish = {
+            let ob = self.ob();
+            let Some(call) = ob.call(key) else {
+                return false;
+            };
+            let mut finish = None;
+            for s in call.steps.iter().skip(1) {
+                match &s.action {
+                    Action::Hide { .. } => continue,
+                    Action::Finish { user, .. } => finish = Some(user.clone()),
+                    _ => {}
+                }
+                break;
+            }
+            finish
+        };
+        finish.is_some_and(|f| matches!(self.finish_user(key, &f), Lookup::User(u) if u == user))
     }
 
     fn finish_user(&self, key: &str, user: &FinishUser) -> Lookup {
@@ -1818,19 +1934,25 @@ mod tests {
         for _ in 0..20 {
             limiter.acquire();
         }
-        assert!(limiter.available() < SPARE_HIGH);
+        assert!(limiter.used() > IDLE_USED);
         d.push(finish("over"));
         let now = Instant::now();
         let next = d.run_due(now).expect("the finish waits");
         assert!(next > now && next <= now + WAIT_MAX, "{:?}", next - now);
         assert!(portal.sent.lock().unwrap().is_empty(), "nothing sent");
         assert_eq!(d.pending(), 1);
-        // A card: it goes at once, and the finish rides in its batch.
+        // A card: it goes within its hold (the bucket is short, `hold_urgent`), and the
+        // finish rides in its batch.
         d.push(Intent {
             call: "ringing".into(),
             action: Action::Show { ext: "219".into() },
         });
-        assert_eq!(d.run_due(Instant::now()), None);
+        let mut next = d.run_due(Instant::now());
+        while let Some(at) = next {
+            assert!(at <= Instant::now() + limiter.slot(), "held at most a slot");
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            next = d.run_due(Instant::now());
+        }
         let sent = portal.sent.lock().unwrap().clone();
         let methods: Vec<&str> = sent.iter().map(|(m, _)| m.as_str()).collect();
         assert_eq!(
@@ -1860,5 +1982,153 @@ mod tests {
         d.push(finish("over"));
         assert_eq!(d.run_due(Instant::now()), None);
         assert_eq!(portal.sent("telephony.externalcall.finish").len(), 1);
+    }
+
+    /// Issue #20, a spike: with the bucket short, urgent steps wait for company (up to a
+    /// hold that grows as the bucket empties) instead of spending a request each, and a
+    /// full batch of them goes at once. With the bucket nearly full nothing waits (the
+    /// finish test above).
+    #[test]
+    fn in_a_spike_cards_wait_for_company_until_their_hold_or_a_full_batch() {
+        let portal = Arc::new(Portal::default());
+        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
+        let mut d = Deliverer::with_outbox(
+            config(Some("201")),
+            Box::new(portal.clone()),
+            SharedDirectory::loaded(directory()),
+            outbox.clone(),
+        );
+        let limiter = crate::bitrix::limiter::Limiter::new(2.0, 50);
+        d.set_pacing(limiter.clone());
+        {
+            let mut ob = outbox.lock().unwrap();
+            for n in 0..60 {
+                ob.set_facts(
+                    &format!("c{n}"),
+                    format!("id-{n}"),
+                    Some(19),
+                    Direction::Inbound,
+                );
+            }
+        }
+        for _ in 0..(CARD_HOLD_FROM + CARD_HOLD_SPAN / 2) {
+            limiter.acquire();
+        }
+        // Half the span in use: a hold of half a slot (0.25 s).
+        let show = |n: usize| Intent {
+            call: format!("c{n}"),
+            action: Action::Show { ext: "219".into() },
+        };
+        let t0 = Instant::now();
+        d.push(show(0));
+        let at = d
+            .run_due(Instant::now())
+            .expect("the card waits for company");
+        // (queued_ms is wall-clock milliseconds: a millisecond either way.)
+        let hold = limiter.slot() / 2;
+        assert!(
+            at > t0 + hold - Duration::from_millis(5) && at <= t0 + hold + Duration::from_millis(5),
+            "{:?}",
+            at - t0
+        );
+        d.push(show(1));
+        let again = d.run_due(Instant::now()).expect("still waiting");
+        assert!(again <= at, "the oldest card sets the time");
+        assert!(portal.sent.lock().unwrap().is_empty(), "nothing sent yet");
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        assert_eq!(d.run_due(Instant::now()), None);
+        let sent = portal.sent.lock().unwrap().clone();
+        let methods: Vec<&str> = sent.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(
+            methods,
+            vec![
+                "batch",
+                "telephony.externalcall.show",
+                "telephony.externalcall.show"
+            ],
+            "both cards in one request"
+        );
+        // A full batch of cards does not wait.
+        portal.sent.lock().unwrap().clear();
+        for n in 2..(2 + api::BATCH_MAX) {
+            d.push(show(n));
+        }
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert_eq!(portal.sent("batch").len(), 1);
+        assert_eq!(
+            portal.sent("telephony.externalcall.show").len(),
+            api::BATCH_MAX
+        );
+        assert_eq!(d.pending(), 0);
+    }
+
+    /// Issue #20, fewer commands a call: a missed call finished under its responsible, who
+    /// was rung too, needs no hide for them (the finish closes the finishing user's card,
+    /// bitrix24-api.md §3); the hide of anyone else still goes, before the finish.
+    #[test]
+    fn a_hide_the_finish_closes_anyway_is_left_out() {
+        let portal = Arc::new(Portal::default());
+        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
+        let mut d = Deliverer::with_outbox(
+            config(Some("201")),
+            Box::new(portal.clone()),
+            SharedDirectory::loaded(directory()),
+            outbox.clone(),
+        );
+        outbox.lock().unwrap().set_facts(
+            "missed",
+            "id-missed".into(),
+            Some(19),
+            Direction::Inbound,
+        );
+        let step = |action: Action| Intent {
+            call: "missed".into(),
+            action,
+        };
+        d.push(step(Action::Hide { ext: "201".into() }));
+        d.push(step(Action::Hide { ext: "219".into() }));
+        d.push(step(Action::Finish {
+            user: FinishUser::Responsible,
+            duration: 0,
+            status: Status::from_cause(19),
+        }));
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert_eq!(d.pending(), 0);
+        assert_eq!(
+            portal.sent("telephony.externalcall.hide"),
+            vec![json!({"CALL_ID": "id-missed", "USER_ID": [1]})],
+            "only the other user's card is hidden"
+        );
+        let finishes = portal.sent("telephony.externalcall.finish");
+        assert_eq!(finishes.len(), 1);
+        assert_eq!(finishes[0]["USER_ID"], json!(19));
+        assert_eq!(outcome(&d, "hide", "skipped"), 1);
+
+        // A hide followed by something other than the finish still goes.
+        let portal = Arc::new(Portal::default());
+        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
+        let mut d = Deliverer::with_outbox(
+            config(Some("201")),
+            Box::new(portal.clone()),
+            SharedDirectory::loaded(directory()),
+            outbox.clone(),
+        );
+        outbox
+            .lock()
+            .unwrap()
+            .set_facts("moved", "id-moved".into(), Some(19), Direction::Inbound);
+        let step = |action: Action| Intent {
+            call: "moved".into(),
+            action,
+        };
+        d.push(step(Action::Hide { ext: "219".into() }));
+        d.push(step(Action::Show { ext: "201".into() }));
+        d.push(step(Action::Finish {
+            user: FinishUser::Responsible,
+            duration: 0,
+            status: Status::from_cause(19),
+        }));
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert_eq!(portal.sent("telephony.externalcall.hide").len(), 1);
     }
 }

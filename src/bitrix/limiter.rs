@@ -80,6 +80,12 @@ impl Bucket {
         (self.burst - self.level).floor().max(0.0) as u32
     }
 
+    /// How many request slots are in use at `now`, of the burst; a partly drained one counts.
+    pub fn used(&mut self, now: Instant) -> u32 {
+        self.drain(now);
+        self.level.ceil() as u32
+    }
+
     /// The portal said its bucket is full (503 `QUERY_LIMIT_EXCEEDED`): ours was too
     /// optimistic (another client shares our IP, §9.4), so fill it and pace from here.
     pub fn saturate(&mut self, now: Instant) {
@@ -118,6 +124,12 @@ impl Limiter {
 
     pub fn available(&self) -> u32 {
         self.with(|b| b.available(Instant::now()))
+    }
+
+    /// Request slots in use right now: 0 when the bucket is full of budget, more as requests
+    /// go faster than it drains (a slot partly drained counts as in use).
+    pub fn used(&self) -> u32 {
+        self.with(|b| b.used(Instant::now()))
     }
 
     /// Block until a request slot is free, without taking it: delivery waits here *before*
@@ -198,6 +210,24 @@ mod tests {
         let wait = b.wait_for(t0);
         assert!(wait >= Duration::from_millis(499) && wait <= Duration::from_millis(501));
         assert_eq!(b.wait_for(t0 + wait), Duration::ZERO);
+    }
+
+    #[test]
+    fn used_counts_partly_drained_slots() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2.0, 50);
+        assert_eq!(b.used(t0), 0);
+        for _ in 0..10 {
+            b.try_take(t0).unwrap();
+        }
+        assert_eq!(b.used(t0), 10);
+        assert_eq!(
+            b.used(t0 + Duration::from_millis(250)),
+            10,
+            "half a slot drained"
+        );
+        assert_eq!(b.used(t0 + Duration::from_millis(500)), 9);
+        assert_eq!(b.used(t0 + Duration::from_secs(60)), 0);
     }
 
     #[test]
