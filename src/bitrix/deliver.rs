@@ -206,6 +206,10 @@ const CARD_HOLD_SPAN: u32 = 10;
 /// rings for yet. After that it goes on its own (with others that wait, up to a full batch).
 const WAIT_MAX: Duration = Duration::from_secs(2);
 
+/// How long a hide of the responsible's card waits for a finish that may close it instead
+/// ([`Deliverer::round`]): the card stays up this much longer when the call goes on.
+const FINISH_GRACE: Duration = Duration::from_millis(300);
+
 /// How long one [`Deliverer::run_due`] goes on before it returns to the delivery loop.
 const PASS_MAX: Duration = Duration::from_secs(1);
 
@@ -563,6 +567,30 @@ impl Deliverer {
             return if settled { Round::Settled } else { Round::Idle };
         }
         wants.sort_by_key(|w| priority::order(w.prio, w.step.queued_ms));
+        // A hide of the responsible's card while the call is not over yet may well be closed
+        // by the finish (a missed call is finished under the responsible, and the finish
+        // closes the finishing user's card, `finish_hides`): it waits [`FINISH_GRACE`] for
+        // that finish, even with budget to spare. The race it saves: a phone's DialEnd and
+        // the call's Hangups come in one burst (a millisecond apart in the captures b and c)
+        // but can fall into two passes of the state thread, and the hide would go in between.
+        if self.pacing.is_some() {
+            let mut until: Option<Instant> = None;
+            wants.retain(|w| {
+                let at = w.ready + FINISH_GRACE;
+                let defer = now < at && self.finish_may_close(w);
+                if defer {
+                    until = Some(until.map_or(at, |u| u.min(at)));
+                }
+                !defer
+            });
+            if let (true, Some(at)) = (wants.is_empty(), until) {
+                return if settled {
+                    Round::Settled
+                } else {
+                    Round::Saving(at)
+                };
+            }
+        }
         if wants[0].prio.urgent() {
             if let Some(at) = self.hold_urgent(&wants, now) {
                 return if settled {
@@ -1203,6 +1231,20 @@ impl Deliverer {
             None => Lookup::Nobody,
             Some(ext) => Lookup::from_dir(dir, |d| d.user_for(ext)),
         }
+    }
+
+    /// Whether `w` is a hide of the card of the call's responsible while the call goes on:
+    /// the finish may close that card itself (see [`Deliverer::round`]).
+    fn finish_may_close(&self, w: &Want) -> bool {
+        let Action::Hide { ext } = &w.step.action else {
+            return false;
+        };
+        let Some(user) = self.directory.get().and_then(|d| d.user_for(ext)) else {
+            return false;
+        };
+        self.ob().call(&w.key).is_some_and(|c| {
+            !c.finishing && c.direction == Direction::Inbound && c.responsible == Some(user)
+        })
     }
 
     /// Whether the finish right behind the call's first step (past other hides only) goes
@@ -2128,6 +2170,78 @@ mod tests {
             duration: 0,
             status: Status::from_cause(19),
         }));
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert_eq!(portal.sent("telephony.externalcall.hide").len(), 1);
+    }
+
+    /// The race behind the test above: a phone's DialEnd (its hide) and the call's Hangups
+    /// (the finish) can reach delivery a pass apart. The hide of the responsible's card waits
+    /// [`FINISH_GRACE`] for that finish, even on an idle bucket; without a finish it goes
+    /// when the grace is over. Anyone else's hide goes at once.
+    #[test]
+    fn a_hide_of_the_responsible_waits_briefly_for_a_finish_that_closes_it() {
+        let setup = || {
+            let portal = Arc::new(Portal::default());
+            let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
+            let mut d = Deliverer::with_outbox(
+                config(Some("201")),
+                Box::new(portal.clone()),
+                SharedDirectory::loaded(directory()),
+                outbox.clone(),
+            );
+            d.set_pacing(crate::bitrix::limiter::Limiter::new(2.0, 50));
+            outbox.lock().unwrap().set_facts(
+                "missed",
+                "id-missed".into(),
+                Some(19),
+                Direction::Inbound,
+            );
+            (portal, d)
+        };
+        let hide = |ext: &str| Intent {
+            call: "missed".into(),
+            action: Action::Hide { ext: ext.into() },
+        };
+        let finish = Intent {
+            call: "missed".into(),
+            action: Action::Finish {
+                user: FinishUser::Responsible,
+                duration: 0,
+                status: Status::from_cause(19),
+            },
+        };
+
+        // The finish comes within the grace: no hide at all.
+        let (portal, mut d) = setup();
+        let t0 = Instant::now();
+        d.push(hide("219"));
+        let at = d.run_due(Instant::now()).expect("the hide waits");
+        // (Ready since its wall-clock queued_ms: a millisecond either way.)
+        assert!(
+            at <= t0 + FINISH_GRACE + Duration::from_millis(5),
+            "{:?}",
+            at - t0
+        );
+        assert!(portal.sent.lock().unwrap().is_empty());
+        d.push(finish.clone());
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert!(portal.sent("telephony.externalcall.hide").is_empty());
+        assert_eq!(portal.sent("telephony.externalcall.finish").len(), 1);
+
+        // No finish: the hide goes once the grace is over.
+        let (portal, mut d) = setup();
+        d.push(hide("219"));
+        let at = d.run_due(Instant::now()).expect("the hide waits");
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        assert_eq!(d.run_due(Instant::now()), None);
+        assert_eq!(
+            portal.sent("telephony.externalcall.hide"),
+            vec![json!({"CALL_ID": "id-missed", "USER_ID": [19]})]
+        );
+
+        // Someone else's card: at once.
+        let (portal, mut d) = setup();
+        d.push(hide("201"));
         assert_eq!(d.run_due(Instant::now()), None);
         assert_eq!(portal.sent("telephony.externalcall.hide").len(), 1);
     }
