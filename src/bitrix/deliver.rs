@@ -2102,6 +2102,7 @@ mod tests {
             api::BATCH_MAX
         );
         assert_eq!(d.pending(), 0);
+        assert!(d.ready_at.is_empty(), "nothing kept for steps that are gone");
     }
 
     /// Issue #20, fewer commands a call: a missed call finished under its responsible, who
