@@ -1328,6 +1328,12 @@ mod tests {
     }
 
     impl Portal {
+        /// The methods sent, in order (a batch, then its commands).
+        fn methods(&self) -> Vec<String> {
+            let sent = self.sent.lock().unwrap();
+            sent.iter().map(|(m, _)| m.clone()).collect()
+        }
+
         fn sent(&self, method: &str) -> Vec<Value> {
             let sent = self.sent.lock().unwrap();
             sent.iter()
@@ -1950,16 +1956,8 @@ mod tests {
     /// the bucket nearly full it goes at once.
     #[test]
     fn with_the_bucket_low_a_finish_rides_with_the_next_card() {
-        let portal = Arc::new(Portal::default());
-        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
-        let mut d = Deliverer::with_outbox(
-            config(Some("201")),
-            Box::new(portal.clone()),
-            SharedDirectory::loaded(directory()),
-            outbox.clone(),
-        );
         let limiter = crate::bitrix::limiter::Limiter::new(2.0, 50);
-        d.set_pacing(limiter.clone());
+        let (portal, mut d, outbox) = recorded(Some(limiter.clone()));
         let finish = |call: &str| Intent {
             call: call.into(),
             action: Action::Finish {
@@ -1995,10 +1993,8 @@ mod tests {
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
             next = d.run_due(Instant::now());
         }
-        let sent = portal.sent.lock().unwrap().clone();
-        let methods: Vec<&str> = sent.iter().map(|(m, _)| m.as_str()).collect();
         assert_eq!(
-            methods,
+            portal.methods(),
             vec![
                 "batch",
                 "telephony.externalcall.show",
@@ -2008,15 +2004,7 @@ mod tests {
         assert_eq!(d.pending(), 0);
 
         // With the bucket nearly full, nothing waits.
-        let portal = Arc::new(Portal::default());
-        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
-        let mut d = Deliverer::with_outbox(
-            config(Some("201")),
-            Box::new(portal.clone()),
-            SharedDirectory::loaded(directory()),
-            outbox.clone(),
-        );
-        d.set_pacing(crate::bitrix::limiter::Limiter::new(2.0, 50));
+        let (portal, mut d, outbox) = recorded(Some(crate::bitrix::limiter::Limiter::new(2.0, 50)));
         outbox
             .lock()
             .unwrap()
@@ -2032,16 +2020,8 @@ mod tests {
     /// finish test above).
     #[test]
     fn in_a_spike_cards_wait_for_company_until_their_hold_or_a_full_batch() {
-        let portal = Arc::new(Portal::default());
-        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
-        let mut d = Deliverer::with_outbox(
-            config(Some("201")),
-            Box::new(portal.clone()),
-            SharedDirectory::loaded(directory()),
-            outbox.clone(),
-        );
         let limiter = crate::bitrix::limiter::Limiter::new(2.0, 50);
-        d.set_pacing(limiter.clone());
+        let (portal, mut d, outbox) = recorded(Some(limiter.clone()));
         {
             let mut ob = outbox.lock().unwrap();
             for n in 0..60 {
@@ -2079,10 +2059,8 @@ mod tests {
         assert!(portal.sent.lock().unwrap().is_empty(), "nothing sent yet");
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
         assert_eq!(d.run_due(Instant::now()), None);
-        let sent = portal.sent.lock().unwrap().clone();
-        let methods: Vec<&str> = sent.iter().map(|(m, _)| m.as_str()).collect();
         assert_eq!(
-            methods,
+            portal.methods(),
             vec![
                 "batch",
                 "telephony.externalcall.show",
@@ -2102,14 +2080,15 @@ mod tests {
             api::BATCH_MAX
         );
         assert_eq!(d.pending(), 0);
-        assert!(d.ready_at.is_empty(), "nothing kept for steps that are gone");
+        assert!(
+            d.ready_at.is_empty(),
+            "nothing kept for steps that are gone"
+        );
     }
 
-    /// Issue #20, fewer commands a call: a missed call finished under its responsible, who
-    /// was rung too, needs no hide for them (the finish closes the finishing user's card,
-    /// bitrix24-api.md §3); the hide of anyone else still goes, before the finish.
-    #[test]
-    fn a_hide_the_finish_closes_anyway_is_left_out() {
+    /// A deliverer over an in-memory outbox, against a portal that records what it is sent,
+    /// paced by `limiter` when given (as in the daemon).
+    fn recorded(limiter: Option<Arc<Limiter>>) -> (Arc<Portal>, Deliverer, Arc<Mutex<Outbox>>) {
         let portal = Arc::new(Portal::default());
         let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
         let mut d = Deliverer::with_outbox(
@@ -2118,23 +2097,53 @@ mod tests {
             SharedDirectory::loaded(directory()),
             outbox.clone(),
         );
-        outbox.lock().unwrap().set_facts(
-            "missed",
-            "id-missed".into(),
-            Some(19),
-            Direction::Inbound,
-        );
-        let step = |action: Action| Intent {
-            call: "missed".into(),
+        if let Some(l) = limiter {
+            d.set_pacing(l);
+        }
+        (portal, d, outbox)
+    }
+
+    /// A deliverer over an in-memory outbox holding one registered inbound call `key`
+    /// (responsible: user 19, the phone at 219), paced by an idle bucket when `paced`.
+    fn one_registered_call(key: &str, paced: bool) -> (Arc<Portal>, Deliverer) {
+        let limiter = paced.then(|| crate::bitrix::limiter::Limiter::new(2.0, 50));
+        let (portal, d, outbox) = recorded(limiter);
+        outbox
+            .lock()
+            .unwrap()
+            .set_facts(key, format!("id-{key}"), Some(19), Direction::Inbound);
+        (portal, d)
+    }
+
+    /// A step of the call `key`.
+    fn step_of(key: &str, action: Action) -> Intent {
+        Intent {
+            call: key.into(),
             action,
-        };
-        d.push(step(Action::Hide { ext: "201".into() }));
-        d.push(step(Action::Hide { ext: "219".into() }));
-        d.push(step(Action::Finish {
-            user: FinishUser::Responsible,
-            duration: 0,
-            status: Status::from_cause(19),
-        }));
+        }
+    }
+
+    /// The finish of a missed call, under its responsible.
+    fn missed_finish(key: &str) -> Intent {
+        step_of(
+            key,
+            Action::Finish {
+                user: FinishUser::Responsible,
+                duration: 0,
+                status: Status::from_cause(19),
+            },
+        )
+    }
+
+    /// Issue #20, fewer commands a call: a missed call finished under its responsible, who
+    /// was rung too, needs no hide for them (the finish closes the finishing user's card,
+    /// bitrix24-api.md §3); the hide of anyone else still goes, before the finish.
+    #[test]
+    fn a_hide_the_finish_closes_anyway_is_left_out() {
+        let (portal, mut d) = one_registered_call("missed", false);
+        d.push(step_of("missed", Action::Hide { ext: "201".into() }));
+        d.push(step_of("missed", Action::Hide { ext: "219".into() }));
+        d.push(missed_finish("missed"));
         assert_eq!(d.run_due(Instant::now()), None);
         assert_eq!(d.pending(), 0);
         assert_eq!(
@@ -2148,29 +2157,10 @@ mod tests {
         assert_eq!(outcome(&d, "hide", "skipped"), 1);
 
         // A hide followed by something other than the finish still goes.
-        let portal = Arc::new(Portal::default());
-        let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
-        let mut d = Deliverer::with_outbox(
-            config(Some("201")),
-            Box::new(portal.clone()),
-            SharedDirectory::loaded(directory()),
-            outbox.clone(),
-        );
-        outbox
-            .lock()
-            .unwrap()
-            .set_facts("moved", "id-moved".into(), Some(19), Direction::Inbound);
-        let step = |action: Action| Intent {
-            call: "moved".into(),
-            action,
-        };
-        d.push(step(Action::Hide { ext: "219".into() }));
-        d.push(step(Action::Show { ext: "201".into() }));
-        d.push(step(Action::Finish {
-            user: FinishUser::Responsible,
-            duration: 0,
-            status: Status::from_cause(19),
-        }));
+        let (portal, mut d) = one_registered_call("moved", false);
+        d.push(step_of("moved", Action::Hide { ext: "219".into() }));
+        d.push(step_of("moved", Action::Show { ext: "201".into() }));
+        d.push(missed_finish("moved"));
         assert_eq!(d.run_due(Instant::now()), None);
         assert_eq!(portal.sent("telephony.externalcall.hide").len(), 1);
     }
@@ -2181,39 +2171,10 @@ mod tests {
     /// when the grace is over. Anyone else's hide goes at once.
     #[test]
     fn a_hide_of_the_responsible_waits_briefly_for_a_finish_that_closes_it() {
-        let setup = || {
-            let portal = Arc::new(Portal::default());
-            let outbox = Arc::new(Mutex::new(Outbox::in_memory()));
-            let mut d = Deliverer::with_outbox(
-                config(Some("201")),
-                Box::new(portal.clone()),
-                SharedDirectory::loaded(directory()),
-                outbox.clone(),
-            );
-            d.set_pacing(crate::bitrix::limiter::Limiter::new(2.0, 50));
-            outbox.lock().unwrap().set_facts(
-                "missed",
-                "id-missed".into(),
-                Some(19),
-                Direction::Inbound,
-            );
-            (portal, d)
-        };
-        let hide = |ext: &str| Intent {
-            call: "missed".into(),
-            action: Action::Hide { ext: ext.into() },
-        };
-        let finish = Intent {
-            call: "missed".into(),
-            action: Action::Finish {
-                user: FinishUser::Responsible,
-                duration: 0,
-                status: Status::from_cause(19),
-            },
-        };
+        let hide = |ext: &str| step_of("missed", Action::Hide { ext: ext.into() });
 
         // The finish comes within the grace: no hide at all.
-        let (portal, mut d) = setup();
+        let (portal, mut d) = one_registered_call("missed", true);
         let t0 = Instant::now();
         d.push(hide("219"));
         let at = d.run_due(Instant::now()).expect("the hide waits");
@@ -2224,13 +2185,13 @@ mod tests {
             at - t0
         );
         assert!(portal.sent.lock().unwrap().is_empty());
-        d.push(finish.clone());
+        d.push(missed_finish("missed"));
         assert_eq!(d.run_due(Instant::now()), None);
         assert!(portal.sent("telephony.externalcall.hide").is_empty());
         assert_eq!(portal.sent("telephony.externalcall.finish").len(), 1);
 
         // No finish: the hide goes once the grace is over.
-        let (portal, mut d) = setup();
+        let (portal, mut d) = one_registered_call("missed", true);
         d.push(hide("219"));
         let at = d.run_due(Instant::now()).expect("the hide waits");
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
@@ -2241,7 +2202,7 @@ mod tests {
         );
 
         // Someone else's card: at once.
-        let (portal, mut d) = setup();
+        let (portal, mut d) = one_registered_call("missed", true);
         d.push(hide("201"));
         assert_eq!(d.run_due(Instant::now()), None);
         assert_eq!(portal.sent("telephony.externalcall.hide").len(), 1);
