@@ -12,11 +12,19 @@
 //! under `cargo test --all-targets` a 2 MB capture checks that the benchmark still runs.
 //! `CALLME_REPLAY_KEEP=1` leaves the capture in the temporary directory afterwards.
 
+// Only the template and its rendering: what the traffic generator also uses (where an
+// endless call is held, the Linkedid, rendering to fields) stays unused here.
+#[allow(dead_code)]
+#[path = "../tests/support/template.rs"]
+mod template;
+
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use template::{Identity, Template, CAPTURE_CALLER};
 
 /// Calls that overlap on the capture clock: each group of copies starts this many at once,
 /// [`STAGGER_MS`] apart.
@@ -24,23 +32,6 @@ const OVERLAP: usize = 10;
 const STAGGER_MS: u64 = 300;
 /// Capture-clock gap between one group's last event and the next group's first.
 const GROUP_GAP_MS: u64 = 1_000;
-
-/// A piece of a template value: literal text, or one of the call's identities.
-enum Piece {
-    Lit(String),
-    /// A Uniqueid/Linkedid (`<epoch>.<n>`).
-    Uniqueid(usize),
-    /// A channel name's `-XXXXXXXX` suffix.
-    Suffix(usize),
-    /// A bridge id.
-    Bridge(usize),
-}
-
-/// One message of a template call: when (ms after the call's first event) and its fields.
-struct TMsg {
-    rel_ms: u64,
-    fields: Vec<(String, Vec<Piece>)>,
-}
 
 fn target_bytes() -> u64 {
     let mb = std::env::var("CALLME_REPLAY_MB")
@@ -50,50 +41,9 @@ fn target_bytes() -> u64 {
     mb.unwrap_or(if bench { 200 } else { 2 }) * 1_000_000
 }
 
-fn is_word(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'.'
-}
-
-/// Cut `value` into literal text and identity tokens (whole words only; a suffix token carries
-/// its own `-`, so only its end is checked). `tokens` is longest first.
-fn split(value: &str, tokens: &[(String, Piece)]) -> Vec<Piece> {
-    let b = value.as_bytes();
-    let (mut out, mut lit, mut i) = (Vec::new(), String::new(), 0);
-    'scan: while i < b.len() {
-        for (tok, kind) in tokens {
-            let end = i + tok.len();
-            let starts_ok = matches!(kind, Piece::Suffix(_)) || i == 0 || !is_word(b[i - 1]);
-            if value[i..].starts_with(tok.as_str())
-                && starts_ok
-                && (end == b.len() || !is_word(b[end]))
-            {
-                if !lit.is_empty() {
-                    out.push(Piece::Lit(std::mem::take(&mut lit)));
-                }
-                out.push(match kind {
-                    Piece::Uniqueid(j) => Piece::Uniqueid(*j),
-                    Piece::Suffix(j) => Piece::Suffix(*j),
-                    Piece::Bridge(j) => Piece::Bridge(*j),
-                    Piece::Lit(s) => Piece::Lit(s.clone()),
-                });
-                i = end;
-                continue 'scan;
-            }
-        }
-        let c = value[i..].chars().next().unwrap_or(' ');
-        lit.push(c);
-        i += c.len_utf8();
-    }
-    if !lit.is_empty() {
-        out.push(Piece::Lit(lit));
-    }
-    out
-}
-
-/// Every fixture capture's call (its events after the capture session's own login), with times
-/// relative to its first event and its identities (Uniqueids, Linkedids, channel suffixes,
-/// bridge ids) cut out as tokens wherever they appear, so that each copy is a call of its own.
-fn templates() -> Vec<Vec<TMsg>> {
+/// Every fixture capture's call, as a template (`tests/support/template.rs`): copy `n` of
+/// it is a call of its own.
+fn templates() -> Vec<Template> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut paths = Vec::new();
     for dir in [root.clone(), root.join("pjsip")] {
@@ -105,101 +55,7 @@ fn templates() -> Vec<Vec<TMsg>> {
         }
     }
     paths.sort();
-    let mut out = Vec::new();
-    for p in paths {
-        let cap = callme::replay::load(&p).expect("fixture loads");
-        let events: Vec<_> = cap
-            .messages
-            .iter()
-            .filter(|t| {
-                t.msg.event().is_some_and(|e| {
-                    e != "FullyBooted"
-                        && !(e == "SuccessfulAuth" && t.msg.get("Service") == Some("AMI"))
-                })
-            })
-            .collect();
-        let Some(t0) = events.first().map(|t| t.at_ms) else {
-            continue;
-        };
-        let (mut uniqueids, mut suffixes, mut bridges) = (Vec::new(), Vec::new(), Vec::new());
-        let push = |v: &mut Vec<String>, s: &str| {
-            if !s.is_empty() && !v.iter().any(|x| x == s) {
-                v.push(s.to_string());
-            }
-        };
-        for t in &events {
-            for (k, v) in t.msg.iter() {
-                let k = k.to_ascii_lowercase();
-                if k.ends_with("bridgeuniqueid") {
-                    push(&mut bridges, v);
-                } else if (k.ends_with("uniqueid") || k.ends_with("linkedid")) && v.contains('.') {
-                    push(&mut uniqueids, v);
-                } else if k.ends_with("channel") {
-                    if let Some(i) = v.rfind('-') {
-                        let hex = v[i + 1..].split(';').next().unwrap_or("");
-                        if hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                            push(&mut suffixes, &format!("-{hex}"));
-                        }
-                    }
-                }
-            }
-        }
-        let mut tokens: Vec<(String, Piece)> = Vec::new();
-        tokens.extend(
-            uniqueids
-                .into_iter()
-                .enumerate()
-                .map(|(j, s)| (s, Piece::Uniqueid(j))),
-        );
-        tokens.extend(
-            suffixes
-                .into_iter()
-                .enumerate()
-                .map(|(j, s)| (s, Piece::Suffix(j))),
-        );
-        tokens.extend(
-            bridges
-                .into_iter()
-                .enumerate()
-                .map(|(j, s)| (s, Piece::Bridge(j))),
-        );
-        // Longest first: `1795668285.10` before `1795668285.1`.
-        tokens.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        out.push(
-            events
-                .iter()
-                .map(|t| TMsg {
-                    rel_ms: t.at_ms - t0,
-                    fields: t
-                        .msg
-                        .iter()
-                        .filter(|(k, _)| !k.eq_ignore_ascii_case("timestamp"))
-                        .map(|(k, v)| (k.to_string(), split(v, &tokens)))
-                        .collect(),
-                })
-                .collect(),
-        );
-    }
-    out
-}
-
-/// Copy `n`'s wire bytes of one template message.
-fn render(m: &TMsg, n: usize, buf: &mut Vec<u8>) {
-    buf.clear();
-    for (k, pieces) in &m.fields {
-        let _ = write!(buf, "{k}: ");
-        for p in pieces {
-            let _ = match p {
-                Piece::Lit(s) => buf.write_all(s.as_bytes()),
-                // Asterisk's forms; 64 ids and 16 channels per call is more than any capture has.
-                Piece::Uniqueid(j) => write!(buf, "1800000000.{}", n * 64 + j),
-                Piece::Suffix(j) => write!(buf, "-{:08x}", (n * 16 + j) as u32),
-                Piece::Bridge(j) => write!(buf, "{:08x}-{j:04x}-4000-8000-{n:012x}", n as u32),
-            };
-        }
-        buf.extend_from_slice(b"\r\n");
-    }
-    buf.extend_from_slice(b"\r\n");
+    paths.iter().map(|p| Template::load(p)).collect()
 }
 
 /// Write the capture and its sidecar; returns (bytes, messages, calls).
@@ -230,14 +86,18 @@ fn generate(path: &Path, target: u64) -> (u64, u64, usize) {
         for j in 0..OVERLAP {
             let n = calls + j;
             let t = &templates[n % templates.len()];
-            for (i, m) in t.iter().enumerate() {
-                order.push((base_ms + j as u64 * STAGGER_MS + m.rel_ms, j, i));
+            for (i, m) in t.events.iter().enumerate() {
+                order.push((base_ms + j as u64 * STAGGER_MS + m.offset_ms, j, i));
             }
         }
         order.sort();
         for &(at, j, i) in &order {
             let n = calls + j;
-            render(&templates[n % templates.len()][i], n, &mut buf);
+            let id = Identity {
+                index: n,
+                caller: CAPTURE_CALLER.to_string(),
+            };
+            id.wire(&templates[n % templates.len()].events[i], &mut buf);
             cap.write_all(&buf).unwrap();
             writeln!(
                 tsv,

@@ -20,6 +20,7 @@ pub mod gen;
 pub mod http;
 pub mod invariants;
 pub mod prometheus;
+pub mod template;
 pub mod traffic;
 pub mod wait;
 

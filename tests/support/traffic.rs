@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::fake_ami::FakeAmi;
 use super::fake_bitrix::FakeBitrix;
 use super::gen::Gen;
+use super::template::{Identity, Template, Token};
 
 /// `[calls] default_user = 201` in [`super::daemon::e2e_config`]: Bitrix24 user 1.
 pub const DEFAULT_USER: u64 = 1;
@@ -233,236 +234,26 @@ pub struct Expected {
     pub status: &'static str,
 }
 
-// ---------------------------------------------------------------------------------------
-// Templates: a capture split into literal text and the identity tokens to rewrite
-// ---------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Token {
-    Uniqueid(usize),
-    /// A channel name's `-XXXXXXXX` suffix, dash included.
-    Suffix(usize),
-    Bridge(usize),
-    Caller,
-}
-
-#[derive(Clone, Debug)]
-enum Piece {
-    Lit(String),
-    Tok(Token),
-}
-
-#[derive(Debug)]
-struct TEvent {
-    offset_ms: u64,
-    fields: Vec<(String, Vec<Piece>)>,
-}
-
-#[derive(Debug)]
-struct Template {
-    events: Vec<TEvent>,
-    /// Index of the first event of the call's end (its first hangup request): where an
-    /// endless call is held.
-    end_at: usize,
-    /// Which uniqueid token is the call's Linkedid.
-    linked: usize,
-}
-
-/// The caller's number in every inbound capture.
-const CAPTURE_CALLER: &str = "79991234567";
-
-fn is_word(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'.'
-}
-
-fn is_hex8(s: &str) -> bool {
-    s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-impl Template {
-    fn load(scenario: Scenario) -> Template {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(format!("{}.ami", scenario.capture()));
-        let cap = callme::replay::load(&path).expect("load capture");
-        let msgs: Vec<_> = cap
-            .messages
-            .into_iter()
-            // The capture session's own login (FullyBooted, SuccessfulAuth of the AMI service)
-            // is not part of the call.
-            .filter(|t| {
-                t.msg.event().is_some_and(|e| {
-                    e != "FullyBooted"
-                        && !(e == "SuccessfulAuth" && t.msg.get("Service") == Some("AMI"))
-                })
-            })
-            .collect();
-        let t0 = msgs.first().map_or(0, |t| t.at_ms);
-
-        // The identities this capture uses.
-        let mut uniqueids: Vec<String> = Vec::new();
-        let mut suffixes: Vec<String> = Vec::new();
-        let mut bridges: Vec<String> = Vec::new();
-        let push = |v: &mut Vec<String>, s: &str| {
-            if !s.is_empty() && !v.iter().any(|x| x == s) {
-                v.push(s.to_string());
-            }
-        };
-        for t in &msgs {
-            for (k, v) in t.msg.iter() {
-                let k = k.to_ascii_lowercase();
-                if k.ends_with("bridgeuniqueid") {
-                    push(&mut bridges, v);
-                } else if k.ends_with("uniqueid") || k.ends_with("linkedid") {
-                    if v.contains('.') {
-                        push(&mut uniqueids, v);
-                    }
-                } else if k.ends_with("channel") {
-                    if let Some(i) = v.rfind('-') {
-                        let hex = v[i + 1..].split(';').next().unwrap_or("");
-                        if is_hex8(hex) {
-                            push(&mut suffixes, &format!("-{hex}"));
-                        }
-                    }
-                }
-            }
-        }
-        let mut tokens: Vec<(String, Token)> = Vec::new();
-        tokens.extend(
-            uniqueids
-                .iter()
-                .enumerate()
-                .map(|(j, s)| (s.clone(), Token::Uniqueid(j))),
-        );
-        tokens.extend(
-            suffixes
-                .iter()
-                .enumerate()
-                .map(|(j, s)| (s.clone(), Token::Suffix(j))),
-        );
-        tokens.extend(
-            bridges
-                .iter()
-                .enumerate()
-                .map(|(j, s)| (s.clone(), Token::Bridge(j))),
-        );
-        tokens.push((CAPTURE_CALLER.to_string(), Token::Caller));
-        // Longest first: `1795668285.10` before `1795668285.1`.
-        tokens.sort_by_key(|(s, _)| Reverse(s.len()));
-
-        let events: Vec<TEvent> = msgs
+/// The template of a scenario's capture, loaded once per process (`template.rs`).
+fn template(scenario: Scenario) -> &'static Template {
+    static CACHE: OnceLock<Vec<Template>> = OnceLock::new();
+    let all = CACHE.get_or_init(|| {
+        Scenario::ALL
             .iter()
-            .map(|t| TEvent {
-                offset_ms: t.at_ms - t0,
-                fields: t
-                    .msg
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), split(v, &tokens)))
-                    .collect(),
-            })
-            .collect();
-        let end_at = msgs
-            .iter()
-            .position(|t| {
-                matches!(
-                    t.msg.event(),
-                    Some("HangupRequest" | "SoftHangupRequest" | "Hangup")
+            .map(|s| {
+                Template::load(
+                    &Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/fixtures")
+                        .join(format!("{}.ami", s.capture())),
                 )
             })
-            .unwrap_or(msgs.len());
-        let first_linked = msgs
-            .iter()
-            .find_map(|t| t.msg.get("Linkedid"))
-            .expect("capture has a Linkedid");
-        let linked = uniqueids
-            .iter()
-            .position(|u| u == first_linked)
-            .expect("Linkedid is a known uniqueid");
-        Template {
-            events,
-            end_at,
-            linked,
-        }
-    }
-
-    fn get(scenario: Scenario) -> &'static Template {
-        static CACHE: OnceLock<Vec<Template>> = OnceLock::new();
-        let all = CACHE.get_or_init(|| Scenario::ALL.iter().map(|s| Template::load(*s)).collect());
-        let i = Scenario::ALL
-            .iter()
-            .position(|s| *s == scenario)
-            .unwrap_or(0);
-        &all[i]
-    }
-}
-
-/// Cut a value into literal text and tokens. A token counts only as a whole word: not inside
-/// a longer number or name (a suffix token carries its own `-`, so only its end is checked).
-fn split(value: &str, tokens: &[(String, Token)]) -> Vec<Piece> {
-    let b = value.as_bytes();
-    let mut out = Vec::new();
-    let mut lit = String::new();
-    let mut i = 0;
-    'scan: while i < b.len() {
-        for (tok, kind) in tokens {
-            if !value[i..].starts_with(tok.as_str()) {
-                continue;
-            }
-            let starts_ok = matches!(kind, Token::Suffix(_)) || i == 0 || !is_word(b[i - 1]);
-            let end = i + tok.len();
-            let ends_ok = end == b.len() || !is_word(b[end]);
-            if starts_ok && ends_ok {
-                if !lit.is_empty() {
-                    out.push(Piece::Lit(std::mem::take(&mut lit)));
-                }
-                out.push(Piece::Tok(*kind));
-                i = end;
-                continue 'scan;
-            }
-        }
-        let c = value[i..].chars().next().unwrap_or(' ');
-        lit.push(c);
-        i += c.len_utf8();
-    }
-    if !lit.is_empty() {
-        out.push(Piece::Lit(lit));
-    }
-    out
-}
-
-/// The identity of one generated call: what each token becomes.
-struct Identity {
-    index: usize,
-    caller: String,
-}
-
-impl Identity {
-    fn value(&self, t: Token) -> String {
-        let i = self.index;
-        match t {
-            // Asterisk's form, `<epoch>.<counter>`; 64 ids per call is more than any capture uses.
-            Token::Uniqueid(j) => format!("1800000000.{}", i * 64 + j),
-            Token::Suffix(j) => format!("-{:08x}", (i * 16 + j) as u32),
-            Token::Bridge(j) => format!("{:08x}-{j:04x}-4000-8000-{:012x}", i as u32, i),
-            Token::Caller => self.caller.clone(),
-        }
-    }
-
-    fn render(&self, e: &TEvent) -> Vec<(String, String)> {
-        e.fields
-            .iter()
-            .map(|(k, pieces)| {
-                let mut v = String::new();
-                for p in pieces {
-                    match p {
-                        Piece::Lit(s) => v.push_str(s),
-                        Piece::Tok(t) => v.push_str(&self.value(*t)),
-                    }
-                }
-                (k.clone(), v)
-            })
             .collect()
-    }
+    });
+    let i = Scenario::ALL
+        .iter()
+        .position(|s| *s == scenario)
+        .unwrap_or(0);
+    &all[i]
 }
 
 /// Wire bytes of an event, with `Timestamp:` after `Privilege:` (ami.md §2.3).
@@ -645,7 +436,7 @@ impl Traffic {
     /// just before each call starts.
     pub fn start(spec: TrafficSpec, ami: Arc<FakeAmi>, portal: Arc<FakeBitrix>) -> Traffic {
         for s in Scenario::ALL {
-            Template::get(s); // load the captures before the clock starts
+            template(s); // load the captures before the clock starts
         }
         let pbx = Arc::new(Mutex::new(Pbx::default()));
         let source = Arc::clone(&pbx);
@@ -774,7 +565,7 @@ impl Feeder {
                 if let Some(u) = responsible {
                     self.portal.add_contact(&caller, 100_000 + index as u64, u);
                 }
-                let template = Template::get(scenario);
+                let template = template(scenario);
                 let id = Identity {
                     index,
                     caller: caller.clone(),
