@@ -24,30 +24,6 @@ fn config(ami: &FakeAmi, portal: &FakeBitrix, state: &Path) -> String {
     configs::set(&text, "state", "dir", &state.display().to_string())
 }
 
-/// Call `n`: the answered inbound capture after login, every Uniqueid, Linkedid and channel
-/// name made unique to `n`, responses left out.
-fn call_bytes(n: usize) -> Vec<u8> {
-    let tail = support::capture_tail("a_inbound_answered.ami");
-    let cap = callme::replay::parse_bytes(&tail);
-    let mut out = Vec::new();
-    for t in cap.messages.iter().filter(|t| t.msg.event().is_some()) {
-        for (k, v) in t.msg.iter() {
-            let key = k.to_ascii_lowercase();
-            let renumber = key.ends_with("uniqueid")
-                || key.ends_with("linkedid")
-                || (key.ends_with("channel") && v.contains('-'));
-            let v = if renumber {
-                format!("{v}x{n}")
-            } else {
-                v.to_string()
-            };
-            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// `callme run -c CONF --debug`, optionally with the file size limit (`RLIMIT_FSIZE`, soft) at
 /// `blocks` of 512 bytes: writes past it fail with `EFBIG`, as on a full disk. SIGXFSZ is
 /// ignored through `sh` (its default action would kill the daemon) and `exec` keeps the pid,
@@ -224,7 +200,7 @@ fn a_state_dir_that_cannot_be_created_makes_healthz_503_and_calls_still_go_throu
     let state = blocker.join("state");
     let conf = dir.path().join("callme.conf");
     fs::write(&conf, config(&ami, &portal, &state)).unwrap();
-    ami.set_stream(call_bytes(1));
+    ami.set_stream(support::captures::answered_call(1));
     let daemon = Daemon::start(&conf, dir.path().join("log"), None);
     let addr = daemon.ops_addr();
 
@@ -272,7 +248,10 @@ fn writes_failing_for_room_make_healthz_503_cut_torn_records_and_recover() {
 
     let calls = 12;
     for n in 0..calls {
-        assert!(ami.push(&call_bytes(n)), "push call {n}");
+        assert!(
+            ami.push(&support::captures::answered_call(n)),
+            "push call {n}"
+        );
     }
     let mut last = (0, String::new());
     let failing = wait_until(WAIT, || {
@@ -302,7 +281,7 @@ fn writes_failing_for_room_make_healthz_503_cut_torn_records_and_recover() {
     assert!(back, "/healthz once there is room: {last:?}");
     // More calls after the recovery are written as usual.
     for n in calls..calls + 2 {
-        assert!(ami.push(&call_bytes(n)));
+        assert!(ami.push(&support::captures::answered_call(n)));
     }
     assert!(wait_until(WAIT, || completed(&portal) == (calls + 2, calls + 2)));
     assert_whole_records(&state);
@@ -338,7 +317,7 @@ fn a_read_only_state_dir_still_delivers_what_it_holds_and_recovers() {
     portal.set_down(true);
     let first = Daemon::start(&conf, dir.path().join("log1"), None);
     assert!(ami.wait_accepted(1, WAIT));
-    assert!(ami.push(&call_bytes(0)));
+    assert!(ami.push(&support::captures::answered_call(0)));
     let outbox = state.join("outbox.jsonl");
     assert!(
         wait_until(WAIT, || fs::read_to_string(&outbox)
@@ -353,7 +332,7 @@ fn a_read_only_state_dir_still_delivers_what_it_holds_and_recovers() {
     let daemon = Daemon::start(&conf, dir.path().join("log2"), None);
     let addr = daemon.ops_addr();
     assert!(ami.wait_accepted(2, WAIT));
-    assert!(ami.push(&call_bytes(1)));
+    assert!(ami.push(&support::captures::answered_call(1)));
     assert!(
         wait_until(WAIT, || completed(&portal) == (2, 2)),
         "left-over and new call: {:?}; log:\n{}",

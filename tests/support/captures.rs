@@ -142,28 +142,42 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// capture: each copy `spacing_ms` later on the capture clock (`Timestamp:` headers) and with
 /// its own Uniqueids, Linkedid and channel names.
 pub fn timestamped_calls(n: usize, spacing_ms: u64) -> Vec<u8> {
-    let tail = timestamped_tail("a_inbound_answered.ami");
-    let cap = callme::replay::parse_bytes(&tail);
+    let cap = callme::replay::parse_bytes(&timestamped_tail("a_inbound_answered.ami"));
     let mut out = b"Asterisk Call Manager/9.0.0\r\n".to_vec();
     for i in 0..n {
-        for t in cap.messages.iter().filter(|t| t.msg.event().is_some()) {
-            for (k, v) in t.msg.iter() {
-                let key = k.to_ascii_lowercase();
-                let renumber = key.ends_with("uniqueid")
-                    || key.ends_with("linkedid")
-                    || (key.ends_with("channel") && v.contains('-'));
-                let v = if key == "timestamp" {
-                    let at = t.at_ms + spacing_ms * i as u64;
-                    format!("{}.{:03}000", at / 1000, at % 1000)
-                } else if renumber {
-                    format!("{v}x{i}")
-                } else {
-                    v.to_string()
-                };
-                out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-            }
-            out.extend_from_slice(b"\r\n");
-        }
+        answered_copy(&cap, i, spacing_ms * i as u64, &mut out);
     }
     out
+}
+
+/// Call `n`: the answered inbound capture after login, as the AMI sends it (no timestamps),
+/// every Uniqueid, Linkedid and channel name made unique to `n`, responses left out.
+pub fn answered_call(n: usize) -> Vec<u8> {
+    let cap = callme::replay::parse_bytes(&capture_tail("a_inbound_answered.ami"));
+    let mut out = Vec::new();
+    answered_copy(&cap, n, 0, &mut out);
+    out
+}
+
+/// Copy `i` of the events of `cap` onto `out`: Uniqueids, Linkedids and channel names get
+/// `x{i}`, and `Timestamp:` headers (where the capture has them) move `shift_ms` later.
+fn answered_copy(cap: &callme::replay::Capture, i: usize, shift_ms: u64, out: &mut Vec<u8>) {
+    for t in cap.messages.iter().filter(|t| t.msg.event().is_some()) {
+        for (k, v) in t.msg.iter() {
+            let key = k.to_ascii_lowercase();
+            let renumber = key.ends_with("uniqueid")
+                || key.ends_with("linkedid")
+                || (key.ends_with("channel") && v.contains('-'));
+            let v = if key == "timestamp" {
+                let at = t.at_ms + shift_ms;
+                format!("{}.{:03}000", at / 1000, at % 1000)
+            } else if renumber {
+                format!("{v}x{i}")
+            } else {
+                v.to_string()
+            };
+            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
 }
