@@ -569,7 +569,7 @@ impl Deliverer {
         wants.sort_by_key(|w| priority::order(w.prio, w.step.queued_ms));
         // A hide of the responsible's card while the call is not over yet may well be closed
         // by the finish (a missed call is finished under the responsible, and the finish
-        // closes the finishing user's card, `finish_hides`): it waits [`FINISH_GRACE`] for
+        // closes the finishing user's card, `finish_closes`): it waits [`FINISH_GRACE`] for
         // that finish, even with budget to spare. The race it saves: a phone's DialEnd and
         // the call's Hangups come in one burst (a millisecond apart in the captures b and c)
         // but can fall into two passes of the state thread, and the hide would go in between.
@@ -743,6 +743,11 @@ impl Deliverer {
         let Some(dir) = self.directory.get() else {
             return;
         };
+        // A hide the finish closes anyway runs on its own, to be left out there.
+        let closed = match card {
+            CardKind::Hide => self.finish_closes(&w.key),
+            CardKind::Show => None,
+        };
         let mut ob = self.ob();
         let Some(call) = ob.call(&w.key) else {
             return;
@@ -757,18 +762,10 @@ impl Deliverer {
                 _ => break,
             };
             let Some(user) = dir.user_for(ext) else { break };
-            behind.push((s.seq, user));
-        }
-        if matches!(card, CardKind::Hide) {
-            // A hide the finish closes anyway runs on its own, to be left out there.
-            drop(ob);
-            let closes = behind
-                .iter()
-                .position(|(_, u)| self.finish_hides(&w.key, *u));
-            ob = self.ob();
-            if let Some(p) = closes {
-                behind.truncate(p);
+            if Some(user) == closed {
+                break;
             }
+            behind.push((s.seq, user));
         }
         if behind.is_empty() {
             return;
@@ -1087,7 +1084,7 @@ impl Deliverer {
                 let Some(user) = dir.user_for(ext) else {
                     return Ok(Done::Skipped(format!("{ext} is not a Bitrix24 user")));
                 };
-                if matches!(action, Action::Hide { .. }) && self.finish_hides(key, user) {
+                if matches!(action, Action::Hide { .. }) && self.finish_closes(key) == Some(user) {
                     return Ok(Done::Skipped("the finish closes this card".into()));
                 }
                 if matches!(action, Action::Show { .. }) {
@@ -1247,29 +1244,30 @@ impl Deliverer {
         })
     }
 
-    /// Whether the finish right behind the call's first step (past other hides only) goes
-    /// under `user`: Bitrix24's finish closes the finishing user's card itself (bitrix24-api.md
+    /// The user whose card the finish right behind the call's first step (past other hides
+    /// only) closes: Bitrix24's finish closes the finishing user's card itself (bitrix24-api.md
     /// §3, step 3), so a hide for that user would spend a command on nothing. The tracker
     /// already leaves out such a hide when it names the finishing employee; this catches a
     /// missed call finished under the responsible (or default) user who was also rung.
-    fn finish_hides(&self, key: &str, user: u64) -> bool {
+    fn finish_closes(&self, key: &str) -> Option<u64> {
         let finish = {
             let ob = self.ob();
-            let Some(call) = ob.call(key) else {
-                return false;
+            let call = ob.call(key)?;
+            let Action::Finish { user, .. } = &call
+                .steps
+                .iter()
+                .skip(1)
+                .find(|s| !matches!(s.action, Action::Hide { .. }))?
+                .action
+            else {
+                return None;
             };
-            let mut finish = None;
-            for s in call.steps.iter().skip(1) {
-                match &s.action {
-                    Action::Hide { .. } => continue,
-                    Action::Finish { user, .. } => finish = Some(user.clone()),
-                    _ => {}
-                }
-                break;
-            }
-            finish
+            user.clone()
         };
-        finish.is_some_and(|f| matches!(self.finish_user(key, &f), Lookup::User(u) if u == user))
+        match self.finish_user(key, &finish) {
+            Lookup::User(u) => Some(u),
+            _ => None,
+        }
     }
 
     fn finish_user(&self, key: &str, user: &FinishUser) -> Lookup {
