@@ -494,8 +494,7 @@ impl StateThread {
         let t = &self.st.tracker;
         if let Some(j) = self.journal.as_mut() {
             j.commit();
-            let idle = t.is_empty() && t.channel_count() == 0 && t.sizes()[4] == 0;
-            if j.compaction_due(idle) {
+            if j.compaction_due(t.holds_nothing()) {
                 j.sync(true);
                 j.compact(&t.live_keys());
             }
@@ -679,8 +678,7 @@ impl StateThread {
         if let Some(j) = self.journal.as_mut() {
             j.sync(false);
         }
-        let t = &self.st.tracker;
-        if t.is_empty() && t.channel_count() == 0 && t.sizes()[4] == 0 {
+        if self.st.tracker.holds_nothing() {
             self.st.chans.clear();
         }
     }

@@ -299,6 +299,13 @@ impl Tracker {
         self.calls.is_empty()
     }
 
+    /// No call, no channel and no pending click-to-call: nothing the events journal holds is
+    /// live any more (it may be compacted to nothing, and the state thread's channel names
+    /// dropped).
+    pub fn holds_nothing(&self) -> bool {
+        self.calls.is_empty() && self.channels.is_empty() && self.pending.is_empty()
+    }
+
     /// Channels being tracked.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
